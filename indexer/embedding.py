@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -44,9 +45,22 @@ class Encoder:
         """Query vectors, float32 [n, dim]."""
         return self._encode(texts, self._model.encode_query)
 
-    def encode_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
-        """Passage vectors, float32 [n, dim]; texts are sorted by length inside encode."""
-        return self._encode(texts, self._model.encode_document, progress=progress)
+    def encode_documents(self, texts: list[str], *, progress: bool | Callable[[float], None] = False) -> np.ndarray:
+        """Passage vectors, float32 [n, dim].
+
+        `progress` is True for a console bar, or a callback given the fraction done. With a callback
+        the texts are sorted by length and encoded in blocks, so each block pads little.
+        """
+        if not callable(progress):
+            return self._encode(texts, self._model.encode_document, progress=progress)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        block = self.batch_size * 8
+        for start in range(0, len(texts), block):
+            rows = order[start:start + block]
+            out[rows] = self._encode([texts[i] for i in rows], self._model.encode_document)
+            progress(min(1.0, (start + len(rows)) / len(texts)))
+        return out
 
     def _encode(self, texts: list[str], fn, progress: bool = False) -> np.ndarray:
         if not texts:
@@ -68,6 +82,9 @@ def _load(model: str, device: str):
         raise ModelError(f"model folder {path} is missing; provision it with `make model` "
                          "(python -m indexer.modelprep)")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
 
     try:
         return SentenceTransformer(model, device=device)

@@ -1,0 +1,164 @@
+"""The command line, `python -m indexer …`: a thin shell over Engine."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from .engine import DEFAULT_INDEX, Engine, Hit, IndexSettings
+from .chunking import ChunkSettings
+from .errors import IndexerError
+from .querying import read_questions, write_results
+
+INDEX_ENV = "INDEXER_INDEX"
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Semantic search over Chinese (and any-language) documents.")
+
+IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder (default ${INDEX_ENV} or {DEFAULT_INDEX})")
+ModelOpt = typer.Option(None, "--model", "-m", help="embedding model folder or name (default $INDEXER_MODEL "
+                                                    "or models/multilingual-e5-small)")
+JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
+
+
+def _engine(index: Optional[Path], model: Optional[str], settings: IndexSettings | None = None) -> Engine:
+    path = index or Path(os.environ.get(INDEX_ENV) or DEFAULT_INDEX)
+    return Engine(path, model=model, settings=settings)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def _print_reports(reports) -> None:
+    for r in reports:
+        enc = f", {r.encoding}" if r.encoding else ""
+        typer.echo(f"{r.status:9} {r.doc_id}  ({r.chunks} chunks{enc})")
+
+
+@app.command()
+def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .md .jsonl .docx .pdf)"),
+          index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+          max_tokens: int = typer.Option(ChunkSettings.max_tokens, help="largest chunk, in model tokens"),
+          overlap: int = typer.Option(ChunkSettings.overlap, help="sentences repeated when a paragraph is split"),
+          index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf")) -> None:
+    """(Re)build an index from scratch from PATHS."""
+    settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type)
+    engine = _engine(index, model, settings)
+    reports = engine.build(paths, progress=_progress())
+    _print_reports(reports)
+    info = engine.info()
+    typer.echo(f"built {info['index']}: {info['documents']} documents, {info['chunks']} chunks, {info['index_type']}")
+
+
+@app.command()
+def add(paths: list[Path] = typer.Argument(..., help="files or folders to add or replace"),
+        index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+        skip_bad_lines: bool = typer.Option(False, help="in JSONL files, skip broken lines instead of failing")) -> None:
+    """Add documents; a changed document replaces its old chunks, an unchanged one is skipped."""
+    _print_reports(_engine(index, model).add(paths, progress=_progress(), skip_bad_lines=skip_bad_lines))
+
+
+@app.command()
+def remove(doc_ids: list[str] = typer.Argument(..., help="document ids, as `list` shows them"),
+           index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt) -> None:
+    """Remove documents and their vectors."""
+    _print_reports(_engine(index, model).remove(doc_ids))
+
+
+@app.command("list")
+def list_docs(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """List the indexed documents."""
+    docs = _engine(index, None).documents()
+    if as_json:
+        typer.echo(json.dumps([d.__dict__ for d in docs], ensure_ascii=False, indent=1))
+        return
+    for d in docs:
+        typer.echo(f"{d.doc_id}\t{d.chunks} chunks\t{d.chars} chars\t{d.title}\t{d.added}")
+
+
+@app.command()
+def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """Show what the index holds and how it was built."""
+    data = _engine(index, None).info()
+    if as_json:
+        typer.echo(json.dumps(data, ensure_ascii=False, indent=1))
+        return
+    for key, value in data.items():
+        typer.echo(f"{key:20} {value}")
+
+
+@app.command()
+def check(index: Optional[Path] = IndexOpt) -> None:
+    """Verify that the index on disk is complete and consistent."""
+    engine = _engine(index, None)
+    problems = engine.check()
+    if problems:
+        raise IndexerError(f"{engine.path}: {'; '.join(problems)}")
+    data = engine.info()
+    typer.echo(f"ok: {data['index']} ({data['generation']}): {data['documents']} documents, {data['chunks']} chunks")
+
+
+def _print_hits(hits: list[Hit]) -> None:
+    if not hits:
+        typer.echo("no results")
+    for h in hits:
+        where = f"{h.doc_id} › {h.section}" if h.section else h.doc_id
+        typer.echo(f"{h.rank:2}. {h.score:.4f}  {where}  [{h.chunk_id}, chars {h.start}–{h.end}]")
+        typer.echo(f"    {h.text}\n")
+
+
+@app.command()
+def search(query: str = typer.Argument(..., help="the question, in any language"),
+           index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+           k: int = typer.Option(5, "-k", "--top-k", help="how many passages"),
+           doc: Optional[list[str]] = typer.Option(None, "--doc", help="search only these document ids"),
+           min_score: Optional[float] = typer.Option(None, help="drop hits scoring below this"),
+           as_json: bool = JsonOpt) -> None:
+    """Search the index with one question."""
+    hits = _engine(index, model).search(query, k, doc, min_score)
+    if as_json:
+        typer.echo(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False, indent=1))
+    else:
+        _print_hits(hits)
+
+
+@app.command()
+def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per line), .csv (query column) or .jsonl"),
+          output: Path = typer.Option(..., "-o", "--output", help="results file, .jsonl or .csv"),
+          index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+          k: int = typer.Option(10, "-k", "--top-k", help="passages per question")) -> None:
+    """Answer a file of questions; questions are encoded in batches."""
+    questions = read_questions(queries)
+    results = _engine(index, model).batch([q.query for q in questions], k)
+    write_results(output, questions, results)
+    typer.echo(f"{len(questions)} questions → {output}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the app; every failure is one line on stderr and a non-zero exit."""
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted; the index is unchanged", file=sys.stderr)
+        return 130
+    except IndexerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - never a traceback unless asked for
+        if os.environ.get("INDEXER_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (INDEXER_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1

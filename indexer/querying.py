@@ -1,0 +1,98 @@
+"""Batch files: questions in (text, CSV, JSONL), ranked hits out (JSONL or CSV), written atomically."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import QueryError
+from .reading import decode_bytes
+
+
+@dataclass(frozen=True)
+class Question:
+    qid: str
+    query: str
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """Questions from a file: .jsonl ({"id"?, "query"}), .csv (a `query` column, `id` optional),
+    anything else one question per line. Blank lines are skipped; ids default to the line number."""
+    path = Path(path)
+    if not path.is_file():
+        raise QueryError(f"{path}: no such questions file")
+    text, _ = decode_bytes(path.read_bytes(), str(path))
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        questions = _jsonl_questions(text, path)
+    elif suffix == ".csv":
+        questions = _csv_questions(text, path)
+    else:
+        questions = [Question(str(n), line.strip()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+    if not questions:
+        raise QueryError(f"{path}: no questions in the file")
+    return questions
+
+
+def _jsonl_questions(text: str, path: Path) -> list[Question]:
+    out = []
+    for n, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise QueryError(f"{path}:{n}: not valid JSON ({exc.args[0]})") from exc
+        query = row.get("query") if isinstance(row, dict) else None
+        if not isinstance(query, str) or not query.strip():
+            raise QueryError(f'{path}:{n}: each line needs a non-empty "query" string')
+        out.append(Question(str(row.get("id", row.get("qid", n))), query))
+    return out
+
+
+def _csv_questions(text: str, path: Path) -> list[Question]:
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "query" not in reader.fieldnames:
+        raise QueryError(f"{path}: a CSV questions file needs a 'query' column")
+    out = []
+    for n, row in enumerate(reader, 2):
+        if (row.get("query") or "").strip():
+            out.append(Question(str(row.get("id") or n), row["query"]))
+    return out
+
+
+def write_results(path: str | Path, questions: list[Question], results: list[list]) -> None:
+    """Write hits per question as JSONL (one line per question) or CSV (one row per hit),
+    by the output's extension, through a temporary file renamed into place."""
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+        raise QueryError(f"{path}: output must end in .jsonl or .csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            if path.suffix.lower() == ".csv":
+                _write_csv(fh, questions, results)
+            else:
+                for q, hits in zip(questions, results):
+                    fh.write(json.dumps({"id": q.qid, "query": q.query, "hits": [h.to_json() for h in hits]},
+                                        ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+CSV_FIELDS = ("id", "query", "rank", "score", "doc_id", "chunk_id", "section", "text")
+
+
+def _write_csv(fh, questions: list[Question], results: list[list]) -> None:
+    writer = csv.writer(fh)
+    writer.writerow(CSV_FIELDS)
+    for q, hits in zip(questions, results):
+        for h in hits:
+            writer.writerow([q.qid, q.query, h.rank, h.score, h.doc_id, h.chunk_id, h.section, h.text])

@@ -1,0 +1,1 @@
+"""Stores: where vectors, chunk records and the manifest live. FAISS folder is the default."""

@@ -1,0 +1,260 @@
+"""The embedded default store: a folder with a FAISS index, the vectors, chunk records and manifest.
+
+One generation folder holds:
+    manifest.json   model, dimension, chunking settings, index type, documents with hashes
+    chunks.jsonl    one chunk record per row, in row order
+    texts.jsonl     each document's full text, for context around hits and for rebuilding
+    vectors.npy     float32 [rows, dim], L2-normalised; the source the FAISS index is built from
+    index.faiss     the FAISS index over the rows (flat inner product, HNSW or IVF)
+Rows are positions; FAISS ids are row numbers. Removing a document drops its rows and rebuilds
+the FAISS index from the remaining vectors, so its vectors are really gone.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..chunking import Chunk
+from ..errors import StoreError
+from .atomic import current_generation, new_generation
+from .base import FORMAT_VERSION, DocRecord, Manifest, now
+
+FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "vectors.npy", "index.faiss")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+HNSW_ABOVE = 100_000  # auto: exact search below this many vectors, HNSW from there
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+
+
+def choose_index_type(requested: str, n: int) -> str:
+    """The concrete FAISS index kind for `n` vectors: flat is exact and fast enough when small."""
+    if requested not in INDEX_TYPES:
+        raise StoreError(f"unknown index type {requested!r}; choose one of {', '.join(INDEX_TYPES)}")
+    if requested != "auto":
+        return requested
+    return "hnsw" if n >= HNSW_ABOVE else "flat"
+
+
+def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
+    """A FAISS inner-product index of `kind` over `vectors` (rows are ids)."""
+    n, dim = vectors.shape
+    if kind == "flat" or n == 0:
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    elif kind == "ivf":
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = max(1, nlist // 16)
+    else:
+        raise StoreError(f"unknown index type {kind!r}")
+    if n:
+        index.add(vectors)
+    return index
+
+
+def kind_of(index: faiss.Index) -> str:
+    """The kind name of a FAISS index object."""
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
+
+
+def _search_params(index: faiss.Index, rows: np.ndarray | None):
+    """FAISS search parameters restricting results to `rows` (None: no restriction)."""
+    if rows is None:
+        return None
+    sel = faiss.IDSelectorBatch(rows.astype(np.int64))
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch)
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=sel, nprobe=index.nprobe)
+    return faiss.SearchParameters(sel=sel)
+
+
+class FaissStore:
+    """Chunks and vectors in memory, row-aligned; saved as a generation folder."""
+
+    def __init__(self, path: Path, manifest: Manifest, chunks: list[Chunk] | None = None,
+                 vectors: np.ndarray | None = None, index: faiss.Index | None = None,
+                 texts: dict[str, str] | None = None) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._chunks: list[Chunk] = list(chunks or [])
+        self._vectors = vectors if vectors is not None else np.zeros((0, manifest.dim), np.float32)
+        self._index = index
+        self._texts: dict[str, str] = dict(texts or {})
+        self.generation: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def index_kind(self) -> str:
+        return choose_index_type(self.manifest.index_type, len(self))
+
+    # ---------------------------------------------------------------- updates
+
+    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str) -> None:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        if doc.doc_id in self.manifest.documents:
+            self.delete([doc.doc_id])
+        self._chunks.extend(chunks)
+        self._texts[doc.doc_id] = text
+        self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)]) if len(self._vectors) else \
+            np.ascontiguousarray(vectors, dtype=np.float32)
+        if self._index is not None and kind_of(self._index) == self.index_kind != "ivf":
+            self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # append, no rebuild
+        else:
+            self._index = None
+        self.manifest.documents[doc.doc_id] = doc
+        self.manifest.updated = now()
+
+    def delete(self, doc_ids: list[str]) -> None:
+        drop = set(doc_ids)
+        keep = np.array([c.doc_id not in drop for c in self._chunks], dtype=bool)
+        self._chunks = [c for c, k in zip(self._chunks, keep) if k]
+        self._vectors = np.ascontiguousarray(self._vectors[keep])
+        self._index = None  # rebuilt from the kept vectors: the removed ones are gone
+        for doc_id in drop:
+            self.manifest.documents.pop(doc_id, None)
+            self._texts.pop(doc_id, None)
+        self.manifest.updated = now()
+
+    # ---------------------------------------------------------------- reads
+
+    def faiss_index(self) -> faiss.Index:
+        """The FAISS index over the current rows, built on first use after a change."""
+        if self._index is None:
+            self._index = build_faiss_index(self._vectors, self.index_kind)
+        return self._index
+
+    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
+        rows = None
+        if doc_ids is not None:
+            rows = np.flatnonzero([c.doc_id in doc_ids for c in self._chunks])
+            if not len(rows):
+                return [[] for _ in range(len(queries))]
+        k = min(k, len(self) if rows is None else len(rows))
+        if k <= 0:
+            return [[] for _ in range(len(queries))]
+        index = self.faiss_index()
+        scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k,
+                                   params=_search_params(index, rows))
+        return [[(float(s), self._chunks[i]) for s, i in zip(srow, irow) if i >= 0]
+                for srow, irow in zip(scores, ids)]
+
+    def document_text(self, doc_id: str) -> str:
+        return self._texts[doc_id]
+
+    def vectors(self) -> np.ndarray:
+        return self._vectors
+
+    def chunks_of(self, doc_id: str) -> list[Chunk]:
+        return sorted((c for c in self._chunks if c.doc_id == doc_id), key=lambda c: c.position)
+
+    def all_chunks(self) -> list[Chunk]:
+        return list(self._chunks)
+
+    # ---------------------------------------------------------------- disk
+
+    def save(self) -> None:
+        """Write a complete new generation, then switch to it."""
+        index = self.faiss_index()
+        with new_generation(self.path) as gen:
+            (gen / "manifest.json").write_text(json.dumps(self.manifest.to_json(), ensure_ascii=False, indent=1),
+                                               encoding="utf-8")
+            with open(gen / "chunks.jsonl", "w", encoding="utf-8") as fh:
+                for chunk in self._chunks:
+                    fh.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
+            with open(gen / "texts.jsonl", "w", encoding="utf-8") as fh:
+                for doc_id, text in self._texts.items():
+                    fh.write(json.dumps({"doc_id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+            np.save(gen / "vectors.npy", self._vectors)
+            faiss.write_index(index, str(gen / "index.faiss"))
+            self.generation = gen.name.lstrip(".").removesuffix(".tmp")
+
+    @classmethod
+    def load(cls, path: Path) -> "FaissStore":
+        """Load the live generation, checking that its parts agree; a StoreError says what is wrong."""
+        gen = current_generation(path)
+        for name in FILES:
+            if not (gen / name).is_file():
+                raise StoreError(f"{path}: index file {name} is missing")
+        manifest = read_manifest(gen)
+        try:
+            chunks = [_chunk_from_json(line) for line in
+                      (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
+            texts = {row["doc_id"]: row["text"] for row in map(json.loads,
+                     (gen / "texts.jsonl").read_text(encoding="utf-8").splitlines()) if row}
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(f"{path}: chunk or text records are damaged ({exc})") from exc
+        try:
+            vectors = np.load(gen / "vectors.npy", mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:
+            raise StoreError(f"{path}: vectors.npy is damaged ({exc})") from exc
+        try:
+            index = faiss.read_index(str(gen / "index.faiss"))
+        except RuntimeError as exc:
+            raise StoreError(f"{path}: index.faiss is damaged") from exc
+        store = cls(path, manifest, chunks, np.ascontiguousarray(vectors, dtype=np.float32), index, texts)
+        store.generation = gen.name
+        problems = store.problems()
+        if problems:
+            raise StoreError(f"{path}: {problems[0]}")
+        return store
+
+    def problems(self) -> list[str]:
+        """Inconsistencies between manifest, chunk records, vectors and FAISS index (empty: none)."""
+        out = []
+        n, docs = len(self._chunks), self.manifest.documents
+        if self._vectors.shape != (n, self.manifest.dim):
+            out.append(f"vectors are {self._vectors.shape}, expected ({n}, {self.manifest.dim})")
+        if self._index is not None and self._index.ntotal != n:
+            out.append(f"FAISS index holds {self._index.ntotal} vectors but there are {n} chunks")
+        if self._index is not None and self._index.d != self.manifest.dim:
+            out.append(f"FAISS index has dimension {self._index.d}, manifest says {self.manifest.dim}")
+        counts: dict[str, int] = {}
+        for c in self._chunks:
+            counts[c.doc_id] = counts.get(c.doc_id, 0) + 1
+        if set(self._texts) != set(docs):
+            out.append("document texts disagree with the manifest")
+        if set(counts) - set(docs):
+            out.append(f"chunks of unknown documents: {sorted(set(counts) - set(docs))[:3]}")
+        bad = [d for d, rec in docs.items() if counts.get(d, 0) != rec.chunks]
+        if bad:
+            out.append(f"chunk count disagrees with the manifest for {bad[:3]}")
+        if len({c.chunk_id for c in self._chunks}) != n:
+            out.append("duplicate chunk ids")
+        if n and not np.all(np.isfinite(self._vectors)):
+            out.append("vectors contain NaN or infinity")
+        return out
+
+
+def read_manifest(gen: Path) -> Manifest:
+    """Parse manifest.json of a generation; refuse a newer format than this code knows."""
+    try:
+        data = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise StoreError(f"{gen.parent}: manifest.json is damaged ({exc})") from exc
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StoreError(f"{gen.parent}: index format version {version!r} is newer than this tool "
+                         f"understands ({FORMAT_VERSION}); upgrade the tool")
+    try:
+        return Manifest.from_json(data)
+    except TypeError as exc:
+        raise StoreError(f"{gen.parent}: manifest.json is damaged ({exc})") from exc
+
+
+def _chunk_from_json(line: str) -> Chunk:
+    data = json.loads(line)
+    data["section_path"] = tuple(data.get("section_path", ()))
+    return Chunk(**data)

@@ -1,0 +1,201 @@
+"""The engine on the real speech with the real model: chunks, updates, persistence, batch."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import SPEECH
+from indexer.chunking import is_heading
+from indexer.engine import Engine
+from indexer.errors import ModelError, QueryError, StoreError
+from indexer.store.faiss_store import FaissStore
+
+QUESTION = "私立学校怎样建立党组织？"
+MINBAN = "市教育局党组继续贯彻"
+
+
+def test_speech_chunks(speech_engine, speech_text):
+    chunks = speech_engine.store.chunks_of("speech.txt")
+    assert 18 <= len(chunks) <= 28
+    for c in chunks:
+        assert speech_text[c.start:c.end] == c.text
+        lines = [line for line in c.text.split("\n") if line.strip()]
+        assert any(len(line) >= 30 and not is_heading(line) for line in lines), c.text[:40]
+        body_line = speech_text[:c.end].split("\n")[-1]
+        expected = [line for line in speech_text[:c.end - len(body_line)].split("\n") if is_heading(line)]
+        assert c.section == (expected[-1].strip() if expected else ""), (c.chunk_id, c.section)
+    assert sum(1 for c in chunks if not c.section) == 2  # the advert block and the opening paragraph
+    salutation = next(c for c in chunks if "同志们：" in c.text)
+    assert "上周" in salutation.text
+
+
+def test_question_ranks_minban_first(speech_engine):
+    hits = speech_engine.search(QUESTION, k=3)
+    assert hits[0].text.split("\n")[-1].startswith(MINBAN) or MINBAN in hits[0].text
+    assert hits[0].section.startswith("四、加强民办学校党建工作")
+    assert [h.rank for h in hits] == [1, 2, 3]
+    assert hits[0].score >= hits[1].score >= hits[2].score
+
+
+def test_add_same_document_twice_changes_nothing(speech_engine):
+    gen = speech_engine.store.generation
+    reports = speech_engine.add([SPEECH])
+    assert [r.status for r in reports] == ["unchanged"]
+    assert speech_engine.store.generation == gen
+
+
+def test_changed_document_replaces_chunks_and_removed_never_returns(speech_engine, tmp_path):
+    doc = tmp_path / "notice.txt"
+    doc.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛，每所学校至少派出一支代表队参加比赛。", encoding="utf-8")
+    speech_engine.add([doc])
+    assert speech_engine.search("足球比赛什么时候举行", k=1)[0].doc_id == "notice.txt"
+    doc.write_text("关于开展校园合唱比赛的通知\n各中小学要在十一月组织合唱比赛，每所学校至少派出一支合唱团参加演出。", encoding="utf-8")
+    assert [r.status for r in speech_engine.add([doc])] == ["replaced"]
+    texts = [c.text for c in speech_engine.store.chunks_of("notice.txt")]
+    assert all("足球" not in t for t in texts) and any("合唱" in t for t in texts)
+    speech_engine.remove(["notice.txt"])
+    reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
+    for hits in reloaded.batch(["足球比赛", "合唱比赛", "校园活动通知"], k=50):
+        assert all(h.doc_id == "speech.txt" for h in hits)
+    assert len(reloaded.store.vectors()) == len(reloaded.store)
+
+
+def test_update_roundtrip_equals_fresh_build(speech_engine, encoder, tmp_path):
+    extra = tmp_path / "docs"
+    extra.mkdir()
+    (extra / "a.txt").write_text("学校食堂要严格执行食品安全管理制度，每天公示菜谱和食材来源。", encoding="utf-8")
+    (extra / "b.md").write_text("# 教师培训\n\n暑假期间全市教师参加为期两周的信息技术应用能力提升培训。", encoding="utf-8")
+    speech_engine.add([extra / "a.txt", extra / "b.md"])
+    speech_engine.remove(["a.txt"])
+    reloaded = Engine(speech_engine.path, encoder=encoder)
+    fresh = Engine(tmp_path / "fresh", encoder=encoder)
+    fresh.build([SPEECH])
+    fresh.add([extra / "b.md"])
+    queries = [QUESTION, "教师暑假培训", "食品安全", "党风廉政建设", "How are young cadres trained?"]
+    for a, b in zip(reloaded.batch(queries, k=10), fresh.batch(queries, k=10)):
+        assert [h.chunk_id for h in a] == [h.chunk_id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+
+
+def test_batch_equals_search(speech_engine):
+    queries = [QUESTION, "怎样加强党风廉政建设", "What is the role of Party branches in schools?", "三会一课"]
+    for q, hits in zip(queries, speech_engine.batch(queries, k=5)):
+        single = speech_engine.search(q, k=5)
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
+
+
+def test_filter_and_min_score(speech_engine, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("民办学校应当依法建立党组织，私立学校的党建工作由教育主管部门负责指导。", encoding="utf-8")
+    speech_engine.add([other])
+    assert {h.doc_id for h in speech_engine.search(QUESTION, k=10, docs=["speech.txt"])} == {"speech.txt"}
+    assert {h.doc_id for h in speech_engine.search(QUESTION, k=10, docs=["other.txt"])} == {"other.txt"}
+    top = speech_engine.search(QUESTION, k=10)
+    cut = top[2].score
+    assert all(h.score >= cut for h in speech_engine.search(QUESTION, k=10, min_score=cut))
+    with pytest.raises(QueryError):
+        speech_engine.search(QUESTION, docs=["missing.txt"])
+
+
+def test_encodings_give_same_chunks(encoder, tmp_path, speech_text):
+    engines = {}
+    for enc in ("utf-8", "gb18030", "utf-16"):
+        folder = tmp_path / enc
+        folder.mkdir()
+        (folder / "speech.txt").write_bytes(speech_text.encode(enc))
+        engines[enc] = Engine(tmp_path / f"ix-{enc}", encoder=encoder)
+        reports = engines[enc].build([folder / "speech.txt"])
+        assert reports[0].encoding.startswith(enc.split("-")[0].replace("gb18030", "gb18030"))
+    base = [(c.text, c.start, c.end, c.section) for c in engines["utf-8"].store.chunks_of("speech.txt")]
+    for enc in ("gb18030", "utf-16"):
+        assert [(c.text, c.start, c.end, c.section) for c in engines[enc].store.chunks_of("speech.txt")] == base
+
+
+def test_kill_during_build_leaves_previous_index(speech_engine, monkeypatch, tmp_path):
+    before = [h.chunk_id for h in speech_engine.search(QUESTION, k=5)]
+    gen = speech_engine.store.generation
+    other = tmp_path / "new.txt"
+    other.write_text("这是一份用来替换索引的新文件，内容与原来的讲话完全不同，只讲学校的体育活动安排。", encoding="utf-8")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while the new generation was being written
+
+    monkeypatch.setattr("indexer.store.faiss_store.faiss.write_index", crash)
+    with pytest.raises(KeyboardInterrupt):
+        speech_engine.build([other])
+    monkeypatch.undo()
+    reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
+    assert reloaded.store.generation == gen
+    assert [h.chunk_id for h in reloaded.search(QUESTION, k=5)] == before
+    assert reloaded.check() == []
+    assert not [p for p in speech_engine.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_sigkill_during_build_leaves_previous_index(speech_engine, tmp_path):
+    """A real SIGKILL while a build is writing: the index is the old one or the new one, never broken."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    gen = speech_engine.store.generation
+    script = ("import os, sys, time\n"
+              "import indexer.store.faiss_store as fs\n"
+              "orig = fs.faiss.write_index\n"
+              "def slow(*a):\n"
+              "    orig(*a); print('writing', flush=True); time.sleep(30)\n"
+              "fs.faiss.write_index = slow\n"
+              "from indexer.cli import main\n"
+              f"sys.exit(main(['build', {str(SPEECH)!r}, '--index', {str(speech_engine.path)!r}]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
+    assert reloaded.store.generation == gen
+    assert reloaded.check() == []
+    assert reloaded.search(QUESTION, k=1)[0].section.startswith("四、")
+
+
+def test_other_model_is_refused(speech_index, tmp_path):
+    class Other:
+        name, dim = "some-other-model", 768
+
+    with pytest.raises(ModelError, match="built with model multilingual-e5-small"):
+        Engine(speech_index, encoder=Other()).search(QUESTION)
+
+
+def test_bad_queries(speech_engine):
+    for q in ("", "   ", "\x00\x01"):
+        with pytest.raises(QueryError):
+            speech_engine.search(q)
+    with pytest.raises(QueryError):
+        speech_engine.search(QUESTION, k=0)
+    assert len(speech_engine.search(QUESTION, k=1000)) == len(speech_engine.store)
+    assert speech_engine.search("？！。" , k=3)  # only punctuation still gets an answer
+    assert speech_engine.search("党建" * 5000, k=1)  # over-long question is cut, not an error
+
+
+def test_missing_and_damaged_index(tmp_path, speech_index, encoder):
+    with pytest.raises(StoreError, match="no index"):
+        Engine(tmp_path / "nothing", encoder=encoder).search(QUESTION)
+    broken = tmp_path / "broken"
+    shutil.copytree(speech_index, broken)
+    gen = next(p for p in broken.iterdir() if re.match(r"gen-\d+$", p.name))
+    lines = (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
+    (gen / "chunks.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    with pytest.raises(StoreError, match="broken"):
+        FaissStore.load(broken)
+
+
+def test_context_shows_neighbours(speech_engine):
+    hit = speech_engine.search(QUESTION, k=1)[0]
+    around = speech_engine.context(hit, before=1, after=1)
+    assert [c.position for c in around] == [hit.position - 1, hit.position, hit.position + 1]
