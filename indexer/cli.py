@@ -10,7 +10,9 @@ from typing import Optional
 import click
 import typer
 
-from .engine import DEFAULT_INDEX, Engine, Hit, IndexSettings
+from .engine import DEFAULT_INDEX, DEFAULT_MODE, Engine, Hit, IndexSettings
+from .evaluation import evaluate, read_labelled
+from .search import MODES
 from .chunking import ChunkSettings
 from .errors import IndexerError
 from .querying import read_questions, write_results
@@ -24,6 +26,7 @@ IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder (default ${IN
 ModelOpt = typer.Option(None, "--model", "-m", help="embedding model folder or name (default $INDEXER_MODEL "
                                                     "or models/multilingual-e5-small)")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
+ModeOpt = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid")
 
 
 def _engine(index: Optional[Path], model: Optional[str], settings: IndexSettings | None = None) -> Engine:
@@ -35,10 +38,17 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
-def _print_reports(reports) -> None:
-    for r in reports:
+def _print_reports(reports, limit: int = 20) -> None:
+    """One line per document; past `limit` documents, a count per status instead."""
+    for r in reports[:limit] if len(reports) <= limit else []:
         enc = f", {r.encoding}" if r.encoding else ""
         typer.echo(f"{r.status:9} {r.doc_id}  ({r.chunks} chunks{enc})")
+    if len(reports) > limit:
+        counts: dict[str, list[int]] = {}
+        for r in reports:
+            counts.setdefault(r.status, []).append(r.chunks)
+        for status, chunks in counts.items():
+            typer.echo(f"{status:9} {len(chunks)} documents ({sum(chunks)} chunks)")
 
 
 @app.command()
@@ -119,9 +129,9 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
            k: int = typer.Option(5, "-k", "--top-k", help="how many passages"),
            doc: Optional[list[str]] = typer.Option(None, "--doc", help="search only these document ids"),
            min_score: Optional[float] = typer.Option(None, help="drop hits scoring below this"),
-           as_json: bool = JsonOpt) -> None:
+           mode: str = ModeOpt, as_json: bool = JsonOpt) -> None:
     """Search the index with one question."""
-    hits = _engine(index, model).search(query, k, doc, min_score)
+    hits = _engine(index, model).search(query, k, doc, min_score, mode)
     if as_json:
         typer.echo(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False, indent=1))
     else:
@@ -132,12 +142,33 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
 def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per line), .csv (query column) or .jsonl"),
           output: Path = typer.Option(..., "-o", "--output", help="results file, .jsonl or .csv"),
           index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
-          k: int = typer.Option(10, "-k", "--top-k", help="passages per question")) -> None:
+          k: int = typer.Option(10, "-k", "--top-k", help="passages per question"), mode: str = ModeOpt) -> None:
     """Answer a file of questions; questions are encoded in batches."""
     questions = read_questions(queries)
-    results = _engine(index, model).batch([q.query for q in questions], k)
+    results = _engine(index, model).batch([q.query for q in questions], k, mode=mode)
     write_results(output, questions, results)
     typer.echo(f"{len(questions)} questions → {output}")
+
+
+@app.command("eval")
+def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "relevant": [doc ids or exact substrings]}'),
+                 index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+                 mode: str = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid | all"),
+                 k: int = typer.Option(10, "-k", help="depth for Recall and MRR"),
+                 json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures here")) -> None:
+    """Score retrieval on labelled questions: Hit@1, Hit@3, Recall@k, MRR@k."""
+    labels = read_labelled(labelled)
+    engine = _engine(index, model)
+    modes = list(MODES) if mode == "all" else [mode]
+    rows = {m: evaluate(engine, labels, m, k) for m in modes}
+    keys = [key for key in next(iter(rows.values())) if key != "n"]
+    typer.echo(f"{labelled} ({len(labels)} questions, index {engine.path})")
+    typer.echo(f"{'mode':8}" + "".join(f"{key:>11}" for key in keys))
+    for m, row in rows.items():
+        typer.echo(f"{m:8}" + "".join(f"{row[key]:11.3f}" for key in keys))
+    if json_out:
+        json_out.write_text(json.dumps({"labelled": str(labelled), "index": str(engine.path), "results": rows},
+                                       indent=1), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,7 @@ def _load(model: str, device: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
+    hf_logging.set_verbosity_error()  # counting a long paragraph's tokens is not an overflow
 
     try:
         return SentenceTransformer(model, device=device)

@@ -8,6 +8,8 @@ from typing import Callable, Iterable, Union
 from .chunking import Chunk, ChunkSettings, chunk_document, is_heading
 from .embedding import Encoder
 from .errors import ModelError, QueryError, StoreError
+from .keyword import Segmenter
+from .search import MODES, FusionSettings, retrieve
 from .reading import Document, read_paths
 from .store.atomic import current_generation, writer_lock
 from .store.base import DocRecord, Manifest, now
@@ -15,6 +17,7 @@ from .store.faiss_store import FaissStore, choose_index_type
 
 Progress = Union[bool, Callable[[float], None]]  # a console bar, or a callback given the fraction done
 DEFAULT_INDEX = Path("indexes/default")
+DEFAULT_MODE = "dense"
 MAX_QUERY_CHARS = 2000  # the model reads ~512 tokens; longer questions are cut here, visibly
 
 
@@ -54,6 +57,7 @@ class IndexSettings:
 
     chunking: ChunkSettings = field(default_factory=ChunkSettings)
     index_type: str = "auto"
+    user_terms: tuple[str, ...] = ()  # words the keyword segmenter keeps whole
 
 
 def passage_text(chunk: Chunk, min_chars: int = ChunkSettings.min_chars) -> str:
@@ -91,6 +95,8 @@ class Engine:
         self._encoder = encoder
         self._model = model
         self._store: FaissStore | None = None
+        self._segmenter: Segmenter | None = None
+        self.fusion = FusionSettings()
 
     # ---------------------------------------------------------------- parts
 
@@ -101,10 +107,18 @@ class Engine:
         return self._encoder
 
     @property
+    def segmenter(self) -> Segmenter:
+        """The keyword segmenter, with the index's user terms."""
+        if self._segmenter is None or self._segmenter.user_terms != self.settings.user_terms:
+            self._segmenter = Segmenter(self.settings.user_terms)
+        return self._segmenter
+
+    @property
     def store(self) -> FaissStore:
         """The loaded index; reloaded when another process has switched in a newer generation."""
         if self._store is None or self._store.generation != current_generation(self.path).name:
             self._store = FaissStore.load(self.path)
+            self._adopt_settings(self._store.manifest)
         return self._store
 
     def exists(self) -> bool:
@@ -124,7 +138,8 @@ class Engine:
     def _new_store(self) -> FaissStore:
         choose_index_type(self.settings.index_type, 0)  # validate early
         manifest = Manifest(model=self.encoder.name, dim=self.encoder.dim,
-                            chunking=asdict(self.settings.chunking), index_type=self.settings.index_type)
+                            chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
+                            keyword={"user_terms": list(self.settings.user_terms)})
         return FaissStore(self.path, manifest)
 
     # ---------------------------------------------------------------- writes
@@ -183,7 +198,8 @@ class Engine:
 
     def _adopt_settings(self, manifest: Manifest) -> None:
         """Chunk new documents the way the index was built."""
-        self.settings = IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type)
+        self.settings = IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type,
+                                      tuple(manifest.keyword.get("user_terms", ())))
 
     def _upsert_all(self, store: FaissStore, docs: list[Document], progress: Progress) -> list[DocReport]:
         """Chunk the new and changed documents, embed them in one pass, and put them in the store."""
@@ -191,7 +207,9 @@ class Engine:
         todo = [d for d in docs if d.doc_id not in known or known[d.doc_id].content_hash != d.content_hash]
         chunked = {d.doc_id: self.chunk(d) for d in todo}
         all_chunks = [c for d in todo for c in chunked[d.doc_id]]
-        vectors = self.encoder.encode_documents([passage_text(c, self.settings.chunking.min_chars) for c in all_chunks], progress=progress)
+        min_chars = self.settings.chunking.min_chars
+        vectors = self.encoder.encode_documents([passage_text(c, min_chars) for c in all_chunks], progress=progress)
+        terms = self.segmenter.terms_many(c.text for c in all_chunks)
         reports, offset = [], 0
         for doc in docs:
             if doc.doc_id not in chunked:
@@ -201,7 +219,8 @@ class Engine:
             status = "replaced" if doc.doc_id in known else "added"
             record = DocRecord(doc.doc_id, doc.content_hash, doc.title, doc.source, doc.encoding,
                                len(chunks), now(), len(doc.text), dict(doc.meta))
-            store.upsert(record, chunks, vectors[offset:offset + len(chunks)], doc.text)
+            rows = slice(offset, offset + len(chunks))
+            store.upsert(record, chunks, vectors[rows], doc.text, terms[rows])
             offset += len(chunks)
             reports.append(DocReport(doc.doc_id, status, len(chunks), doc.encoding))
         return reports
@@ -213,21 +232,27 @@ class Engine:
     # ---------------------------------------------------------------- reads
 
     def search(self, query: str, k: int = 5, docs: Iterable[str] | None = None,
-               min_score: float | None = None) -> list[Hit]:
+               min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[Hit]:
         """The k best passages for one question."""
-        return self.batch([query], k, docs, min_score)[0]
+        return self.batch([query], k, docs, min_score, mode)[0]
 
     def batch(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
-              min_score: float | None = None) -> list[list[Hit]]:
-        """Ranked passages for many questions, encoded together."""
+              min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[list[Hit]]:
+        """Ranked passages for many questions, encoded together.
+
+        mode: dense (embeddings), bm25 (keywords) or hybrid (both, fused by reciprocal rank).
+        """
         if k is None or k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
+        if mode not in MODES:
+            raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         texts = [clean_query(q) for q in queries]
         store = self.store
         self.check_model(store.manifest)
         allowed = self._doc_filter(store, docs)
-        vectors = self.encoder.encode_queries(texts)
-        results = store.search(vectors, k, allowed)
+        vectors = self.encoder.encode_queries(texts) if mode != "bm25" else None
+        terms = self.segmenter.terms_many(texts) if mode != "dense" else None
+        results = retrieve(store, vectors, terms, k, mode, allowed, self.fusion)
         return [self._hits(store, rows, min_score) for rows in results]
 
     @staticmethod

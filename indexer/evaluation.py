@@ -19,7 +19,8 @@ class Labelled:
 
 
 def read_labelled(path: str | Path) -> list[Labelled]:
-    """Lines of {"query", "relevant": [...]}; a bad line is an error naming it."""
+    """Lines of {"query", "relevant": [...]} (or "positive_ids", as in the shared public sets);
+    a bad line is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise QueryError(f"{path}: no such labelled file")
@@ -29,7 +30,7 @@ def read_labelled(path: str | Path) -> list[Labelled]:
             continue
         try:
             row = json.loads(line)
-            rel = row["relevant"]
+            rel = row["relevant"] if "relevant" in row else row["positive_ids"]
             rel = [rel] if isinstance(rel, str) else rel
             if not isinstance(row["query"], str) or not rel:
                 raise ValueError("needs a query and a non-empty relevant list")
@@ -68,3 +69,10 @@ def metrics(matrices: list[np.ndarray], k: int = 10) -> dict[str, float]:
         recall.append(m.any(axis=0).mean() if m.shape[1] else 0.0)
     return {"n": len(matrices), "hit@1": float(np.mean(hit1)), "hit@3": float(np.mean(hit3)),
             f"recall@{k}": float(np.mean(recall)), f"mrr@{k}": float(np.mean(mrr))}
+
+
+def evaluate(engine, labels: list[Labelled], mode: str, k: int = 10) -> dict[str, float]:
+    """Run every labelled question through `engine.batch` under `mode` and score the rankings."""
+    results = engine.batch([label.query for label in labels], k, mode=mode)
+    ranked = [[(h.doc_id, h.text) for h in hits] for hits in results]
+    return metrics(relevance_matrix(ranked, labels), k)

@@ -40,6 +40,7 @@ class Manifest:
     dim: int
     chunking: dict
     index_type: str = "auto"
+    keyword: dict = field(default_factory=dict)  # {"user_terms": [...]}: how terms were segmented
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=now)
     updated: str = field(default_factory=now)

@@ -4,6 +4,7 @@ One generation folder holds:
     manifest.json   model, dimension, chunking settings, index type, documents with hashes
     chunks.jsonl    one chunk record per row, in row order
     texts.jsonl     each document's full text, for context around hits and for rebuilding
+    terms.jsonl     each row's keyword terms (jieba); BM25 is built from them on load
     vectors.npy     float32 [rows, dim], L2-normalised; the source the FAISS index is built from
     index.faiss     the FAISS index over the rows (flat inner product, HNSW or IVF)
 Rows are positions; FAISS ids are row numbers. Removing a document drops its rows and rebuilds
@@ -20,10 +21,11 @@ import numpy as np
 
 from ..chunking import Chunk
 from ..errors import StoreError
+from ..keyword import KeywordIndex
 from .atomic import current_generation, new_generation
 from .base import FORMAT_VERSION, DocRecord, Manifest, now
 
-FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "vectors.npy", "index.faiss")
+FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy", "index.faiss")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 HNSW_ABOVE = 100_000  # auto: exact search below this many vectors, HNSW from there
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
@@ -83,13 +85,15 @@ class FaissStore:
 
     def __init__(self, path: Path, manifest: Manifest, chunks: list[Chunk] | None = None,
                  vectors: np.ndarray | None = None, index: faiss.Index | None = None,
-                 texts: dict[str, str] | None = None) -> None:
+                 texts: dict[str, str] | None = None, terms: list[list[str]] | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self._chunks: list[Chunk] = list(chunks or [])
         self._vectors = vectors if vectors is not None else np.zeros((0, manifest.dim), np.float32)
         self._index = index
         self._texts: dict[str, str] = dict(texts or {})
+        self._terms: list[list[str]] = list(terms or [[] for _ in self._chunks])
+        self._keyword: KeywordIndex | None = None
         self.generation: str | None = None
 
     def __len__(self) -> int:
@@ -101,12 +105,15 @@ class FaissStore:
 
     # ---------------------------------------------------------------- updates
 
-    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str) -> None:
-        if len(chunks) != len(vectors):
-            raise ValueError("one vector per chunk")
+    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
+               terms: list[list[str]]) -> None:
+        if not len(chunks) == len(vectors) == len(terms):
+            raise ValueError("one vector and one term list per chunk")
         if doc.doc_id in self.manifest.documents:
             self.delete([doc.doc_id])
         self._chunks.extend(chunks)
+        self._terms.extend(terms)
+        self._keyword = None
         self._texts[doc.doc_id] = text
         self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)]) if len(self._vectors) else \
             np.ascontiguousarray(vectors, dtype=np.float32)
@@ -121,6 +128,8 @@ class FaissStore:
         drop = set(doc_ids)
         keep = np.array([c.doc_id not in drop for c in self._chunks], dtype=bool)
         self._chunks = [c for c, k in zip(self._chunks, keep) if k]
+        self._terms = [t for t, k in zip(self._terms, keep) if k]
+        self._keyword = None
         self._vectors = np.ascontiguousarray(self._vectors[keep])
         self._index = None  # rebuilt from the kept vectors: the removed ones are gone
         for doc_id in drop:
@@ -136,12 +145,23 @@ class FaissStore:
             self._index = build_faiss_index(self._vectors, self.index_kind)
         return self._index
 
+    def _rows_of(self, doc_ids: set[str] | None) -> np.ndarray | None:
+        """Row numbers of these documents' chunks (None: all rows)."""
+        if doc_ids is None:
+            return None
+        return np.flatnonzero([c.doc_id in doc_ids for c in self._chunks]).astype(np.int64)
+
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
+        """BM25 over the stored terms: the k best chunks with any query term, best first."""
+        if self._keyword is None:
+            self._keyword = KeywordIndex(self._terms)
+        scores, rows = self._keyword.search(query_terms, k, self._rows_of(doc_ids))
+        return [(float(s), self._chunks[i]) for s, i in zip(scores, rows)]
+
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
-        rows = None
-        if doc_ids is not None:
-            rows = np.flatnonzero([c.doc_id in doc_ids for c in self._chunks])
-            if not len(rows):
-                return [[] for _ in range(len(queries))]
+        rows = self._rows_of(doc_ids)
+        if rows is not None and not len(rows):
+            return [[] for _ in range(len(queries))]
         k = min(k, len(self) if rows is None else len(rows))
         if k <= 0:
             return [[] for _ in range(len(queries))]
@@ -177,6 +197,9 @@ class FaissStore:
             with open(gen / "texts.jsonl", "w", encoding="utf-8") as fh:
                 for doc_id, text in self._texts.items():
                     fh.write(json.dumps({"doc_id": doc_id, "text": text}, ensure_ascii=False) + "\n")
+            with open(gen / "terms.jsonl", "w", encoding="utf-8") as fh:
+                for terms in self._terms:
+                    fh.write(json.dumps(terms, ensure_ascii=False) + "\n")
             np.save(gen / "vectors.npy", self._vectors)
             faiss.write_index(index, str(gen / "index.faiss"))
             self.generation = gen.name.lstrip(".").removesuffix(".tmp")
@@ -194,6 +217,7 @@ class FaissStore:
                       (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines() if line]
             texts = {row["doc_id"]: row["text"] for row in map(json.loads,
                      (gen / "texts.jsonl").read_text(encoding="utf-8").splitlines()) if row}
+            terms = [json.loads(line) for line in (gen / "terms.jsonl").read_text(encoding="utf-8").splitlines()]
         except (ValueError, TypeError, KeyError) as exc:
             raise StoreError(f"{path}: chunk or text records are damaged ({exc})") from exc
         try:
@@ -204,7 +228,7 @@ class FaissStore:
             index = faiss.read_index(str(gen / "index.faiss"))
         except RuntimeError as exc:
             raise StoreError(f"{path}: index.faiss is damaged") from exc
-        store = cls(path, manifest, chunks, np.ascontiguousarray(vectors, dtype=np.float32), index, texts)
+        store = cls(path, manifest, chunks, np.ascontiguousarray(vectors, dtype=np.float32), index, texts, terms)
         store.generation = gen.name
         problems = store.problems()
         if problems:
@@ -224,6 +248,8 @@ class FaissStore:
         counts: dict[str, int] = {}
         for c in self._chunks:
             counts[c.doc_id] = counts.get(c.doc_id, 0) + 1
+        if len(self._terms) != n:
+            out.append(f"{len(self._terms)} keyword term lists for {n} chunks")
         if set(self._texts) != set(docs):
             out.append("document texts disagree with the manifest")
         if set(counts) - set(docs):

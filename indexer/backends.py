@@ -1,0 +1,251 @@
+"""Encoder backends: the same sentence-transformers model folder run by torch (fp32 or bf16
+weights) or by onnxruntime (fp32 or dynamically quantised int8).
+
+    backend = load_backend("models/multilingual-e5-small", "onnx")
+    vectors = backend.encode(["query: ..."], prompt="")          # or prompt="query: "
+    vectors = backend.encode(passages, prompt=backend.prompts["document"])
+
+Every backend returns float32 [n, dim] L2-normalised vectors (mean pooling, as the folder's
+1_Pooling declares for e5), truncating at the model's token limit, and offers the same
+`tokenizer` (the folder's fast tokenizer), `prompts`, `dim` and `max_tokens`.
+
+The ONNX files are exported on first use into a folder beside the model
+(`models/multilingual-e5-small-onnx/`: model.onnx, model-int8.onnx, source.json), through a
+temporary folder and one rename, so a crash or a concurrent first use never leaves a half
+export. The model folder itself is only read. The export is redone when the model's weights
+change (source.json records their size and mtime).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+BACKENDS = ("torch", "bf16", "onnx", "onnx-int8")
+ONNX_FILE, ONNX_INT8_FILE, STAMP_FILE = "model.onnx", "model-int8.onnx", "source.json"
+OPSET = 17
+Progress = bool | Callable[[float], None]
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be loaded (unknown name, missing package, failed export)."""
+
+
+# ------------------------------------------------------------------------------ common model facts
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def model_prompts(model_path: str | Path) -> dict[str, str]:
+    """The prompts the folder declares (config_sentence_transformers.json), e.g. query/document."""
+    return dict(_read_json(Path(model_path) / "config_sentence_transformers.json").get("prompts") or {})
+
+
+def _pooling_mode(model_path: Path) -> str:
+    cfg = _read_json(model_path / "1_Pooling" / "config.json")
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    return "mean"
+
+
+def _max_tokens(model_path: Path, tokenizer) -> int:
+    st = _read_json(model_path / "sentence_bert_config.json").get("max_seq_length")
+    hf = _read_json(model_path / "config.json")
+    limit = int(st or getattr(tokenizer, "model_max_length", 512) or 512)
+    if hf.get("model_type") in ("xlm-roberta", "roberta", "camembert") and hf.get("max_position_embeddings"):
+        limit = min(limit, int(hf["max_position_embeddings"]) - 2)
+    return min(limit, 512) if limit > 100_000 else limit
+
+
+# ------------------------------------------------------------------------------ torch
+
+
+class TorchBackend:
+    """sentence-transformers, weights in float32 ("torch") or bfloat16 ("bf16")."""
+
+    def __init__(self, model_path: str | Path, backend: str = "torch", *, device: str = "cpu",
+                 threads: int | None = None) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if backend == "bf16" else {}
+        self.name = backend
+        self.model = SentenceTransformer(str(model_path), device=device, **kwargs)
+        self.tokenizer = self.model.tokenizer
+        self.prompts = dict(self.model.prompts)
+        self.dim = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length)
+
+    def encode(self, texts: list[str], prompt: str = "", *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        vecs = self.model.encode(list(texts), prompt=prompt or None, batch_size=batch_size, convert_to_numpy=True,
+                                 normalize_embeddings=True, show_progress_bar=bool(progress))
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------ onnx
+
+
+def onnx_dir(model_path: str | Path) -> Path:
+    """Where the ONNX export of a model folder lives: a sibling folder named <model>-onnx."""
+    p = Path(model_path).resolve()
+    return p.parent / f"{p.name}-onnx"
+
+
+def _source_stamp(model_path: Path) -> dict:
+    weights = next((model_path / f for f in ("model.safetensors", "pytorch_model.bin") if (model_path / f).exists()), None)
+    if weights is None:
+        raise BackendError(f"{model_path}: no model.safetensors to export to ONNX")
+    st = weights.stat()
+    return {"weights": weights.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "opset": OPSET}
+
+
+def _export(model_path: Path, out: Path) -> None:
+    """Write model.onnx (input_ids, attention_mask → normalised sentence_embedding) and its int8 twin."""
+    import torch
+    from transformers import AutoModel
+
+    pooling = _pooling_mode(model_path)
+    hf = AutoModel.from_pretrained(str(model_path), dtype=torch.float32, attn_implementation="eager").eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            h = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if pooling == "cls":
+                v = h[:, 0]
+            else:
+                m = attention_mask.unsqueeze(-1).to(h.dtype)
+                v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+    ids = torch.tensor([[0, 100, 200, 300, 2], [0, 400, 2, 1, 1]], dtype=torch.long)
+    mask = (ids != 1).long()
+    with torch.no_grad():
+        torch.onnx.export(Pooled(hf), (ids, mask), str(out / ONNX_FILE), dynamo=False, opset_version=OPSET,
+                          input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                                        "sentence_embedding": {0: "batch"}},
+                          do_constant_folding=True)
+    del hf
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8,
+                     per_channel=True, reduce_range=True)
+
+
+def ensure_onnx(model_path: str | Path) -> Path:
+    """The ONNX folder of a model, exported first if missing or made from other weights."""
+    model_path = Path(model_path).resolve()
+    final = onnx_dir(model_path)
+    stamp = _source_stamp(model_path)
+    if _read_json(final / STAMP_FILE) == stamp and (final / ONNX_FILE).exists() and (final / ONNX_INT8_FILE).exists():
+        return final
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        _export(model_path, tmp)
+        (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        if final.exists():  # stale (or another process just finished): move it aside, then swap in ours
+            if _read_json(final / STAMP_FILE) == stamp and (final / ONNX_INT8_FILE).exists():
+                return final
+            trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process renamed its export in first: use that one
+            if not (final / ONNX_FILE).exists():
+                raise
+    except Exception as exc:
+        if isinstance(exc, BackendError):
+            raise
+        raise BackendError(f"cannot export {model_path} to ONNX: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class OnnxBackend:
+    """onnxruntime on the exported graph: fp32 ("onnx") or dynamically quantised int8 ("onnx-int8")."""
+
+    def __init__(self, model_path: str | Path, backend: str = "onnx", *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs the onnxruntime package") from exc
+        from transformers import AutoTokenizer
+
+        model_path = Path(model_path)
+        folder = ensure_onnx(model_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = folder / (ONNX_INT8_FILE if backend == "onnx-int8" else ONNX_FILE)
+        self.name = backend
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.prompts = model_prompts(model_path)
+        self.max_tokens = _max_tokens(model_path, self.tokenizer)
+        self.dim = int(self.session.get_outputs()[0].shape[-1] if isinstance(self.session.get_outputs()[0].shape[-1], int)
+                       else self._run([[self.tokenizer.cls_token_id or 0, self.tokenizer.sep_token_id or 2]]).shape[1])
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), getattr(self, "pad_id", 1), np.int64)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+    def encode(self, texts: list[str], prompt: str = "", *, batch_size: int = 32,
+               progress: Progress = False) -> np.ndarray:
+        """Longest texts first, in batches padded to their own longest text (as sentence-transformers does)."""
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        enc = self.tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
+                             max_length=self.max_tokens)["input_ids"]
+        order = np.argsort([-len(r) for r in enc], kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            out[rows] = self._run([enc[i] for i in rows])
+            if callable(progress):
+                progress(min(1.0, (start + len(rows)) / len(texts)))
+        return out
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+def load_backend(model_path: str | Path, backend: str = "torch", *, device: str = "cpu", threads: int | None = None):
+    """A loaded backend: .encode(texts, prompt="", batch_size=32) → float32 [n, dim], normalised;
+    .tokenizer, .prompts, .dim, .max_tokens, .name. `backend` is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend in ("torch", "bf16"):
+        return TorchBackend(model_path, backend, device=device, threads=threads)
+    if device != "cpu":
+        raise BackendError(f"backend {backend!r} runs on the CPU only")
+    return OnnxBackend(model_path, backend, threads=threads)

@@ -1,0 +1,96 @@
+"""Keyword, hybrid and evaluation: the arithmetic, and hybrid's gain on exact terms."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DATA, ROOT
+from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
+from indexer.keyword import KeywordIndex, Segmenter
+from indexer.search import rrf_fuse
+
+
+def test_eval_arithmetic_by_hand():
+    labels = [Labelled("q1", ("d2",)), Labelled("q2", ("apple", "pear")), Labelled("q3", ("zzz",))]
+    ranked = [
+        [("d1", "x"), ("d2", "y"), ("d3", "z")],          # first relevant at rank 2
+        [("a", "an apple"), ("b", "plum"), ("c", "pear")],  # rank 1; both items found
+        [("a", "nothing"), ("b", "here")],                  # not found
+    ]
+    m = metrics(relevance_matrix(ranked, labels), k=10)
+    assert m["n"] == 3
+    assert m["hit@1"] == pytest.approx(1 / 3)
+    assert m["hit@3"] == pytest.approx(2 / 3)
+    assert m["mrr@10"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert m["recall@10"] == pytest.approx((1 + 1 + 0) / 3)
+    only_one = metrics(relevance_matrix([[("a", "an apple")]], [labels[1]]), k=10)
+    assert only_one["recall@10"] == pytest.approx(0.5)
+
+
+def test_rrf_fusion_by_hand():
+    class C:
+        def __init__(self, cid):
+            self.chunk_id = cid
+
+    a, b, c = C("a"), C("b"), C("c")
+    fused = rrf_fuse([[(0.9, a), (0.8, b)], [(5.0, b), (1.0, c)]], [1.0, 1.0], rrf_k=60)
+    assert [ch.chunk_id for _, ch in fused] == ["b", "a", "c"]
+    assert fused[0][0] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_segmenter_user_terms_and_filters():
+    plain = Segmenter()
+    custom = Segmenter(("述职述廉述学",))
+    assert "述职述廉述学" in custom.terms("党组织书记要述职述廉述学。")
+    assert "述职述廉述学" not in plain.terms("党组织书记要述职述廉述学。")
+    terms = plain.terms("如何加强学习强国平台的使用？ The App!")
+    assert "学习" in terms and "app" in terms
+    assert "如何" not in terms and "？" not in terms and "the" not in terms
+
+
+def test_bm25_scores_rank_term_matches():
+    seg = Segmenter()
+    docs = ["落实三会一课制度", "开展主题党日活动", "三会一课和主题党日都要坚持"]
+    index = KeywordIndex(seg.terms_many(docs))
+    scores, rows = index.search(seg.terms("三会一课"), k=5)
+    assert set(rows.tolist()) == {0, 2} and np.all(np.diff(scores) <= 0)
+    assert index.search(seg.terms("足球"), k=5)[1].size == 0
+    assert index.search(seg.terms("主题党日"), k=5, rows=np.array([1]))[1].tolist() == [1]
+
+
+def test_hybrid_lifts_an_exact_term_question(speech_engine):
+    question = "党组织书记述职述廉述学要怎么做？"
+    label = next(l for l in read_labelled(DATA / "speech_qa_zh.jsonl") if l.query == question)
+
+    def rank(mode):
+        hits = speech_engine.search(question, k=10, mode=mode)
+        return next(h.rank for h in hits if any(r in h.text for r in label.relevant))
+
+    assert rank("hybrid") < rank("dense")
+    assert rank("hybrid") == 1
+
+
+def test_keyword_index_follows_updates(speech_engine, tmp_path):
+    doc = tmp_path / "sports.txt"
+    doc.write_text("全市中小学将举办阳光体育节，设置跳绳、踢毽子和拔河三个集体项目。", encoding="utf-8")
+    speech_engine.add([doc])
+    assert speech_engine.search("拔河", k=1, mode="bm25")[0].doc_id == "sports.txt"
+    speech_engine.remove(["sports.txt"])
+    assert all(h.doc_id == "speech.txt" for h in speech_engine.search("拔河 跳绳", k=5, mode="bm25"))
+
+
+def test_eval_command_prints_table_and_json(speech_index, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "indexer", "eval", str(DATA / "speech_qa_zh.jsonl"),
+                          "--index", str(speech_index), "--mode", "all", "--json", str(tmp_path / "e.json")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1].split() == ["mode", "hit@1", "hit@3", "recall@10", "mrr@10"]
+    assert [line.split()[0] for line in lines[2:5]] == ["dense", "bm25", "hybrid"]
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert data["results"]["hybrid"]["n"] == len(read_labelled(DATA / "speech_qa_zh.jsonl"))
+    assert 0.8 <= data["results"]["dense"]["hit@3"] <= 1.0
