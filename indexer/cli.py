@@ -22,15 +22,15 @@ INDEX_ENV = "INDEXER_INDEX"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic search over Chinese (and any-language) documents.")
 
-IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder (default ${INDEX_ENV} or {DEFAULT_INDEX})")
+IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder or milvus://HOST:PORT/COLLECTION (default ${INDEX_ENV} or {DEFAULT_INDEX})")
 ModelOpt = typer.Option(None, "--model", "-m", help="embedding model folder or name (default $INDEXER_MODEL "
                                                     "or models/multilingual-e5-small)")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
 ModeOpt = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid")
 
 
-def _engine(index: Optional[Path], model: Optional[str], settings: IndexSettings | None = None) -> Engine:
-    path = index or Path(os.environ.get(INDEX_ENV) or DEFAULT_INDEX)
+def _engine(index: Optional[str], model: Optional[str], settings: IndexSettings | None = None) -> Engine:
+    path = index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX)
     return Engine(path, model=model, settings=settings)
 
 
@@ -53,7 +53,7 @@ def _print_reports(reports, limit: int = 20) -> None:
 
 @app.command()
 def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .md .jsonl .docx .pdf)"),
-          index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+          index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           max_tokens: int = typer.Option(ChunkSettings.max_tokens, help="largest chunk, in model tokens"),
           overlap: int = typer.Option(ChunkSettings.overlap, help="sentences repeated when a paragraph is split"),
           index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf")) -> None:
@@ -68,7 +68,7 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
 
 @app.command()
 def add(paths: list[Path] = typer.Argument(..., help="files or folders to add or replace"),
-        index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+        index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
         skip_bad_lines: bool = typer.Option(False, help="in JSONL files, skip broken lines instead of failing")) -> None:
     """Add documents; a changed document replaces its old chunks, an unchanged one is skipped."""
     _print_reports(_engine(index, model).add(paths, progress=_progress(), skip_bad_lines=skip_bad_lines))
@@ -76,13 +76,13 @@ def add(paths: list[Path] = typer.Argument(..., help="files or folders to add or
 
 @app.command()
 def remove(doc_ids: list[str] = typer.Argument(..., help="document ids, as `list` shows them"),
-           index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt) -> None:
+           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt) -> None:
     """Remove documents and their vectors."""
     _print_reports(_engine(index, model).remove(doc_ids))
 
 
 @app.command("list")
-def list_docs(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+def list_docs(index: Optional[str] = IndexOpt, as_json: bool = JsonOpt) -> None:
     """List the indexed documents."""
     docs = _engine(index, None).documents()
     if as_json:
@@ -93,7 +93,7 @@ def list_docs(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None
 
 
 @app.command()
-def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
+def info(index: Optional[str] = IndexOpt, as_json: bool = JsonOpt) -> None:
     """Show what the index holds and how it was built."""
     data = _engine(index, None).info()
     if as_json:
@@ -104,12 +104,12 @@ def info(index: Optional[Path] = IndexOpt, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def check(index: Optional[Path] = IndexOpt) -> None:
+def check(index: Optional[str] = IndexOpt) -> None:
     """Verify that the index on disk is complete and consistent."""
     engine = _engine(index, None)
     problems = engine.check()
     if problems:
-        raise IndexerError(f"{engine.path}: {'; '.join(problems)}")
+        raise IndexerError(f"{engine.location}: {'; '.join(problems)}")
     data = engine.info()
     typer.echo(f"ok: {data['index']} ({data['generation']}): {data['documents']} documents, {data['chunks']} chunks")
 
@@ -125,7 +125,7 @@ def _print_hits(hits: list[Hit]) -> None:
 
 @app.command()
 def search(query: str = typer.Argument(..., help="the question, in any language"),
-           index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
            k: int = typer.Option(5, "-k", "--top-k", help="how many passages"),
            doc: Optional[list[str]] = typer.Option(None, "--doc", help="search only these document ids"),
            min_score: Optional[float] = typer.Option(None, help="drop hits scoring below this"),
@@ -141,7 +141,7 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
 @app.command()
 def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per line), .csv (query column) or .jsonl"),
           output: Path = typer.Option(..., "-o", "--output", help="results file, .jsonl or .csv"),
-          index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+          index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           k: int = typer.Option(10, "-k", "--top-k", help="passages per question"), mode: str = ModeOpt) -> None:
     """Answer a file of questions; questions are encoded in batches."""
     questions = read_questions(queries)
@@ -152,7 +152,7 @@ def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per lin
 
 @app.command("eval")
 def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "relevant": [doc ids or exact substrings]}'),
-                 index: Optional[Path] = IndexOpt, model: Optional[str] = ModelOpt,
+                 index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
                  mode: str = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid | all"),
                  k: int = typer.Option(10, "-k", help="depth for Recall and MRR"),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures here")) -> None:
@@ -162,12 +162,12 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
     modes = list(MODES) if mode == "all" else [mode]
     rows = {m: evaluate(engine, labels, m, k) for m in modes}
     keys = [key for key in next(iter(rows.values())) if key != "n"]
-    typer.echo(f"{labelled} ({len(labels)} questions, index {engine.path})")
+    typer.echo(f"{labelled} ({len(labels)} questions, index {engine.location})")
     typer.echo(f"{'mode':8}" + "".join(f"{key:>11}" for key in keys))
     for m, row in rows.items():
         typer.echo(f"{m:8}" + "".join(f"{row[key]:11.3f}" for key in keys))
     if json_out:
-        json_out.write_text(json.dumps({"labelled": str(labelled), "index": str(engine.path), "results": rows},
+        json_out.write_text(json.dumps({"labelled": str(labelled), "index": str(engine.location), "results": rows},
                                        indent=1), encoding="utf-8")
 
 

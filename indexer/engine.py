@@ -11,9 +11,9 @@ from .errors import ModelError, QueryError, StoreError
 from .keyword import Segmenter
 from .search import MODES, FusionSettings, retrieve
 from .reading import Document, read_paths
-from .store.atomic import current_generation, writer_lock
+from .store import store_class
 from .store.base import DocRecord, Manifest, now
-from .store.faiss_store import FaissStore, choose_index_type
+from .store.faiss_store import choose_index_type
 
 Progress = Union[bool, Callable[[float], None]]  # a console bar, or a callback given the fraction done
 DEFAULT_INDEX = Path("indexes/default")
@@ -90,11 +90,13 @@ class Engine:
 
     def __init__(self, index: str | Path = DEFAULT_INDEX, encoder: Encoder | None = None,
                  settings: IndexSettings | None = None, model: str | None = None) -> None:
-        self.path = Path(index)
+        self.location = str(index)
+        self.path = Path(index)  # for a folder index; Milvus locations are not paths
+        self._store_cls = store_class(self.location)
         self.settings = settings or IndexSettings()
         self._encoder = encoder
         self._model = model
-        self._store: FaissStore | None = None
+        self._store = None
         self._segmenter: Segmenter | None = None
         self.fusion = FusionSettings()
 
@@ -114,40 +116,36 @@ class Engine:
         return self._segmenter
 
     @property
-    def store(self) -> FaissStore:
+    def store(self):
         """The loaded index; reloaded when another process has switched in a newer generation."""
-        if self._store is None or self._store.generation != current_generation(self.path).name:
-            self._store = FaissStore.load(self.path)
+        if self._store is None or not self._store.is_current():
+            self._store = self._store_cls.load(self.location)
             self._adopt_settings(self._store.manifest)
         return self._store
 
     def exists(self) -> bool:
-        try:
-            current_generation(self.path)
-            return True
-        except StoreError:
-            return False
+        return self._store_cls.exists(self.location)
 
     def check_model(self, manifest: Manifest) -> None:
         """Refuse to mix vectors of two models in one index."""
         enc = self.encoder
         if manifest.model != enc.name or manifest.dim != enc.dim:
-            raise ModelError(f"index {self.path} was built with model {manifest.model} (dim {manifest.dim}), "
+            raise ModelError(f"index {self.location} was built with model {manifest.model} (dim {manifest.dim}), "
                              f"not {enc.name} (dim {enc.dim}); use that model or rebuild the index")
 
-    def _new_store(self) -> FaissStore:
+    def _new_store(self):
         choose_index_type(self.settings.index_type, 0)  # validate early
         manifest = Manifest(model=self.encoder.name, dim=self.encoder.dim,
                             chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
                             keyword={"user_terms": list(self.settings.user_terms)})
-        return FaissStore(self.path, manifest)
+        return self._store_cls(self.location, manifest)
 
     # ---------------------------------------------------------------- writes
 
     def build(self, paths: Iterable[str | Path], *, progress: Progress = False) -> list[DocReport]:
         """Index exactly these documents, from scratch; the old index stays until the new one is saved."""
         docs = read_paths(paths)
-        with writer_lock(self.path):
+        with self._store_cls.lock(self.location):
             store = self._new_store()
             reports = self._upsert_all(store, docs, progress)
             store.save()
@@ -156,8 +154,8 @@ class Engine:
 
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
         """Re-chunk and re-embed every indexed document from its stored text (e.g. after a model change)."""
-        with writer_lock(self.path):
-            old = FaissStore.load(self.path)
+        with self._store_cls.lock(self.location):
+            old = self._store_cls.load(self.location)
             docs = [Document(d.doc_id, old.document_text(d.doc_id), d.title, d.source, d.encoding, d.meta)
                     for d in old.manifest.documents.values()]
             store = self._new_store()
@@ -173,8 +171,8 @@ class Engine:
 
     def add_documents(self, docs: list[Document], *, progress: Progress = False) -> list[DocReport]:
         """Add already-read documents (the page's uploads and pasted text come this way)."""
-        with writer_lock(self.path):
-            store = FaissStore.load(self.path) if self.exists() else self._new_store()
+        with self._store_cls.lock(self.location):
+            store = self._store_cls.load(self.location) if self.exists() else self._new_store()
             self.check_model(store.manifest)
             self._adopt_settings(store.manifest)
             reports = self._upsert_all(store, docs, progress)
@@ -185,11 +183,11 @@ class Engine:
 
     def remove(self, doc_ids: list[str]) -> list[DocReport]:
         """Remove documents by id; an unknown id is an error and nothing is removed."""
-        with writer_lock(self.path):
-            store = FaissStore.load(self.path)
+        with self._store_cls.lock(self.location):
+            store = self._store_cls.load(self.location)
             unknown = [d for d in doc_ids if d not in store.manifest.documents]
             if unknown:
-                raise StoreError(f"no document {unknown[0]!r} in {self.path} (see `list`)")
+                raise StoreError(f"no document {unknown[0]!r} in {self.location} (see `list`)")
             reports = [DocReport(d, "removed", store.manifest.documents[d].chunks) for d in doc_ids]
             store.delete(doc_ids)
             store.save()
@@ -201,7 +199,7 @@ class Engine:
         self.settings = IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type,
                                       tuple(manifest.keyword.get("user_terms", ())))
 
-    def _upsert_all(self, store: FaissStore, docs: list[Document], progress: Progress) -> list[DocReport]:
+    def _upsert_all(self, store, docs: list[Document], progress: Progress) -> list[DocReport]:
         """Chunk the new and changed documents, embed them in one pass, and put them in the store."""
         known = store.manifest.documents
         todo = [d for d in docs if d.doc_id not in known or known[d.doc_id].content_hash != d.content_hash]
@@ -256,7 +254,7 @@ class Engine:
         return [self._hits(store, rows, min_score) for rows in results]
 
     @staticmethod
-    def _doc_filter(store: FaissStore, docs: Iterable[str] | None) -> set[str] | None:
+    def _doc_filter(store, docs: Iterable[str] | None) -> set[str] | None:
         if docs is None:
             return None
         wanted = set(docs)
@@ -266,7 +264,7 @@ class Engine:
         return wanted
 
     @staticmethod
-    def _hits(store: FaissStore, rows: list[tuple[float, Chunk]], min_score: float | None) -> list[Hit]:
+    def _hits(store, rows: list[tuple[float, Chunk]], min_score: float | None) -> list[Hit]:
         docs = store.manifest.documents
         kept = [(s, c) for s, c in rows if min_score is None or s >= min_score]
         return [Hit(rank, round(score, 6), c.chunk_id, c.doc_id, docs[c.doc_id].title, c.section, c.text,
@@ -287,7 +285,7 @@ class Engine:
         store = self.store
         m = store.manifest
         return {
-            "index": str(self.path), "generation": store.generation, "format_version": m.format_version,
+            "index": self.location, "generation": store.generation, "format_version": m.format_version,
             "model": m.model, "dim": m.dim, "documents": len(m.documents), "chunks": len(store),
             "index_type": store.index_kind, "index_type_setting": m.index_type, "chunking": m.chunking,
             "created": m.created, "updated": m.updated,
@@ -295,5 +293,5 @@ class Engine:
 
     def check(self) -> list[str]:
         """Problems found in the index on disk (an empty list: it is consistent)."""
-        store = FaissStore.load(self.path)
+        store = self._store_cls.load(self.location)
         return store.problems()

@@ -1,1 +1,24 @@
-"""Stores: where vectors, chunk records and the manifest live. FAISS folder is the default."""
+"""Stores: where vectors, chunk records and the manifest live.
+
+`store_class(location)` picks the implementation from the index location: a folder is the
+embedded FAISS store (the default); `milvus://HOST:PORT/COLLECTION` is a Milvus server.
+Every implementation offers the same class methods (exists, load, lock) and instance methods
+(upsert, delete, search, keyword_search, chunks_of, all_chunks, document_text, save, problems,
+is_current), so the engine never branches on the store.
+"""
+from __future__ import annotations
+
+
+def is_milvus(location: str) -> bool:
+    return str(location).startswith(("milvus://", "milvus+tls://"))
+
+
+def store_class(location: str):
+    """The store implementation for an index location."""
+    if is_milvus(location):
+        from .milvus_store import MilvusStore
+
+        return MilvusStore
+    from .faiss_store import FaissStore
+
+    return FaissStore

@@ -22,7 +22,7 @@ import numpy as np
 from ..chunking import Chunk
 from ..errors import StoreError
 from ..keyword import KeywordIndex
-from .atomic import current_generation, new_generation
+from .atomic import current_generation, new_generation, writer_lock
 from .base import FORMAT_VERSION, DocRecord, Manifest, now
 
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy", "index.faiss")
@@ -203,6 +203,28 @@ class FaissStore:
             np.save(gen / "vectors.npy", self._vectors)
             faiss.write_index(index, str(gen / "index.faiss"))
             self.generation = gen.name.lstrip(".").removesuffix(".tmp")
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        """Whether there is a loadable-looking index at `path` (a CURRENT pointer to a generation)."""
+        try:
+            current_generation(Path(path))
+            return True
+        except StoreError:
+            return False
+
+    @staticmethod
+    def lock(path: Path):
+        """The writers' lock of the index at `path` (a file lock beside the folder)."""
+        return writer_lock(Path(path))
+
+    def is_current(self) -> bool:
+        """False once another process has switched in a newer generation."""
+        return self.generation == current_generation(self.path).name
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     @classmethod
     def load(cls, path: Path) -> "FaissStore":
