@@ -1,6 +1,6 @@
 """Which words of a question to mark in a passage: terms, their spans, and safe HTML.
 
-Pure functions (regex and jieba, no page code), used by the search page. Chinese questions are
+Pure functions (regex and jieba, no Streamlit), used by the search page. Chinese questions are
 cut with jieba's search mode, so a long word and its parts are all tried (私立学校 → 私立, 学校,
 私立学校); only terms of two or more CJK characters, or Latin words of three or more letters, are
 kept, less a short list of question words. A term is found in a passage case-insensitively; a
@@ -15,7 +15,6 @@ import re
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_TERM = re.compile(f"[{CJK}]{{2,}}")
 _LATIN_TERM = re.compile(r"[A-Za-z][A-Za-z'-]*[A-Za-z]|[A-Za-z]")
-_TOKEN = re.compile(f"[{CJK}]+|[A-Za-z][A-Za-z'-]*")
 
 STOPWORDS = frozenset({
     # Chinese question words and fillers
@@ -32,12 +31,10 @@ STOPWORDS = frozenset({
 
 
 def _cut(query: str) -> list[str]:
-    """Words of a question: jieba's search-mode cut when jieba is there, else runs of letters."""
-    try:
-        import jieba
-    except ImportError:  # pragma: no cover - jieba is a requirement; keep highlighting alive without it
-        return _TOKEN.findall(query)
-    jieba.setLogLevel(logging.WARNING)
+    """Words of a question, by jieba's search-mode cut (a long word and its parts)."""
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict" on the console
     return jieba.lcut_for_search(query)
 
 

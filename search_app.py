@@ -1,0 +1,542 @@
+"""The search page: a Streamlit shell over the same engine the command line uses.
+
+    streamlit run search_app.py                      # index: $INDEXER_INDEX or indexes/default
+    streamlit run search_app.py -- --index DIR
+
+Ask a question (Chinese or English) and get the ranked passages, with the question's words marked
+and the paragraphs around each hit; choose how many, a minimum score and which documents; see the
+index's state; build it from the sample speech when there is none; add (upload or paste), remove
+and rebuild documents; run a file of questions and download the results. The model and one engine
+per index folder are loaded once per server process; the engine picks up a newer index generation
+written by another process on its next query. Every expected failure is an `IndexerError` whose
+one-line message is shown as it is. No search logic lives here.
+
+`$INDEXER_SAMPLE` overrides the file the "build" button indexes (default data/speech.txt).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import html
+import inspect
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:  # `streamlit run /path/to/search_app.py` from another folder
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from indexer.chunking import is_heading  # noqa: E402
+from indexer.embedding import Encoder  # noqa: E402
+from indexer.engine import Engine, Hit  # noqa: E402
+from indexer.errors import IndexerError  # noqa: E402
+from indexer.highlight import highlight_spans, query_terms, to_html  # noqa: E402
+from indexer.querying import Question, read_questions, write_results  # noqa: E402
+from indexer.reading import Document, ReadError, normalise_newlines, read_file  # noqa: E402
+
+DEFAULT_INDEX = ROOT / "indexes" / "default"
+SAMPLE = Path(os.environ.get("INDEXER_SAMPLE") or ROOT / "data" / "speech.txt")
+DOC_TYPES = ("txt", "md", "docx", "pdf", "jsonl")
+QUESTION_TYPES = ("txt", "csv", "jsonl")
+try:  # the engine's retrieval modes, when it has them (see mode_kwargs)
+    from indexer.search import MODES
+except ImportError:  # pragma: no cover - an engine without modes: the selector is not shown
+    MODES = ("dense", "bm25", "hybrid")
+CONTEXT_CHUNKS = 2  # chunks shown on each side of a hit when it is expanded
+
+# Example questions for the sample speech (shown when it is in the index).
+SAMPLE_DOC = "speech.txt"
+EXAMPLES = (
+    "私立学校怎样建立党组织？",
+    "如何加强党风廉政建设？",
+    "How are young cadres trained?",
+    "What does the speech say about the Xuexi Qiangguo app?",
+)
+
+CSS = """
+<style>
+.hit-head { display: flex; flex-wrap: wrap; gap: .35rem .9rem; align-items: baseline; margin-bottom: .15rem; }
+.hit-head .rank { font-weight: 700; font-size: 1.05rem; }
+.hit-head .score { font-family: monospace; background: rgba(70, 130, 200, .15); border-radius: .3rem; padding: 0 .35rem; }
+.hit-head .doc { opacity: .75; }
+.hit-head .section { color: #3a78c2; font-weight: 600; }
+.passage, .context { line-height: 1.75; font-size: 1.02rem; }
+.passage mark, .context mark { background: #ffe066; color: #111; padding: 0 .08em; border-radius: .15em; }
+.context .ctx-around { opacity: .65; }
+.context .ctx-hit { border-left: 3px solid #f0b400; padding-left: .6rem; margin: .35rem 0; }
+</style>
+"""
+
+
+# ---------------------------------------------------------------------------- loading (once per process)
+
+
+def index_path(argv: list[str] | None = None) -> Path:
+    """`--index DIR` after `--` on the streamlit command line, else $INDEXER_INDEX, else indexes/default."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--index")
+    try:
+        args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit:  # `--index` without a value: fall back to the environment
+        args = argparse.Namespace(index=None)
+    return Path(args.index or os.environ.get("INDEXER_INDEX") or DEFAULT_INDEX)
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def get_encoder() -> Encoder:
+    """The one encoder of this server process ($INDEXER_MODEL or the provisioned default)."""
+    return Encoder()
+
+
+@st.cache_resource(show_spinner=False)
+def get_engine(path: str) -> Engine:
+    """One engine per index folder, sharing the encoder; it reloads itself when the index changes."""
+    return Engine(path, encoder=get_encoder())
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def mode_kwargs(fn: Callable, mode: str | None) -> dict:
+    """`mode=` for the engine call when the engine has retrieval modes (dense/bm25/hybrid)."""
+    return {"mode": mode} if mode and _accepts(fn, "mode") else {}
+
+
+# ---------------------------------------------------------------------------- inputs → documents/questions
+
+
+def documents_from_uploads(files: list[tuple[str, bytes]]) -> list[Document]:
+    """Uploaded files (name, bytes) → documents, read exactly as the command line reads files.
+
+    A document's id is the file's name (a .jsonl file's lines carry their own ids); any problem is
+    a ReadError naming the uploaded file.
+    """
+    if not files:
+        raise ReadError("no files uploaded")
+    docs: list[Document] = []
+    with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
+        for n, (name, data) in enumerate(files):
+            name = Path(str(name).replace("\\", "/")).name or f"upload-{n}"
+            if Path(name).suffix.lower().lstrip(".") not in DOC_TYPES:
+                raise ReadError(f"{name}: not a supported file (use {', '.join('.' + t for t in DOC_TYPES)})")
+            folder = Path(tmp) / str(n)
+            folder.mkdir()
+            path = folder / name
+            path.write_bytes(data)
+            try:
+                read = read_file(path)
+            except IndexerError as exc:
+                raise type(exc)(str(exc).replace(str(path), name)) from exc
+            except Exception as exc:  # noqa: BLE001 - a damaged .docx/.pdf: one line, never a traceback
+                raise ReadError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from exc
+            docs.extend(dataclasses.replace(d, source=f"upload:{name}") for d in read)
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.doc_id in seen:
+            raise ReadError(f"two uploaded documents have the id {doc.doc_id!r}")
+        seen.add(doc.doc_id)
+    return docs
+
+
+def document_from_paste(title: str, text: str) -> Document:
+    """Pasted text → one document whose id is its title (pasting under the same title replaces it)."""
+    title = " ".join(str(title or "").split())
+    text = normalise_newlines(str(text or ""))
+    if not title:
+        raise ReadError("give the pasted text a title: it names the document")
+    if not text.strip():
+        raise ReadError("the pasted text is empty")
+    return Document(doc_id=title, text=text, title=title, source="pasted")
+
+
+def questions_from_upload(name: str, data: bytes) -> list[Question]:
+    """An uploaded questions file, read by the command line's reader (by its extension)."""
+    name = Path(str(name).replace("\\", "/")).name or "questions.txt"
+    with tempfile.TemporaryDirectory(prefix="questions-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        try:
+            return read_questions(path)
+        except IndexerError as exc:
+            raise type(exc)(str(exc).replace(str(path), name)) from exc
+
+
+def questions_from_text(text: str) -> list[Question]:
+    return [Question(str(n), line.strip()) for n, line in enumerate(str(text).splitlines(), 1) if line.strip()]
+
+
+def results_file(questions: list[Question], results: list[list[Hit]], suffix: str) -> bytes:
+    """Batch results as the command line writes them (.csv one row per hit, .jsonl one line per question)."""
+    with tempfile.TemporaryDirectory(prefix="results-") as tmp:
+        path = Path(tmp) / f"results{suffix}"
+        write_results(path, questions, results)
+        return path.read_bytes()
+
+
+# ---------------------------------------------------------------------------- small helpers
+
+
+def flash(kind: str, message: str) -> None:
+    """A message to show after the rerun that follows a change to the index."""
+    st.session_state.setdefault("_flash", []).append((kind, message))
+
+
+def show_flashes() -> None:
+    for kind, message in st.session_state.pop("_flash", []):
+        getattr(st, kind)(message)
+
+
+def shown_path(path: Path) -> str:
+    """A folder inside the project as a relative path, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def when(stamp: str | None) -> str:
+    try:
+        return datetime.fromisoformat(str(stamp)).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return str(stamp or "?")
+
+
+def esc(text: object) -> str:
+    """HTML-escaped, and safe from Markdown's own reading ($ would start a formula)."""
+    return html.escape(str(text)).replace("$", "&#36;")
+
+
+def progress_bar(where, text: str) -> Callable[[float], None]:
+    """An st.progress bar and the callback that moves it (given the fraction done)."""
+    bar = where.progress(0.0, text=text)
+
+    def update(fraction: float) -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        bar.progress(fraction, text=f"{text} {fraction:.0%}")
+
+    return update
+
+
+def summarise(reports) -> str:
+    by: dict[str, list[str]] = {}
+    for r in reports:
+        by.setdefault(r.status, []).append(f"{r.doc_id} ({r.chunks} chunks)")
+    return "; ".join(f"{status}: {', '.join(items)}" for status, items in by.items()) or "nothing to do"
+
+
+def split_heading(hit: Hit) -> tuple[str, str]:
+    """(section label, passage body): heading lines at the top of a chunk become the label."""
+    lines = hit.text.split("\n")
+    heads = []
+    while len(lines) > 1 and is_heading(lines[0]):
+        heads.append(lines.pop(0).strip())
+    section = " › ".join(heads) if heads else hit.section
+    return section, "\n".join(lines)
+
+
+def marked(text: str, terms: list[str]) -> str:
+    return to_html(text, highlight_spans(text, terms)).replace("$", "&#36;")
+
+
+# ---------------------------------------------------------------------------- page parts
+
+
+def index_state(engine: Engine) -> tuple[dict | None, str | None]:
+    """(info, problem): info is None when there is no usable index, problem says why if it is damaged."""
+    if not engine.exists():
+        return None, None
+    try:
+        return engine.info(), None
+    except IndexerError as exc:
+        return None, str(exc)
+
+
+def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
+    """Index state, search settings, and index management; returns the settings."""
+    sb = st.sidebar
+    sb.header("Index 索引")
+    sb.caption(f"`{shown_path(engine.path)}`")
+    if info:
+        c1, c2 = sb.columns(2)
+        c1.metric("Documents 文档", info["documents"])
+        c2.metric("Chunks 段落", info["chunks"])
+        sb.caption(f"Model **{info['model']}** (dim {info['dim']}) · {info['index_type']} index  \n"
+                   f"Built {when(info['created'])}  \nUpdated {when(info['updated'])} · {info['generation']}")
+    elif problem:
+        sb.error(problem)
+    else:
+        sb.warning("No index yet.")
+
+    sb.header("Settings 设置")
+    k = sb.slider("Results 结果数", 1, 30, 5, key="k")
+    min_score = sb.slider("Minimum score 最低分", 0.0, 1.0, 0.0, 0.01, key="min_score",
+                          help="Passages scoring below this are not shown (0 shows all).")
+    docs = {d.doc_id: d for d in engine.documents()} if info else {}
+    if "docs" in st.session_state:  # a removed document leaves the filter
+        st.session_state.docs = [d for d in st.session_state.docs if d in docs]
+    chosen = sb.multiselect("Search in 文档筛选", list(docs), key="docs", placeholder="All documents",
+                            format_func=lambda d: d if not docs[d].title or docs[d].title == Path(d).stem
+                            else f"{docs[d].title} ({d})")
+    mode = None
+    if _accepts(Engine.search, "mode"):
+        default = inspect.signature(Engine.search).parameters["mode"].default
+        mode = sb.selectbox("Mode 检索方式", MODES, key="mode", index=MODES.index(default) if default in MODES else 0,
+                            help="dense: by meaning (cosine score) · bm25: by words · hybrid: both, fused by rank. "
+                                 "Each mode scores on its own scale, so the minimum score depends on it.")
+
+    sb.header("Manage 管理")
+    if info and sb.button("Rebuild the index 重建索引", key="rebuild",
+                          help="Re-chunk and re-embed every document from its stored text."):
+        update = progress_bar(sb, "Rebuilding…")
+        try:
+            reports = engine.rebuild(progress=update)
+        except IndexerError as exc:
+            sb.error(str(exc))
+        else:
+            flash("success", f"Rebuilt the index: {len(reports)} documents, "
+                             f"{sum(r.chunks for r in reports)} chunks.")
+            st.rerun()
+    sb.caption("Add or remove documents in the **Documents** tab.")
+    return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode}
+
+
+def build_panel(engine: Engine, problem: str | None) -> None:
+    """The message and the one-click build when there is no (usable) index."""
+    if problem:
+        st.error(f"The index cannot be used: {problem}")
+    else:
+        st.warning(f"There is no index at `{shown_path(engine.path)}` yet. Build it from the sample speech, "
+                   "or add your own documents in the Documents tab.")
+    sample = SAMPLE
+    label = f"Build the index from {sample.relative_to(ROOT) if sample.is_relative_to(ROOT) else sample}"
+    if not sample.is_file():
+        st.caption(f"The sample {sample} is not there; add documents in the Documents tab.")
+        return
+    if st.button(label, type="primary", key="build", icon=":material/build:"):
+        update = progress_bar(st, "Building…")
+        try:
+            reports = engine.build([sample], progress=update)
+        except IndexerError as exc:
+            st.error(str(exc))
+        else:
+            flash("success", f"Built the index: {summarise(reports)}.")
+            st.rerun()
+
+
+def set_query(text: str) -> None:
+    st.session_state.query = text
+
+
+def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
+    st.text_input("Question 问题", key="query", placeholder="例如：私立学校怎样建立党组织？  ·  e.g. How are young cadres trained?",
+                  help="Chinese or English; press Enter.")
+    if info and SAMPLE_DOC in info.get("doc_ids", ()):
+        row = st.container(horizontal=True, gap="small", vertical_alignment="center")
+        row.caption("Try 试试:", width="content")
+        for n, example in enumerate(EXAMPLES):
+            row.button(example, key=f"example-{n}", on_click=set_query, args=(example,))
+    query = st.session_state.get("query", "")
+    if info is None:
+        st.info("Search needs an index: build it above, or add documents in the Documents tab.")
+        return
+    if not query:
+        st.info("Type a question and press Enter — in Chinese or English. 输入问题后按回车。")
+        return
+    try:
+        hits = engine.search(query, settings["k"], settings["docs"], settings["min_score"],
+                             **mode_kwargs(engine.search, settings["mode"]))
+    except IndexerError as exc:
+        st.warning(str(exc))
+        return
+    if not hits:
+        st.info("No passage scores above the minimum score; lower it in the sidebar.")
+        return
+    terms = query_terms(query)
+    found = [t for t in terms if any(highlight_spans(h.text, [t]) for h in hits)]
+    st.caption(f"{len(hits)} passages, ranked by meaning · " + (f"marked: {'、'.join(found)}" if found else
+               "none of the question's words occur in them literally"))
+    for hit in hits:
+        show_hit(engine, hit, terms)
+
+
+def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
+    section, body = split_heading(hit)
+    with st.container(border=True):
+        st.markdown(
+            f'<div class="hit-head"><span class="rank">#{hit.rank}</span>'
+            f'<span class="score" title="score">{hit.score:.4g}</span>'
+            f'<span class="doc">{esc(hit.title or hit.doc_id)}</span>'
+            f'<span class="section">{esc(section) if section else ""}</span></div>',
+            unsafe_allow_html=True)
+        st.markdown(f'<div class="passage">{marked(body, terms)}</div>', unsafe_allow_html=True)
+        with st.expander("Context 上下文 — the paragraphs around it"):
+            try:
+                st.markdown(context_html(engine, hit, terms), unsafe_allow_html=True)
+            except (IndexerError, KeyError) as exc:
+                st.warning(f"the context is not available ({exc})")
+
+
+def context_html(engine: Engine, hit: Hit, terms: list[str]) -> str:
+    """The original text around a hit (the chunks before and after it), the hit itself set off."""
+    chunks = engine.context(hit, CONTEXT_CHUNKS, CONTEXT_CHUNKS)
+    text = engine.store.document_text(hit.doc_id)
+    start = min([hit.start] + [c.start for c in chunks])
+    end = max([hit.end] + [c.end for c in chunks])
+    before = text[start:hit.start].rstrip("\n")
+    after = text[hit.end:end].lstrip("\n")
+    around = '<div class="ctx-around">{}</div>'
+    return ('<div class="context">' + (around.format(marked(before, terms)) if before else "")
+            + f'<div class="ctx-hit">{marked(text[hit.start:hit.end], terms)}</div>'
+            + (around.format(marked(after, terms)) if after else "") + "</div>")
+
+
+def batch_tab(engine: Engine, info: dict | None, settings: dict) -> None:
+    st.markdown("Run many questions at once: a **.txt** file (one per line), a **.csv** with a `query` "
+                "column (and `id`), or **.jsonl** lines `{\"id\", \"query\"}`. Uses the sidebar's settings.")
+    upload = st.file_uploader("Questions file 问题文件", type=list(QUESTION_TYPES), key="batch_file")
+    pasted = st.text_area("…or paste questions, one per line", key="batch_text", height=110)
+    if info is None:
+        st.info("A batch needs an index: build it, or add documents in the Documents tab.")
+        return
+    if upload is None and not pasted.strip():
+        return
+    try:
+        if upload is not None:
+            data = upload.getvalue()
+            questions = questions_from_upload(upload.name, data)
+        else:
+            data = pasted.encode("utf-8")
+            questions = questions_from_text(pasted)
+        key = hashlib.sha256(data).hexdigest() + json.dumps([settings, info["generation"]], default=str)
+        cached = st.session_state.get("_batch")
+        if cached and cached[0] == key:
+            results = cached[1]
+        else:
+            with st.spinner(f"Searching {len(questions)} questions…"):
+                results = engine.batch([q.query for q in questions], settings["k"], settings["docs"],
+                                       settings["min_score"], **mode_kwargs(engine.batch, settings["mode"]))
+            st.session_state._batch = (key, results)
+    except IndexerError as exc:
+        st.warning(str(exc))
+        return
+    rows = [{"id": q.qid, "query": q.query, "rank": h.rank, "score": round(h.score, 4), "document": h.doc_id,
+             "section": h.section, "passage": split_heading(h)[1]}
+            for q, hits in zip(questions, results) for h in hits]
+    st.caption(f"{len(questions)} questions · {len(rows)} hits")
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"passage": st.column_config.TextColumn(width="large"),
+                                "score": st.column_config.NumberColumn(format="%.3f")})
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV", results_file(questions, results, ".csv"), file_name="results.csv",
+                       mime="text/csv", key="dl_csv", on_click="ignore", icon=":material/download:")
+    c2.download_button("Download JSONL", results_file(questions, results, ".jsonl"), file_name="results.jsonl",
+                       mime="application/jsonl", key="dl_jsonl", on_click="ignore", icon=":material/download:")
+
+
+def add_documents(engine: Engine, docs: list[Document], where) -> None:
+    update = progress_bar(where, "Embedding…")
+    try:
+        reports = engine.add_documents(docs, progress=update)
+    except IndexerError as exc:
+        where.error(str(exc))
+        return
+    flash("success", f"Index updated — {summarise(reports)}. New documents are searchable now.")
+    st.session_state._clear_inputs = True
+    st.rerun()
+
+
+def documents_tab(engine: Engine, info: dict | None) -> None:
+    if st.session_state.pop("_clear_inputs", False):
+        st.session_state.paste_title = ""
+        st.session_state.paste_text = ""
+        st.session_state.upload_round = st.session_state.get("upload_round", 0) + 1
+    records = engine.documents() if info else []
+    st.subheader(f"In the index 已收录 ({len(records)})")
+    if records:
+        st.dataframe([{"id": d.doc_id, "title": d.title, "chunks": d.chunks, "characters": d.chars,
+                       "encoding": d.encoding or "", "source": d.source, "added": when(d.added)}
+                      for d in records], hide_index=True, width="stretch")
+    else:
+        st.caption("No documents yet.")
+
+    add, remove = st.columns([3, 2], gap="large")
+    with add:
+        st.subheader("Add 添加")
+        files = st.file_uploader("Upload files (.txt .md .docx .pdf .jsonl)", type=list(DOC_TYPES),
+                                 accept_multiple_files=True, key=f"doc_files_{st.session_state.get('upload_round', 0)}")
+        if st.button("Add the uploaded files", key="add_files", disabled=not files, type="primary"):
+            try:
+                docs = documents_from_uploads([(f.name, f.getvalue()) for f in files])
+            except IndexerError as exc:
+                st.error(str(exc))
+            else:
+                add_documents(engine, docs, st)
+        st.markdown("**…or paste text 粘贴文本**")
+        st.text_input("Title 标题", key="paste_title", placeholder="names the document; the same title replaces it")
+        st.text_area("Text 文本", key="paste_text", height=180)
+        if st.button("Add the pasted text", key="add_paste"):
+            try:
+                doc = document_from_paste(st.session_state.paste_title, st.session_state.paste_text)
+            except IndexerError as exc:
+                st.error(str(exc))
+            else:
+                add_documents(engine, [doc], st)
+    with remove:
+        st.subheader("Remove 删除")
+        if not records:
+            st.caption("Nothing to remove.")
+            return
+        doc_id = st.selectbox("Document", [d.doc_id for d in records], key="remove_doc")
+        if st.button("Remove from the index", key="remove", icon=":material/delete:"):
+            try:
+                engine.remove([doc_id])
+            except IndexerError as exc:
+                st.error(str(exc))
+            else:
+                flash("success", f"Removed {doc_id} from the index.")
+                st.rerun()
+
+
+def main() -> None:
+    st.set_page_config(page_title="语义检索 · Semantic search", page_icon=":material/search:", layout="wide")
+    st.html(CSS)
+    try:
+        engine = get_engine(str(index_path()))
+        info, problem = index_state(engine)
+    except IndexerError as exc:  # the model cannot be loaded
+        st.error(str(exc))
+        st.stop()
+    if info:
+        info["doc_ids"] = [d.doc_id for d in engine.documents()]
+    settings = sidebar(engine, info, problem)
+
+    st.title(":material/manage_search: 语义检索 · Semantic search")
+    st.caption("Ask in Chinese or English; passages are ranked by meaning, and the question's words are marked.")
+    with st.container():  # always there, so the tabs below keep their place (and the open tab) after a change
+        show_flashes()
+    if info is None:
+        build_panel(engine, problem)
+    search, batch, documents = st.tabs([":material/search: Search 检索", ":material/checklist: Batch 批量", ":material/description: Documents 文档"],
+                                       key="tabs")
+    with search:
+        search_tab(engine, info, settings)
+    with batch:
+        batch_tab(engine, info, settings)
+    with documents:
+        documents_tab(engine, info)
+
+
+if __name__ == "__main__":
+    main()

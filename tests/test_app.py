@@ -1,0 +1,335 @@
+"""The search page, driven by Streamlit's AppTest on the real model and the real speech.
+
+Each test points the page at its own copy of an index through $INDEXER_INDEX; the page loads the
+model once for the whole session (st.cache_resource) and one engine per index folder.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import ROOT, SPEECH
+from indexer.engine import Engine
+from indexer.highlight import highlight_spans, query_terms, to_html
+from indexer.reading import Document, ReadError
+
+APP = ROOT / "search_app.py"
+QUESTION = "私立学校怎样建立党组织？"
+MINBAN = "市教育局党组继续贯彻"
+MINBAN_SECTION = "四、加强民办学校党建工作"
+PANDA_TEXT = ("成都大熊猫繁育研究基地\n"
+              "基地的饲养员每天清晨给大熊猫准备新鲜的竹子、竹笋和苹果，成年大熊猫一天要吃二十多公斤竹子。"
+              "到了下午，熊猫宝宝会在木架上玩耍，游客可以在玻璃窗外安静地观看。\n")
+PANDA_QUESTION = "大熊猫每天吃什么？"
+
+
+def text_of(markup: str) -> str:
+    return re.sub(r"<[^>]+>", "", markup.replace("<br>", "\n"))
+
+
+def passages(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith('<div class="passage">')]
+
+
+def results_table(at: AppTest):
+    return next(d.value for d in at.dataframe if "query" in d.value.columns)
+
+
+def heads(at: AppTest) -> list[str]:
+    return [text_of(m.value) for m in at.markdown if m.value.startswith('<div class="hit-head">')]
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def run_app() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    no_exception(at)
+    return at
+
+
+def ask(at: AppTest, question: str) -> AppTest:
+    at.text_input(key="query").input(question).run()
+    no_exception(at)
+    return at
+
+
+@pytest.fixture
+def app_index(speech_index, tmp_path, monkeypatch):
+    """A private copy of the speech index, which the page opens."""
+    path = tmp_path / "index"
+    shutil.copytree(speech_index, path)
+    monkeypatch.setenv("INDEXER_INDEX", str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------- searching
+
+
+def test_question_shows_the_minban_passage_first(app_index):
+    at = run_app()
+    assert [m.label for m in at.sidebar.metric] == ["Documents 文档", "Chunks 段落"]
+    assert at.sidebar.metric[0].value == "1" and int(at.sidebar.metric[1].value) > 10
+    ask(at, QUESTION)
+    first = passages(at)[0]
+    assert text_of(first).startswith(MINBAN) and "民办学校" in text_of(first)
+    assert "<mark>" in first and "<mark>党组织</mark>" in first
+    head = heads(at)[0]
+    assert head.startswith("#1") and "speech" in head and MINBAN_SECTION in head
+    assert len(passages(at)) == 5 == len(at.expander)
+    context = text_of(at.expander[0].markdown[0].value)
+    assert MINBAN in context and len(context) > len(text_of(first))  # the paragraphs around it
+
+
+def test_example_button_asks_its_question(app_index):
+    at = run_app()
+    at.button(key="example-2").click().run()  # How are young cadres trained?
+    no_exception(at)
+    assert at.text_input(key="query").value == "How are young cadres trained?"
+    assert passages(at) and heads(at)[0].startswith("#1")
+
+
+def test_results_count_min_score_and_document_filter(app_index, encoder):
+    Engine(app_index, encoder=encoder).add_documents([Document("panda.txt", PANDA_TEXT, "熊猫基地")])
+    at = run_app()
+    at.slider(key="k").set_value(8).run()
+    ask(at, QUESTION)
+    assert len(passages(at)) == 8
+    assert MINBAN_SECTION in heads(at)[0]
+    at.multiselect(key="docs").set_value(["panda.txt"]).run()
+    no_exception(at)
+    assert passages(at) and all("熊猫基地" in h for h in heads(at))
+    at.multiselect(key="docs").set_value(["speech.txt"]).run()
+    assert all("熊猫基地" not in h for h in heads(at)) and MINBAN_SECTION in heads(at)[0]
+    at.slider(key="min_score").set_value(0.99).run()
+    no_exception(at)
+    assert not passages(at) and any("minimum score" in i.value for i in at.info)
+
+
+def test_retrieval_mode_when_the_engine_has_modes(app_index):
+    import inspect
+
+    at = run_app()
+    if "mode" not in inspect.signature(Engine.search).parameters:
+        assert not [s for s in at.sidebar.selectbox if s.key == "mode"]
+        return
+    ask(at, QUESTION)
+    for mode in at.selectbox(key="mode").options:
+        at.selectbox(key="mode").set_value(mode).run()
+        no_exception(at)
+        assert len(passages(at)) == 5, mode
+        assert any(MINBAN_SECTION in h for h in heads(at)[:3]), mode
+
+
+def test_empty_question_gives_a_message_not_a_traceback(app_index):
+    at = run_app()
+    assert any("Type a question" in i.value for i in at.info)
+    ask(at, "   ")
+    assert not passages(at)
+    assert [w.value for w in at.warning] == ["the question is empty"]
+
+
+# ---------------------------------------------------------------------------- changing the index
+
+
+def test_pasted_text_is_searchable_at_once(app_index):
+    at = run_app()
+    at.text_input(key="paste_title").input("熊猫基地")
+    at.text_area(key="paste_text").input(PANDA_TEXT)
+    at.button(key="add_paste").click().run()
+    no_exception(at)
+    assert any("熊猫基地" in s.value and "added" in s.value for s in at.success)
+    assert at.sidebar.metric[0].value == "2"
+    assert at.text_input(key="paste_title").value == ""  # the form is cleared for the next one
+    ask(at, PANDA_QUESTION)
+    assert "熊猫基地" in heads(at)[0] and "竹子" in text_of(passages(at)[0])
+    assert "熊猫基地" in at.multiselect(key="docs").options
+
+
+def test_pasted_text_needs_a_title(app_index):
+    at = run_app()
+    at.text_area(key="paste_text").input(PANDA_TEXT)
+    at.button(key="add_paste").click().run()
+    no_exception(at)
+    assert any("title" in e.value for e in at.error)
+
+
+def test_upload_is_searchable_and_removable(app_index):
+    at = run_app()
+    at.file_uploader(key="doc_files_0").set_value(("panda.md", PANDA_TEXT.encode("gb18030"), "text/markdown"))
+    at.run()
+    at.button(key="add_files").click().run()
+    no_exception(at)
+    assert any("panda.md" in s.value for s in at.success), [s.value for s in at.success]
+    ask(at, PANDA_QUESTION)
+    assert "panda" in heads(at)[0] and "竹子" in text_of(passages(at)[0])
+    at.selectbox(key="remove_doc").set_value("panda.md")
+    at.button(key="remove").click().run()
+    no_exception(at)
+    assert any("Removed panda.md" in s.value for s in at.success)
+    assert at.sidebar.metric[0].value == "1"
+    assert all("panda" not in h for h in heads(at))
+
+
+def test_bad_upload_gives_one_line(app_index):
+    at = run_app()
+    at.file_uploader(key="doc_files_0").set_value(("broken.pdf", b"this is not a pdf", "application/pdf"))
+    at.run()
+    at.button(key="add_files").click().run()
+    no_exception(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith("broken.pdf")
+    assert at.sidebar.metric[0].value == "1"
+
+
+def test_upload_handler_reads_like_the_command_line():
+    import search_app
+
+    docs = search_app.documents_from_uploads([
+        ("dir/notice.txt", "关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。".encode("gb18030")),
+        ("more.jsonl", '{"id": "a", "text": "第一篇", "title": "甲"}\n{"id": "b", "text": "第二篇"}\n'.encode()),
+    ])
+    assert [(d.doc_id, d.title) for d in docs] == [("notice.txt", "notice"), ("a", "甲"), ("b", "more")]
+    assert docs[0].encoding == "gb18030" and docs[0].source == "upload:notice.txt"
+    assert "足球" in docs[0].text
+    for files, message in [([("x.exe", b"MZ")], "x.exe: not a supported file"),
+                           ([("empty.txt", b"  \n")], "empty.txt: empty document"),
+                           ([("a.txt", b"one"), ("b/a.txt", b"two")], "two uploaded documents have the id 'a.txt'"),
+                           ([], "no files uploaded")]:
+        with pytest.raises(ReadError) as err:
+            search_app.documents_from_uploads(files)
+        assert str(err.value).startswith(message) and "/tmp" not in str(err.value)
+    doc = search_app.document_from_paste("  My  notes ", "line one\r\nline two")
+    assert (doc.doc_id, doc.title, doc.text) == ("My notes", "My notes", "line one\nline two")
+
+
+def test_missing_index_offers_to_build_it(tmp_path, monkeypatch):
+    sample = tmp_path / "speech-part.txt"  # a part of the speech, so the build is quick
+    lines = SPEECH.read_text(encoding="utf-8").split("\n")
+    start = next(n for n, line in enumerate(lines) if line.startswith("三、"))
+    sample.write_text("\n".join(lines[start:start + 12]), encoding="utf-8")
+    monkeypatch.setenv("INDEXER_INDEX", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("INDEXER_SAMPLE", str(sample))
+    at = run_app()
+    assert any("no index" in w.value for w in at.warning)
+    assert any("No index yet" in w.value for w in at.sidebar.warning)
+    ask(at, QUESTION)  # asking before there is an index: a message, not a traceback
+    assert not passages(at) and any("needs an index" in i.value for i in at.info)
+    build = at.button(key="build")
+    assert build.label.startswith("Build the index from")
+    build.click().run()
+    no_exception(at)
+    assert any("Built the index" in s.value for s in at.success)
+    assert at.sidebar.metric[0].value == "1" and (tmp_path / "nothing-here").is_dir()
+    assert text_of(passages(at)[0]).startswith(MINBAN)  # the question typed before is answered now
+
+
+def test_build_button_defaults_to_the_speech(tmp_path, monkeypatch):
+    monkeypatch.setenv("INDEXER_INDEX", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("INDEXER_SAMPLE", raising=False)
+    at = run_app()
+    assert at.button(key="build").label == "Build the index from data/speech.txt"
+
+
+def test_rebuild_keeps_the_documents(tmp_path, monkeypatch, encoder):
+    path = tmp_path / "small"  # a small index: rebuilding re-embeds everything
+    Engine(path, encoder=encoder).add_documents([Document("panda.txt", PANDA_TEXT, "熊猫基地")])
+    monkeypatch.setenv("INDEXER_INDEX", str(path))
+    at = run_app()
+    at.button(key="rebuild").click().run()
+    no_exception(at)
+    assert any("Rebuilt the index: 1 documents" in s.value for s in at.success)
+    assert Engine(path, encoder=encoder).store.generation == "gen-000002"
+    ask(at, PANDA_QUESTION)
+    assert "竹子" in text_of(passages(at)[0])
+
+
+# ---------------------------------------------------------------------------- batch
+
+
+def test_batch_of_pasted_questions_gives_a_table_and_downloads(app_index):
+    at = run_app()
+    at.text_area(key="batch_text").input(f"{QUESTION}\nHow are young cadres trained?\n").run()
+    no_exception(at)
+    table = results_table(at)
+    assert list(table.columns[:4]) == ["id", "query", "rank", "score"] and len(table) == 10
+    first = table.iloc[0]
+    assert first["query"] == QUESTION and first["rank"] == 1 and first["passage"].startswith(MINBAN)
+    assert [b.label for b in at.download_button] == ["Download CSV", "Download JSONL"]
+
+
+def test_batch_upload_and_result_files(app_index):
+    import search_app
+
+    at = run_app()
+    at.file_uploader(key="batch_file").set_value(("qs.csv", f"id,query\nq1,{QUESTION}\n".encode(), "text/csv"))
+    at.run()
+    no_exception(at)
+    assert results_table(at).iloc[0]["id"] == "q1"
+    at.file_uploader(key="batch_file").set_value(("qs.csv", b"id,question\n1,x\n", "text/csv"))
+    at.run()
+    no_exception(at)
+    assert [w.value for w in at.warning] == ["qs.csv: a CSV questions file needs a 'query' column"]
+
+    engine = Engine(app_index, encoder=search_app.get_encoder())
+    questions = search_app.questions_from_text(f"{QUESTION}\n\n  \nHow are young cadres trained?")
+    results = engine.batch([q.query for q in questions], 3)
+    rows = list(csv.DictReader(io.StringIO(search_app.results_file(questions, results, ".csv").decode())))
+    assert len(rows) == 6 and rows[0]["id"] == "1" and rows[0]["section"].startswith(MINBAN_SECTION)
+    lines = search_app.results_file(questions, results, ".jsonl").decode().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["1", "4"]
+
+
+# ---------------------------------------------------------------------------- pure parts
+
+
+def test_index_path_from_argument_environment_or_default(monkeypatch):
+    import search_app
+
+    monkeypatch.setenv("INDEXER_INDEX", "/tmp/from-env")
+    assert str(search_app.index_path(["--index", "/tmp/from-arg"])) == "/tmp/from-arg"
+    assert str(search_app.index_path(["-q", "tests"])) == "/tmp/from-env"
+    monkeypatch.delenv("INDEXER_INDEX")
+    assert search_app.index_path([]) == ROOT / "indexes" / "default"
+    assert search_app.index_path(["--index"]) == ROOT / "indexes" / "default"
+
+
+def test_mode_selector_only_when_the_engine_has_modes():
+    import search_app
+
+    def with_mode(query, k=5, mode="dense"): ...
+
+    def without(query, k=5): ...
+
+    assert search_app.mode_kwargs(with_mode, "hybrid") == {"mode": "hybrid"}
+    assert search_app.mode_kwargs(without, "hybrid") == {}
+
+
+def test_query_terms():
+    assert query_terms(QUESTION) == ["私立", "学校", "私立学校", "建立", "党组", "组织", "党组织"]
+    assert query_terms("如何加强党风廉政建设？") == ["加强", "党风", "廉政", "党风廉政", "建设"]
+    assert query_terms("How are young cadres trained?") == ["young", "cadres", "trained"]
+    assert query_terms("学习强国APP有什么要求") == ["学习", "强国", "app", "要求"]
+    assert query_terms("") == [] and query_terms("  ？") == []
+
+
+def test_highlight_spans_are_merged_and_case_insensitive():
+    text = "健全民办学校党组织。Young cadres, young CADRE; decade"
+    spans = highlight_spans(text, ["党组", "组织", "党组织", "学校", "cadre", "young", "cad"])
+    assert [text[s:e] for s, e in spans] == ["学校党组织", "Young", "cadres", "young", "CADRE"]
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+    assert highlight_spans(text, []) == [] and highlight_spans("", ["党组"]) == []
+
+
+def test_to_html_escapes_marks_and_breaks_lines():
+    text = "a<b>&\"党组织\"\n第二行"
+    html = to_html(text, [(6, 9), (7, 9), (100, 120)])
+    assert html == "a&lt;b&gt;&amp;&quot;<mark>党组织</mark>&quot;<br>第二行"
+    assert to_html("x", []) == "x"
+

@@ -1,0 +1,173 @@
+"""The page in a real browser: `streamlit run` on a free port, driven by Playwright in Debian's Chromium.
+
+Screenshots go to test-output/browser/ (look at them: a missing CJK font still passes a text check
+while a person sees empty boxes). `make test` installs Chromium and the font first; this test
+installs them itself when it can, and fails rather than skips when it cannot.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+APP = ROOT / "search_app.py"
+OUT = ROOT / "test-output" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+QUESTION = "私立学校怎样建立党组织？"
+MINBAN = "市教育局党组继续贯彻"
+ENGLISH = "How are young cadres trained?"
+START_TIMEOUT = 180  # seconds: the server imports torch and loads the model on the first page
+RESULT_TIMEOUT = 90_000  # ms
+
+
+def _have_cjk_font() -> bool:
+    try:
+        out = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return Path("/usr/share/fonts/opentype/noto").is_dir()
+    return bool(out.strip())
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium and a CJK font, installed here if missing (root or sudo)."""
+    if not (os.access(CHROMIUM, os.X_OK) and _have_cjk_font()):
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "fonts-noto-cjk"]):
+            done = subprocess.run(sudo + cmd, capture_output=True, text=True, env=env)
+            if done.returncode:
+                pytest.fail(f"cannot install Chromium for the browser test ({' '.join(cmd)}): "
+                            f"{(done.stderr or done.stdout).strip()[-500:]}; run `make browser`")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing after installing the chromium package")
+    return CHROMIUM
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(index: Path, log: Path):
+    """`streamlit run search_app.py` on a free port with $INDEXER_INDEX=index; yields the URL; always stopped."""
+    port = _free_port()
+    env = {**os.environ, "INDEXER_INDEX": str(index), "HF_HUB_OFFLINE": "1"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not answer /_stcore/health in {START_TIMEOUT}s:\n"
+                            f"{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def browser_page(chromium_path: str):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1100}, locale="zh-CN")
+            yield page
+        finally:
+            browser.close()
+
+
+def ask(page, question: str) -> None:
+    box = page.get_by_role("textbox", name="Question 问题")
+    box.fill(question)
+    box.press("Enter")
+
+
+def settle(page) -> None:
+    """Wait until the script run is over and the layout has stopped moving (an expander opening)."""
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=RESULT_TIMEOUT)
+    height = None
+    for _ in range(40):
+        now = page.evaluate("() => Array.from(document.querySelectorAll('details'))"
+                            ".map(d => d.getBoundingClientRect().height).join(',')")
+        if now == height:
+            return
+        height = now
+        page.wait_for_timeout(150)
+
+
+def test_page_in_a_real_browser(speech_index, tmp_path, chromium):
+    """No index → the message and the build button; the index appears on disk → the page picks it up;
+    a Chinese question → the 民办学校 passage first, marked, with its context; an English one too."""
+    from playwright.sync_api import expect
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    index = tmp_path / "index"
+    with serve(index, OUT / "server.log") as url, browser_page(chromium) as page:
+        page.goto(url, wait_until="domcontentloaded")
+        expect(page.get_by_text("There is no index at")).to_be_visible(timeout=RESULT_TIMEOUT)
+        expect(page.get_by_role("button", name="Build the index from data/speech.txt")).to_be_visible()
+        settle(page)
+        page.screenshot(path=str(OUT / "empty.png"), full_page=True)
+
+        staging = tmp_path / "staging"  # another process writes the index: it appears in one rename
+        shutil.copytree(speech_index, staging)
+        staging.rename(index)
+        page.reload(wait_until="domcontentloaded")
+        page.set_viewport_size({"width": 1440, "height": 2000})
+        expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
+        ask(page, QUESTION)
+        first = page.locator(".passage").first
+        expect(first).to_contain_text("民办学校", timeout=RESULT_TIMEOUT)
+        assert first.inner_text().strip().startswith(MINBAN)
+        assert first.locator("mark").count() > 0  # the question's words are marked
+        head = page.locator(".hit-head").first.inner_text()
+        assert "#1" in head and "四、加强民办学校党建工作" in head
+        page.locator("summary").filter(has_text="Context").first.click()  # the paragraphs around it
+        expect(page.locator(".context .ctx-hit").first).to_contain_text(MINBAN)
+        settle(page)
+        page.screenshot(path=str(OUT / "search.png"), full_page=True)
+
+        ask(page, ENGLISH)  # an English question over the Chinese speech
+        expect(page.get_by_text("none of the question's words occur")).to_be_visible(timeout=RESULT_TIMEOUT)
+        settle(page)
+        assert page.locator(".passage").count() == 5
+        page.screenshot(path=str(OUT / "search-en.png"), full_page=True)
