@@ -1,6 +1,7 @@
 """The one object the command line and the page use: read → chunk → embed → store → search."""
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Union
@@ -97,6 +98,7 @@ class Engine:
         self._encoder = encoder
         self._model = model
         self._store = None
+        self._lock = threading.RLock()  # one Engine may serve many threads (the page's sessions)
         self._segmenter: Segmenter | None = None
         self.fusion = FusionSettings()
 
@@ -118,10 +120,11 @@ class Engine:
     @property
     def store(self):
         """The loaded index; reloaded when another process has switched in a newer generation."""
-        if self._store is None or not self._store.is_current():
-            self._store = self._store_cls.load(self.location)
-            self._adopt_settings(self._store.manifest)
-        return self._store
+        with self._lock:
+            if self._store is None or not self._store.is_current():
+                self._store = self._store_cls.load(self.location)
+                self._adopt_settings(self._store.manifest)
+            return self._store
 
     def exists(self) -> bool:
         return self._store_cls.exists(self.location)
@@ -145,7 +148,7 @@ class Engine:
     def build(self, paths: Iterable[str | Path], *, progress: Progress = False) -> list[DocReport]:
         """Index exactly these documents, from scratch; the old index stays until the new one is saved."""
         docs = read_paths(paths)
-        with self._store_cls.lock(self.location):
+        with self._lock, self._store_cls.lock(self.location):
             store = self._new_store()
             reports = self._upsert_all(store, docs, progress)
             store.save()
@@ -154,7 +157,7 @@ class Engine:
 
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
         """Re-chunk and re-embed every indexed document from its stored text (e.g. after a model change)."""
-        with self._store_cls.lock(self.location):
+        with self._lock, self._store_cls.lock(self.location):
             old = self._store_cls.load(self.location)
             docs = [Document(d.doc_id, old.document_text(d.doc_id), d.title, d.source, d.encoding, d.meta)
                     for d in old.manifest.documents.values()]
@@ -171,7 +174,7 @@ class Engine:
 
     def add_documents(self, docs: list[Document], *, progress: Progress = False) -> list[DocReport]:
         """Add already-read documents (the page's uploads and pasted text come this way)."""
-        with self._store_cls.lock(self.location):
+        with self._lock, self._store_cls.lock(self.location):
             store = self._store_cls.load(self.location) if self.exists() else self._new_store()
             self.check_model(store.manifest)
             self._adopt_settings(store.manifest)
@@ -183,7 +186,7 @@ class Engine:
 
     def remove(self, doc_ids: list[str]) -> list[DocReport]:
         """Remove documents by id; an unknown id is an error and nothing is removed."""
-        with self._store_cls.lock(self.location):
+        with self._lock, self._store_cls.lock(self.location):
             store = self._store_cls.load(self.location)
             unknown = [d for d in doc_ids if d not in store.manifest.documents]
             if unknown:

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from docx.document import Document as DocxDocument
     from docx.table import Table
 
+MAX_DOC_MB_ENV = "INDEXER_MAX_DOC_MB"
+DEFAULT_MAX_DOC_MB = 20  # embedding 20 MB of Chinese takes about an hour on 2 cores
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".text"})
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".docx", ".pdf"}
 
@@ -196,9 +198,18 @@ def _read_file(path: Path, doc_id: str, *, skip_bad_lines: bool) -> list[Documen
     return [_read_text(path, doc_id)]
 
 
+def max_document_bytes() -> int:
+    """The largest file read as documents: $INDEXER_MAX_DOC_MB megabytes (default 20)."""
+    return int(float(os.environ.get(MAX_DOC_MB_ENV, DEFAULT_MAX_DOC_MB)) * 1_000_000)
+
+
 def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, or a ReadError saying why not."""
+    """The file's bytes, or a ReadError saying why not (unreadable, or over the size limit)."""
     try:
+        size, limit = path.stat().st_size, max_document_bytes()
+        if size > limit:
+            raise ReadError(f"{path}: {size / 1e6:.1f} MB is over the {limit / 1e6:g} MB limit for one file "
+                            f"(split it, or raise ${MAX_DOC_MB_ENV})")
         return path.read_bytes()
     except OSError as error:
         raise ReadError(f"{path}: cannot read ({error.strerror or error})") from error

@@ -13,6 +13,7 @@ the FAISS index from the remaining vectors, so its vectors are really gone.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .base import FORMAT_VERSION, DocRecord, Manifest, now
 
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy", "index.faiss")
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another writer
 HNSW_ABOVE = 100_000  # auto: exact search below this many vectors, HNSW from there
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
 
@@ -206,17 +208,25 @@ class FaissStore:
 
     @staticmethod
     def exists(path: Path) -> bool:
-        """Whether there is a loadable-looking index at `path` (a CURRENT pointer to a generation)."""
-        try:
-            current_generation(Path(path))
-            return True
-        except StoreError:
+        """Whether there is an index at `path`: False for no folder or an empty one, True for an
+        index; a StoreError for anything else, so a damaged index is never written over."""
+        path = Path(path)
+        if not path.exists() or (path.is_dir() and not any(path.iterdir())):
             return False
+        current_generation(path)
+        return True
 
     @staticmethod
     def lock(path: Path):
-        """The writers' lock of the index at `path` (a file lock beside the folder)."""
-        return writer_lock(Path(path))
+        """The writers' lock of the index at `path` (a file lock beside the folder). A folder that
+        holds other things and no index is refused: an index is never written into it."""
+        path = Path(path)
+        if path.is_dir() and any(path.iterdir()) and not any(
+                p.name == "CURRENT" or p.name.startswith(("gen-", ".gen-")) for p in path.iterdir()):
+            raise StoreError(f"{path} is a folder with other files, not an index; choose another --index")
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not an index folder")
+        return writer_lock(Path(path), timeout=float(os.environ.get(LOCK_TIMEOUT_ENV, "600")))
 
     def is_current(self) -> bool:
         """False once another process has switched in a newer generation."""
