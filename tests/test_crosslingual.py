@@ -1,0 +1,230 @@
+"""English questions over the Chinese speech: language routing, CC-CEDICT query translation, the
+USE encoder, and the cross-lingual route measured against e5 alone on real data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA, SPEECH
+
+from indexer.crosslingual import (
+    USE_DIM,
+    PassageVectors,
+    Translator,
+    USEEncoder,
+    corpus_vocabulary,
+    is_cross_lingual,
+    split_sentences,
+    top_rows,
+    use_scores,
+    word_forms,
+)
+from indexer.evaluation import read_labelled
+from indexer.keyword import Segmenter
+from indexer.search import rrf_fuse
+
+PRIVATE_SCHOOLS = "How do private schools set up Party organisations?"
+N = 50  # candidates per route, as the engine's hybrid mode takes
+
+
+@pytest.fixture(scope="module")
+def speech_vocab() -> set[str]:
+    """The speech's index terms: what the keyword segmenter makes of its lines (chunks are made of
+    whole lines, so this is the chunk vocabulary)."""
+    lines = SPEECH.read_text(encoding="utf-8").splitlines()
+    return corpus_vocabulary(Segmenter().terms_many(lines))
+
+
+@pytest.fixture(scope="module")
+def use() -> USEEncoder:
+    return USEEncoder()
+
+
+# ---------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize("question, expected", [
+    ("How are Party organizations set up in privately run schools?", True),
+    ("Who won the 2008 NBA Finals MVP?", True),
+    ("Café au lait, s'il vous plaît", True),
+    ("What does 三重一大 mean?", False),  # any Chinese character keeps the Chinese route
+    ("民办学校怎样建立党组织？", False),
+    ("NBA总决赛", False),
+    ("こんにちは", False),
+    ("2008", False),  # no letter at all
+    ("   ", False),
+])
+def test_is_cross_lingual(question, expected):
+    assert is_cross_lingual(question) is expected
+
+
+def test_no_chinese_question_of_the_speech_set_takes_the_cross_lingual_route():
+    zh = read_labelled(DATA / "speech_qa_zh.jsonl")
+    en = read_labelled(DATA / "speech_qa_en.jsonl")
+    assert not any(is_cross_lingual(q.query) for q in zh)
+    assert all(is_cross_lingual(q.query) for q in en)
+
+
+# ---------------------------------------------------------------------------- translation
+
+
+def test_word_forms_lemmatise_simply():
+    assert "organization" in word_forms("organisations")
+    assert "school" in word_forms("schools")
+    assert "study" in word_forms("studies")
+    assert "run" in word_forms("running")
+    assert "find" in word_forms("found")
+    assert word_forms("Party")[0] == "party"
+
+
+def test_translation_keeps_only_corpus_terms(speech_vocab):
+    translator = Translator(speech_vocab)
+    terms = translator.translate(PRIVATE_SCHOOLS)
+    assert terms and set(terms) <= speech_vocab
+    for expected in ("学校", "党", "组织", "党组织"):  # schools, Party, organisations, and the joined compound
+        assert expected in speech_vocab
+        assert expected in terms, (expected, terms)
+    # the dictionary knows the phrase "private school", but 私立学校 is not a word of the speech
+    assert "私立学校" not in speech_vocab and "私立学校" not in terms
+    assert "私立学校" in Translator(None).translate("private school")
+
+
+def test_a_term_not_in_the_corpus_never_appears(speech_vocab):
+    question = "Where do kangaroos live in the national park?"
+    everything = Translator(None).translate(question)
+    assert "袋鼠" in everything and "国家公园" in everything
+    assert not {"袋鼠", "国家公园", "公园"} & speech_vocab
+    kept = Translator(speech_vocab).translate(question)
+    assert not {"袋鼠", "国家公园", "公园"} & set(kept)
+    assert set(kept) <= speech_vocab
+
+
+def test_multi_word_phrases_are_preferred():
+    parts = dict(Translator(None).explain("What does the private school offer?"))
+    assert "private school" in parts and "私立学校" in parts["private school"]
+
+
+def test_latin_words_and_numbers_of_the_corpus_pass_through():
+    translator = Translator({"nba", "2008", "决赛", "总决赛"})
+    terms = translator.translate("Why were the 2008 NBA Finals called a dream matchup?")
+    assert "nba" in terms and "2008" in terms
+    assert set(terms) <= {"nba", "2008", "决赛", "总决赛"}
+
+
+def test_every_english_speech_question_gets_some_terms(speech_vocab):
+    translator = Translator(speech_vocab)
+    for q in read_labelled(DATA / "speech_qa_en.jsonl"):
+        terms = translator.translate(q.query)
+        assert terms, q.query
+        assert set(terms) <= speech_vocab
+
+
+# ---------------------------------------------------------------------------- USE
+
+
+def test_use_vectors_are_normalised_float32(use):
+    vecs = use.encode_queries(["How are Party organisations set up?", "党组织怎样建立？", ""])
+    assert vecs.shape == (3, USE_DIM) == (3, use.dim)
+    assert vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    docs = use.encode_documents(["民办学校要建立党组织。"], progress=lambda f: None)
+    assert docs.shape == (1, USE_DIM) and np.isclose(np.linalg.norm(docs[0]), 1.0, atol=1e-4)
+    assert use.encode_documents([]).shape == (0, USE_DIM)
+
+
+@pytest.mark.parametrize("english, translation, unrelated", [
+    ("How do private schools set up Party organisations?", "民办学校如何建立党组织？", "今天天气很好，我们去公园散步。"),
+    ("The weather is nice today, let's go for a walk in the park.", "今天天气很好，我们去公园散步。",
+     "民办学校如何建立党组织？"),
+    ("Integrity education is held around traditional holidays.", "在传统节日前后开展廉洁教育。",
+     "足球俱乐部的体育场可以容纳六千名观众。"),
+])
+def test_use_puts_a_translation_above_an_unrelated_sentence(use, english, translation, unrelated):
+    q = use.encode_queries([english])[0]
+    pair, other = use.encode_documents([translation, unrelated])
+    assert float(q @ pair) > float(q @ other) + 0.1
+
+
+def test_passage_scores_mix_the_passage_and_its_best_sentence(use):
+    texts = ["今天天气很好。我们去公园散步！", "民办学校要建立党组织。采取单独组建、联合组建等方式。", "短"]
+    passages = use.encode_passages(texts)
+    assert len(passages) == 3 and list(passages.owner) == [0, 0, 1, 1, 2]
+    assert split_sentences(texts[1]) == ["民办学校要建立党组织。", "采取单独组建、联合组建等方式。"]
+    q = use.encode_queries(["How do private schools set up Party organisations?"])
+    scores = use_scores(q, passages)
+    chunk = q @ passages.chunks.T
+    best = max(float(q[0] @ passages.sentences[j]) for j in (2, 3))
+    assert np.isclose(scores[0, 1], 0.5 * chunk[0, 1] + 0.5 * best, atol=1e-5)
+    (top_scores, rows), = top_rows(scores, 2)
+    assert rows[0] == 1 and len(rows) == 2 and top_scores[0] >= top_scores[1]
+    (_, only), = top_rows(scores, 5, np.array([0, 2]))
+    assert set(only) == {0, 2}
+    # removing a passage keeps the other scores; joining two sets offsets the owners
+    kept = passages.take(np.array([2, 1]))
+    assert np.allclose(use_scores(q, kept), scores[:, [2, 1]], atol=1e-6)
+    both = PassageVectors.concat([passages, kept])
+    assert np.allclose(use_scores(q, both), np.concatenate([scores, scores[:, [2, 1]]], axis=1), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the route, measured
+
+
+@pytest.fixture(scope="module")
+def routes(speech_index, encoder, use, speech_vocab):
+    """Rank functions over the speech index: e5 dense, USE (passage + best sentence), BM25 of the
+    translated terms, and their reciprocal-rank fusion."""
+    from indexer.engine import Engine, passage_text
+
+    engine = Engine(speech_index, encoder=encoder)
+    store = engine.store
+    chunks = store.all_chunks()
+    assert corpus_vocabulary(Segmenter().terms_many(c.text for c in chunks)) == speech_vocab
+    passages = use.encode_passages([passage_text(c) for c in chunks])
+    translator = Translator(speech_vocab)
+
+    def e5(questions):
+        return store.search(encoder.encode_queries(questions), N)
+
+    def use_route(questions):
+        return [[(float(s), chunks[r]) for s, r in zip(*top)]
+                for top in top_rows(use_scores(use.encode_queries(questions), passages), N)]
+
+    def bm25(questions):
+        return [store.keyword_search(translator.translate(q), N) for q in questions]
+
+    def fused(questions):
+        return [rrf_fuse([a, b, c], [1.0, 1.0, 1.0])[:N]
+                for a, b, c in zip(e5(questions), use_route(questions), bm25(questions))]
+
+    return {"e5": e5, "use": use_route, "bm25": bm25, "fused": fused}
+
+
+def rank_of(ranking, relevant) -> int:
+    """1-based rank of the first chunk holding a relevant substring (a large number if none)."""
+    for rank, (_, chunk) in enumerate(ranking, start=1):
+        if any(r in chunk.text for r in relevant):
+            return rank
+    return 10_000
+
+
+def test_cross_lingual_route_finds_what_e5_alone_ranks_below_three(routes):
+    """'How are Party organizations set up in privately run schools?': e5 alone puts the paragraph
+    about 民办学校 below the top 3; USE, translated BM25 and their fusion with e5 put it in the top 3."""
+    label = next(q for q in read_labelled(DATA / "speech_qa_en.jsonl") if "privately run schools" in q.query)
+    ranks = {name: rank_of(route([label.query])[0], label.relevant) for name, route in routes.items()}
+    assert ranks["e5"] > 3, f"e5 alone now finds it ({ranks}): pick another example"
+    assert ranks["fused"] <= 3, ranks
+    assert min(ranks["use"], ranks["bm25"]) <= 3, ranks
+
+
+def test_cross_lingual_route_beats_e5_on_the_english_set(routes):
+    labels = read_labelled(DATA / "speech_qa_en.jsonl")
+    questions = [q.query for q in labels]
+    e5 = [rank_of(r, q.relevant) for r, q in zip(routes["e5"](questions), labels)]
+    fused = [rank_of(r, q.relevant) for r, q in zip(routes["fused"](questions), labels)]
+    hit3_e5 = np.mean([r <= 3 for r in e5])
+    hit3_fused = np.mean([r <= 3 for r in fused])
+    assert hit3_fused > hit3_e5, (hit3_e5, hit3_fused)
+    missed = [i for i, r in enumerate(e5) if r > 3]
+    recovered = [i for i in missed if fused[i] <= 3]
+    assert len(recovered) * 2 >= len(missed), (len(recovered), len(missed))
