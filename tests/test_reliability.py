@@ -409,6 +409,9 @@ def test_fuzz_jsonl_reader(tmp_path_factory, line):
         assert all(d.text.strip() for d in docs)
 
 
+_SEGMENTER = Segmenter()  # loading jieba's dictionary once, not per example
+
+
 @FUZZ
 @given(st.text(max_size=300))
 def test_fuzz_query_text_path(query):
@@ -418,7 +421,7 @@ def test_fuzz_query_text_path(query):
     except QueryError:
         assert not "".join(c for c in query if c.isprintable()).strip()
         return
-    Segmenter().terms(cleaned)
+    _SEGMENTER.terms(cleaned)
     terms = query_terms(cleaned)
     html = to_html("党建工作" + cleaned, highlight_spans("党建工作" + cleaned, terms))
     assert "<script" not in html
