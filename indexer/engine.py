@@ -292,6 +292,7 @@ class Engine:
             "model": m.model, "dim": m.dim, "documents": len(m.documents), "chunks": len(store),
             "index_type": store.index_kind, "index_type_setting": m.index_type, "chunking": m.chunking,
             "created": m.created, "updated": m.updated,
+            "recall@10_vs_exact": store.recall_vs_exact(),  # None: exact search
         }
 
     def check(self) -> list[str]:

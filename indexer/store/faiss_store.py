@@ -176,6 +176,19 @@ class FaissStore:
     def document_text(self, doc_id: str) -> str:
         return self._texts[doc_id]
 
+    def recall_vs_exact(self, k: int = 10, sample: int = 200, seed: int = 0) -> float | None:
+        """Recall@k of the FAISS index against exact search, using stored vectors as queries
+        (None for an exact index: nothing to measure)."""
+        index = self.faiss_index()
+        if kind_of(index) == "flat" or not len(self):
+            return None
+        rng = np.random.default_rng(seed)
+        queries = self._vectors[rng.choice(len(self), size=min(sample, len(self)), replace=False)]
+        k = min(k, len(self))
+        _, approx = index.search(queries, k)
+        _, exact = faiss.knn(queries, self._vectors, k, metric=faiss.METRIC_INNER_PRODUCT)  # blocked, exact
+        return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
+
     def vectors(self) -> np.ndarray:
         return self._vectors
 
