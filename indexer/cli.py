@@ -22,7 +22,7 @@ INDEX_ENV = "INDEXER_INDEX"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic search over Chinese (and any-language) documents.")
 
-IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder or milvus://HOST:PORT/COLLECTION (default ${INDEX_ENV} or {DEFAULT_INDEX})")
+IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder, milvus://HOST:PORT/COLLECTION or milvus-lite:///FILE.db (default ${INDEX_ENV} or {DEFAULT_INDEX})")
 ModelOpt = typer.Option(None, "--model", "-m", help="embedding model folder or name (default $INDEXER_MODEL "
                                                     "or models/multilingual-e5-small)")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
@@ -109,7 +109,7 @@ def check(index: Optional[str] = IndexOpt) -> None:
     engine = _engine(index, None)
     problems = engine.check()
     if problems:
-        raise IndexerError(f"{engine.location}: {'; '.join(problems)}")
+        raise IndexerError(f"{engine.shown}: {'; '.join(problems)}")
     data = engine.info()
     typer.echo(f"ok: {data['index']} ({data['generation']}): {data['documents']} documents, {data['chunks']} chunks")
 
@@ -162,12 +162,12 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
     modes = list(MODES) if mode == "all" else [mode]
     rows = {m: evaluate(engine, labels, m, k) for m in modes}
     keys = [key for key in next(iter(rows.values())) if key != "n"]
-    typer.echo(f"{labelled} ({len(labels)} questions, index {engine.location})")
+    typer.echo(f"{labelled} ({len(labels)} questions, index {engine.shown})")
     typer.echo(f"{'mode':8}" + "".join(f"{key:>11}" for key in keys))
     for m, row in rows.items():
         typer.echo(f"{m:8}" + "".join(f"{row[key]:11.3f}" for key in keys))
     if json_out:
-        json_out.write_text(json.dumps({"labelled": str(labelled), "index": str(engine.location), "results": rows},
+        json_out.write_text(json.dumps({"labelled": str(labelled), "index": engine.shown, "results": rows},
                                        indent=1), encoding="utf-8")
 
 

@@ -94,6 +94,7 @@ class Engine:
         self.location = str(index)
         self.path = Path(index)  # for a folder index; Milvus locations are not paths
         self._store_cls = store_class(self.location)
+        self.shown = getattr(self._store_cls, "display", str)(self.location)  # no token or password
         self.settings = settings or IndexSettings()
         self._encoder = encoder
         self._model = model
@@ -133,7 +134,7 @@ class Engine:
         """Refuse to mix vectors of two models in one index."""
         enc = self.encoder
         if manifest.model != enc.name or manifest.dim != enc.dim:
-            raise ModelError(f"index {self.location} was built with model {manifest.model} (dim {manifest.dim}), "
+            raise ModelError(f"index {self.shown} was built with model {manifest.model} (dim {manifest.dim}), "
                              f"not {enc.name} (dim {enc.dim}); use that model or rebuild the index")
 
     def _new_store(self):
@@ -190,7 +191,7 @@ class Engine:
             store = self._store_cls.load(self.location)
             unknown = [d for d in doc_ids if d not in store.manifest.documents]
             if unknown:
-                raise StoreError(f"no document {unknown[0]!r} in {self.location} (see `list`)")
+                raise StoreError(f"no document {unknown[0]!r} in {self.shown} (see `list`)")
             reports = [DocReport(d, "removed", store.manifest.documents[d].chunks) for d in doc_ids]
             store.delete(doc_ids)
             store.save()
@@ -288,10 +289,11 @@ class Engine:
         store = self.store
         m = store.manifest
         return {
-            "index": self.location, "generation": store.generation, "format_version": m.format_version,
+            "index": self.shown, "generation": store.generation, "format_version": m.format_version,
             "model": m.model, "dim": m.dim, "documents": len(m.documents), "chunks": len(store),
             "index_type": store.index_kind, "index_type_setting": m.index_type, "chunking": m.chunking,
             "created": m.created, "updated": m.updated,
+            "keyword_backend": getattr(store, "keyword_backend", "local BM25 (bm25s)"),
             "recall@10_vs_exact": store.recall_vs_exact(),  # None: exact search
         }
 

@@ -1,7 +1,8 @@
 """Stores: where vectors, chunk records and the manifest live.
 
 `store_class(location)` picks the implementation from the index location: a folder is the
-embedded FAISS store (the default); `milvus://HOST:PORT/COLLECTION` is a Milvus server.
+embedded FAISS store (the default); `milvus://HOST:PORT/COLLECTION` (or `milvus+tls://`) is a Milvus
+server, `milvus-lite:///path/file.db` an in-process milvus-lite file.
 Every implementation offers the same class methods (exists, load, lock) and instance methods
 (upsert, delete, search, keyword_search, chunks_of, all_chunks, document_text, save, problems,
 is_current), so the engine never branches on the store.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 
 def is_milvus(location: str) -> bool:
-    return str(location).startswith(("milvus://", "milvus+tls://"))
+    return str(location).startswith(("milvus://", "milvus+tls://", "milvus-lite://"))
 
 
 def store_class(location: str):

@@ -1,0 +1,914 @@
+"""A Milvus server (or a milvus-lite file) as the store: the same interface as the FAISS folder.
+
+Locations:
+    milvus://HOST[:PORT]/[DB/]COLLECTION[?token=…]    a Milvus server (default port 19530)
+    milvus+tls://HOST[:PORT]/[DB/]COLLECTION           the same over TLS
+    milvus-lite:///path/to/file.db[?collection=NAME]   an in-process milvus-lite file (one process at a time)
+Credentials: `?token=…` (or `user:password@` before the host), else the environment variables
+INDEXER_MILVUS_TOKEN, or INDEXER_MILVUS_USER + INDEXER_MILVUS_PASSWORD. They are never printed:
+every message names the location without them.
+
+What is kept where (COLLECTION is the name in the location):
+    COLLECTION_meta            small rows (a dummy 2-d vector each): per generation the manifest
+                               (without its documents), the documents replaced or removed by it,
+                               then a `pointer` row — inserting that one row is the switch — and a
+                               `clean` row once the superseded rows are deleted
+    COLLECTION__gB_chunks      one row per chunk: doc_id, gen, seq, the Chunk as JSON, its keyword
+                               terms as JSON, and its vector (FLAT / HNSW / IVF_FLAT, inner product)
+    COLLECTION__gB_docs        per document: its DocRecord (JSON) and its full text in pieces
+B is the generation that created the pair (a build creates a new pair; add/remove reuse it).
+
+Atomic writes by generations (a `gen` field on every row, one pointer row as the switch):
+a save at live generation L writes all new rows with gen = L+1, then the manifest rows of L+1,
+then inserts the pointer row of L+1 (one single-row insert: the switch). Readers search only rows
+with gen <= live that are not superseded: until the clean-up after the switch has deleted the old
+rows of replaced and removed documents, the live generation's `changed` list hides them. A failure
+or kill before the switch leaves rows with gen > L that nobody reads; the next writer deletes them
+(and drops any half-made collections) before it writes. Writers are serialised by lock(), a file
+lock under the temp dir: one machine only (two machines writing one collection are not guarded).
+
+Keyword search: Milvus 2.3 has no BM25, so the store keeps each chunk's jieba terms in its row and
+builds the project's own BM25 (indexer.keyword.KeywordIndex) from them after load, as the folder
+index does (`keyword_backend`). Dense search runs on the server with Strong consistency.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from ..chunking import Chunk
+from ..errors import StoreError
+from ..keyword import KeywordIndex
+from .base import FORMAT_VERSION, DocRecord, Manifest, now
+from .faiss_store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, choose_index_type
+
+DEFAULT_PORT = 19530
+LITE_COLLECTION = "indexer"
+CONNECT_TIMEOUT = float(os.environ.get("INDEXER_MILVUS_CONNECT_TIMEOUT", "5"))
+CALL_TIMEOUT = float(os.environ.get("INDEXER_MILVUS_TIMEOUT", "30"))
+LONG_TIMEOUT = float(os.environ.get("INDEXER_MILVUS_LOAD_TIMEOUT", "3600"))  # loading / indexing a big collection
+LOCK_TIMEOUT = 600.0
+MAX_VARCHAR = 65535  # bytes, Milvus's limit for one VARCHAR value
+TEXT_PIECE = 16000  # characters per stored text piece (≤ 4 bytes each in UTF-8)
+INSERT_BATCH = 1000  # rows per insert call (≈ 5 MB of 384-d rows with text)
+SEARCH_BATCH = 256  # query vectors per search call
+MAX_TOPK = 16384  # Milvus's limit on limit
+MAX_QUERY_ROWS = 16384  # Milvus's limit on one query's window: longer reads are paged
+DUMMY = [1.0, 0.0]  # the vector of meta and document rows (Milvus needs one per collection)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,180}$")
+
+
+
+# ---------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed location: where to connect, which collection, and the redacted name to show."""
+
+    uri: str
+    collection: str
+    db: str = ""
+    token: str = ""
+    user: str = ""
+    password: str = ""
+    lite: bool = False
+    display: str = ""
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, self.password) if s]
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @property
+    def lock_path(self) -> Path:
+        if self.lite:
+            return Path(self.uri + ".lock")
+        key = f"{self.uri}/{self.db}/{self.collection}".lower()
+        folder = Path(tempfile.gettempdir()) / "indexer-milvus-locks"
+        return folder / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".lock")
+
+
+def parse_location(location: str) -> Target:
+    """milvus://, milvus+tls:// or milvus-lite:// → Target; a StoreError names what is wrong (redacted)."""
+    location = str(location)
+    parts = urlsplit(location)
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    token = query.get("token") or os.environ.get("INDEXER_MILVUS_TOKEN", "")
+    secrets = [s for s in (token, query.get("password", ""), unquote(parts.password or "")) if s]
+    shown = _strip_secrets(location, secrets)
+    if parts.scheme == "milvus-lite":
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            raise StoreError(f"{shown}: give the milvus-lite file, e.g. milvus-lite:///data/index.db")
+        collection = query.get("collection") or LITE_COLLECTION
+        _check_name(collection, shown)
+        return Target(str(Path(path).expanduser().absolute()), collection, lite=True,
+                      display=f"milvus-lite://{path}" + (f"?collection={collection}" if "collection" in query else ""))
+    if parts.scheme not in ("milvus", "milvus+tls"):
+        raise StoreError(f"{shown}: not a Milvus location (milvus://HOST:PORT/COLLECTION)")
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise StoreError(f"{shown}: bad port ({exc})") from None
+    if not host:
+        raise StoreError(f"{shown}: no host; use milvus://HOST:PORT/COLLECTION")
+    path = [p for p in parts.path.split("/") if p]
+    if len(path) not in (1, 2):
+        raise StoreError(f"{shown}: give one collection name, e.g. milvus://{host}:{port}/documents "
+                         "(or DB/COLLECTION)")
+    db, collection = (path[0], path[1]) if len(path) == 2 else ("", path[0])
+    _check_name(collection, shown)
+    if db:
+        _check_name(db, shown)
+    user = unquote(parts.username or "") or query.get("user") or os.environ.get("INDEXER_MILVUS_USER", "")
+    password = unquote(parts.password or "") or query.get("password") or os.environ.get("INDEXER_MILVUS_PASSWORD", "")
+    scheme = "https" if parts.scheme == "milvus+tls" else "http"
+    host_shown = f"[{host}]" if ":" in host else host
+    display = f"{parts.scheme}://{host_shown}:{port}/{db + '/' if db else ''}{collection}"
+    return Target(f"{scheme}://{host_shown}:{port}", collection, db, token, user, password, False, display)
+
+
+def _strip_secrets(location: str, secrets: list[str]) -> str:
+    """The location as it may be shown: no query string, no user info, no secret anywhere."""
+    parts = urlsplit(location)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else location.split("?", 1)[0]
+    for secret in secrets:
+        shown = shown.replace(secret, "***")
+    return shown
+
+
+def _check_name(name: str, shown: str) -> None:
+    if not _NAME.match(name):
+        raise StoreError(f"{shown}: {name!r} is not a usable Milvus name (letters, digits and _, "
+                         "not starting with a digit, at most 180 characters)")
+
+
+def _lit(value: str) -> str:
+    """A string literal for a Milvus filter expression."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _in(field: str, values) -> str:
+    return f"{field} in [{', '.join(_lit(v) for v in values)}]"
+
+
+# ---------------------------------------------------------------- connections
+
+_CLIENTS: dict[tuple, object] = {}
+
+
+def _connect(target: Target):
+    """A MilvusClient for the target, shared within the process; a StoreError when unreachable."""
+    key = (target.uri, target.db, target.token, target.user, target.password)
+    client = _CLIENTS.get(key)
+    if client is not None:
+        return client
+    from pymilvus import MilvusClient
+
+    _quiet_pymilvus()
+    kwargs = {"uri": target.uri, "timeout": CONNECT_TIMEOUT}
+    if target.db:
+        kwargs["db_name"] = target.db
+    if target.token:
+        kwargs["token"] = target.token
+    elif target.user:
+        kwargs.update(user=target.user, password=target.password)
+    try:
+        client = MilvusClient(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - every client failure becomes one line
+        if target.lite:
+            raise StoreError(f"{target.display}: cannot open the milvus-lite file (is another process "
+                             f"using it?): {_short(exc, target)}") from None
+        raise StoreError(f"{target.display}: cannot reach the Milvus server within {CONNECT_TIMEOUT:.0f} s "
+                         f"({_short(exc, target)}); is it running, and are the address and credentials right?") from None
+    _CLIENTS[key] = client
+    return client
+
+
+def _quiet_pymilvus() -> None:
+    """pymilvus logs retries and tracebacks to stderr on its own handlers; the user gets one line from us
+    instead (INDEXER_DEBUG=1 keeps its logs)."""
+    if os.environ.get("INDEXER_DEBUG"):
+        return
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators", "pymilvus.client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _forget(target: Target) -> None:
+    """Drop a cached client (after a connection failure, so the next call reconnects)."""
+    key = (target.uri, target.db, target.token, target.user, target.password)
+    client = _CLIENTS.pop(key, None)
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _short(exc: BaseException, target: Target) -> str:
+    """One line from a pymilvus / gRPC exception, secrets removed."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a raw gRPC error: its status and text, not its repr
+        try:
+            message = f"{code().name}: {details()}"
+        except Exception:  # noqa: BLE001
+            message = str(exc)
+    else:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    message = " ".join(str(message).split())
+    if "DEADLINE_EXCEEDED" in message or "Deadline Exceeded" in message:
+        message = (f"no answer within {CALL_TIMEOUT:.0f} s (is the server starting up, overloaded, or still "
+                   "loading the collection? INDEXER_MILVUS_TIMEOUT sets the wait)")
+    if len(message) > 240:
+        message = message[:240] + "…"
+    return target.redact(message)
+
+
+@contextmanager
+def _calling(target: Target, what: str) -> Iterator[None]:
+    """Turn any server failure into one StoreError line naming the location (without secrets)."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pymilvus raises many kinds; the user needs one line
+        _forget(target)
+        raise StoreError(f"{target.display}: Milvus {what} failed: {_short(exc, target)}") from None
+
+
+# ---------------------------------------------------------------- the store
+
+
+@dataclass
+class _Row:
+    pk: int | None  # None: not saved yet
+    gen: int | None
+    seq: int
+    chunk: Chunk
+    terms: str  # the jieba terms as JSON: a list of short strings costs ~7x the memory
+
+
+class MilvusStore:
+    """Chunk records and terms in memory (for BM25 and context); vectors and everything else on the server."""
+
+    keyword_backend = "local BM25 over jieba terms stored in Milvus"
+
+    def __init__(self, location: str, manifest: Manifest) -> None:
+        self.target = parse_location(location)
+        self.manifest = manifest
+        self.generation: str | None = None
+        self._live: int | None = None  # the generation this object was loaded from or saved as
+        self._base: int | None = None  # data collections' generation; None: new collections on save
+        self._changed: list[str] = []  # documents superseded by the live generation, until its clean-up
+        self._clean = True
+        self._rows: list[_Row] = []
+        self._by_pk: dict[int, int] = {}
+        self._doc_gen: dict[str, int] = {}  # saved documents: the generation of their rows
+        self._doc_parts: dict[str, int] = {}  # saved documents: rows (text pieces) found on the server
+        self._doc_expected: dict[str, int] = {}  # saved documents: text pieces their record announces
+        self._pending: dict[str, tuple[np.ndarray, str]] = {}  # unsaved documents: vectors, text
+        self._superseded: set[str] = set()  # saved documents deleted or replaced since load
+        self._keyword: KeywordIndex | None = None
+        self.server_version: str | None = None
+        self._dim_on_server: int | None = None
+
+    # ---------------------------------------------------------------- names
+
+    @property
+    def location(self) -> str:
+        return self.target.display
+
+    @property
+    def _meta(self) -> str:
+        return f"{self.target.collection}_meta"
+
+    def _chunks_name(self, base: int) -> str:
+        return f"{self.target.collection}__g{base}_chunks"
+
+    def _docs_name(self, base: int) -> str:
+        return f"{self.target.collection}__g{base}_docs"
+
+    def _client(self):
+        return _connect(self.target)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def index_kind(self) -> str:
+        return choose_index_type(self.manifest.index_type, len(self))
+
+    # ---------------------------------------------------------------- class methods
+
+    @classmethod
+    def exists(cls, location: str) -> bool:
+        """Whether the location holds an index (a live pointer); an unreachable server is an error."""
+        target = parse_location(location)
+        client = _connect(target)
+        with _calling(target, "lookup"):
+            if not client.has_collection(f"{target.collection}_meta", timeout=CALL_TIMEOUT):
+                return False
+            return _read_pointer(client, target) is not None
+
+    @staticmethod
+    def display(location: str) -> str:
+        """The location as it may be printed: no token, user or password."""
+        return parse_location(location).display
+
+    @staticmethod
+    def lock(location: str):
+        """Writers' lock: a file lock keyed on the location, under the temp dir (one machine)."""
+        return _writer_lock(parse_location(location))
+
+    @classmethod
+    def load(cls, location: str) -> "MilvusStore":
+        """The live generation; read again if a writer switched generations while this one was reading."""
+        target = parse_location(location)
+        client = _connect(target)
+        for attempt in range(3):
+            with _calling(target, "load"):
+                if not client.has_collection(f"{target.collection}_meta", timeout=CALL_TIMEOUT):
+                    raise StoreError(f"no index at {target.display}: build one with "
+                                     f"`python -m indexer build PATHS --index {target.display}`")
+                pointer = _read_pointer(client, target)
+            if pointer is None:
+                raise StoreError(f"{target.display}: no complete generation (an earlier build never finished)")
+            try:
+                return cls._load_at(location, target, client, *pointer)
+            except StoreError:
+                with _calling(target, "load"):
+                    now_live = _read_pointer(client, target)
+                if attempt == 2 or now_live is None or now_live[0] == pointer[0]:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _load_at(cls, location: str, target: Target, client, gen: int, info: dict) -> "MilvusStore":
+        with _calling(target, "load"):
+            state = _read_state(client, target, gen, info)
+            manifest = _manifest_from(state.get("manifest"), target)
+            store = cls(location, manifest)
+            store._live, store._base = gen, int(state["base"])
+            store._changed, store._clean = state["changed"], state["clean"]
+            store.generation = f"gen-{gen:06d}"
+            store._load_rows(client)
+            try:
+                store.server_version = client.get_server_version(timeout=CALL_TIMEOUT)
+            except Exception:  # noqa: BLE001 - only for `info`
+                store.server_version = None
+        problems = store.problems()
+        if problems:
+            raise StoreError(f"{target.display}: {problems[0]}")
+        return store
+
+    def _live_filter(self, gen: int | None = None) -> str:
+        gen = self._live if gen is None else gen
+        expr = f"gen <= {gen}"
+        if self._changed and not self._clean:
+            expr += f" and not ({_in('doc_id', self._changed)} and gen < {gen})"
+        return expr
+
+    def _load_rows(self, client) -> None:
+        docs, chunks = self._docs_name(self._base), self._chunks_name(self._base)
+        for name in (docs, chunks):
+            if not client.has_collection(name, timeout=CALL_TIMEOUT):
+                raise StoreError(f"{self.target.display}: collection {name} is missing")
+            _ensure_loaded(client, name)
+        records: list[tuple[int, int, DocRecord]] = []
+        for row in _query_all(client, docs, self._live_filter(), ["doc_id", "gen", "seq", "part", "record"]):
+            self._doc_parts[row["doc_id"]] = self._doc_parts.get(row["doc_id"], 0) + 1
+            if row["part"] == 0:
+                try:
+                    data = json.loads(row["record"])
+                    self._doc_expected[row["doc_id"]] = int(data.pop("parts", 1))
+                    records.append((row["gen"], row["seq"], DocRecord(**data)))
+                except (ValueError, TypeError) as exc:
+                    raise StoreError(f"{self.target.display}: document record of {row['doc_id']!r} is damaged ({exc})") from None
+                self._doc_gen[row["doc_id"]] = row["gen"]
+        records.sort(key=lambda r: (r[0], r[1]))
+        self.manifest.documents = {rec.doc_id: rec for _, _, rec in records}
+        rows = []
+        for row in _query_all(client, chunks, self._live_filter(), ["pk", "gen", "seq", "chunk", "terms"]):
+            try:
+                rows.append(_Row(row["pk"], row["gen"], row["seq"], _chunk_from_json(row["chunk"]), row["terms"]))
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StoreError(f"{self.target.display}: chunk records are damaged ({exc})") from None
+        rows.sort(key=lambda r: (r.gen, r.seq))
+        self._set_rows(rows)
+        self._dim_on_server = _vector_dim(client, chunks)
+
+    def _set_rows(self, rows: list[_Row]) -> None:
+        self._rows = rows
+        self._by_pk = {r.pk: i for i, r in enumerate(rows) if r.pk is not None}
+        self._keyword = None
+
+    def is_current(self) -> bool:
+        """False once another process has switched in a newer generation."""
+        if self._live is None:
+            return False
+        client = self._client()
+        with _calling(self.target, "lookup"):
+            pointer = _read_pointer(client, self.target)
+        return pointer is not None and pointer[0] == self._live
+
+    # ---------------------------------------------------------------- updates (in memory until save)
+
+    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
+               terms: list[list[str]]) -> None:
+        if not len(chunks) == len(vectors) == len(terms):
+            raise ValueError("one vector and one term list per chunk")
+        if doc.doc_id in self.manifest.documents:
+            self.delete([doc.doc_id])
+        self._rows.extend(_Row(None, None, 0, c, json.dumps(list(t), ensure_ascii=False))
+                          for c, t in zip(chunks, terms))
+        self._keyword = None
+        self._pending[doc.doc_id] = (np.ascontiguousarray(vectors, dtype=np.float32), text)
+        self.manifest.documents[doc.doc_id] = doc
+        self.manifest.updated = now()
+
+    def delete(self, doc_ids: list[str]) -> None:
+        drop = set(doc_ids)
+        self._set_rows([r for r in self._rows if r.chunk.doc_id not in drop])
+        for doc_id in drop:
+            self.manifest.documents.pop(doc_id, None)
+            self._pending.pop(doc_id, None)
+            if doc_id in self._doc_gen:
+                self._superseded.add(doc_id)
+                del self._doc_gen[doc_id]
+                self._doc_parts.pop(doc_id, None)
+                self._doc_expected.pop(doc_id, None)
+        self.manifest.updated = now()
+
+    # ---------------------------------------------------------------- reads
+
+    def _rows_of(self, doc_ids: set[str] | None) -> np.ndarray | None:
+        if doc_ids is None:
+            return None
+        return np.flatnonzero([r.chunk.doc_id in doc_ids for r in self._rows]).astype(np.int64)
+
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
+        """BM25 over the stored terms (the project's KeywordIndex, as the folder index uses)."""
+        if self._keyword is None:
+            try:
+                self._keyword = KeywordIndex([json.loads(r.terms) for r in self._rows])
+            except (ValueError, TypeError) as exc:
+                raise StoreError(f"{self.target.display}: keyword terms are damaged ({exc})") from None
+        scores, rows = self._keyword.search(query_terms, k, self._rows_of(doc_ids))
+        return [(float(s), self._rows[i].chunk) for s, i in zip(scores, rows)]
+
+    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
+        """The k best saved chunks per query vector by inner product, best first (server-side)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        empty = [[] for _ in range(len(queries))]
+        if self._live is None:
+            return empty
+        eligible = len(self) if doc_ids is None else int(np.count_nonzero(
+            [r.chunk.doc_id in doc_ids for r in self._rows]))
+        k = min(k, eligible, MAX_TOPK)
+        if k <= 0 or not len(queries):
+            return empty
+        expr = self._live_filter()
+        if doc_ids is not None:
+            expr = f"({expr}) and {_in('doc_id', sorted(doc_ids))}"
+        params = {"metric_type": "IP", "params": _search_params(self.index_kind, k)}
+        client = self._client()
+        out: list[list[tuple[float, Chunk]]] = []
+        with _calling(self.target, "search"):
+            for start in range(0, len(queries), SEARCH_BATCH):
+                batch = queries[start:start + SEARCH_BATCH]
+                result = client.search(self._chunks_name(self._base), data=batch.tolist(), limit=k, filter=expr,
+                                       output_fields=["pk"], search_params=params, anns_field="vector",
+                                       consistency_level="Strong", timeout=CALL_TIMEOUT)
+                for hits in result:
+                    row = []
+                    for hit in hits:
+                        pk = hit.get("id", hit.get("pk"))
+                        i = self._by_pk.get(pk)
+                        if i is not None:
+                            row.append((float(hit["distance"]), self._rows[i].chunk))
+                    out.append(row)
+        return out
+
+    def document_text(self, doc_id: str) -> str:
+        if doc_id in self._pending:
+            return self._pending[doc_id][1]
+        if doc_id not in self._doc_gen:
+            raise KeyError(doc_id)
+        client = self._client()
+        with _calling(self.target, "read"):
+            rows = _query_all(client, self._docs_name(self._base),
+                              f"doc_id == {_lit(doc_id)} and gen == {self._doc_gen[doc_id]}", ["part", "text"])
+        return "".join(r["text"] for r in sorted(rows, key=lambda r: r["part"]))
+
+    def vectors(self) -> np.ndarray:
+        """Every row's vector, in row order (fetched from the server for saved rows)."""
+        out = np.zeros((len(self._rows), self.manifest.dim), np.float32)
+        if self._by_pk:
+            client = self._client()
+            with _calling(self.target, "read"):
+                for row in _query_all(client, self._chunks_name(self._base), self._live_filter(), ["pk", "vector"]):
+                    i = self._by_pk.get(row["pk"])
+                    if i is not None:
+                        out[i] = row["vector"]
+        offsets: dict[str, int] = {}
+        for i, r in enumerate(self._rows):
+            if r.pk is None:
+                n = offsets.get(r.chunk.doc_id, 0)
+                out[i] = self._pending[r.chunk.doc_id][0][n]
+                offsets[r.chunk.doc_id] = n + 1
+        return out
+
+    def recall_vs_exact(self, k: int = 10, sample: int = 200, seed: int = 0) -> float | None:
+        """Recall@k of the server's approximate index against exact search, with stored vectors as queries
+        (None for FLAT: exact already). The exact neighbours are computed here, streaming every saved
+        vector from the server once (memory: one page), so this costs a full read of the collection."""
+        saved = [r.pk for r in self._rows if r.pk is not None]
+        if self.index_kind == "flat" or not saved or self._live is None:
+            return None
+        rng = np.random.default_rng(seed)
+        picked = [saved[i] for i in rng.choice(len(saved), size=min(sample, len(saved)), replace=False)]
+        k = min(k, len(saved))
+        name, expr = self._chunks_name(self._base), self._live_filter()
+        client = self._client()
+        with _calling(self.target, "read"):
+            found = {r["pk"]: r["vector"] for r in client.query(
+                name, filter=f"pk in [{', '.join(map(str, picked))}]", output_fields=["pk", "vector"],
+                consistency_level="Strong", timeout=CALL_TIMEOUT)}
+            queries = np.asarray([found[pk] for pk in picked], dtype=np.float32)
+            approx = [[hit.get("id", hit.get("pk")) for hit in hits] for start in range(0, len(queries), SEARCH_BATCH)
+                      for hits in client.search(name, data=queries[start:start + SEARCH_BATCH].tolist(), limit=k,
+                                                filter=expr, output_fields=["pk"], anns_field="vector",
+                                                search_params={"metric_type": "IP",
+                                                               "params": _search_params(self.index_kind, k)},
+                                                consistency_level="Strong", timeout=CALL_TIMEOUT)]
+            best = np.full((len(queries), k), -np.inf, np.float32)
+            best_pk = np.zeros((len(queries), k), np.int64)
+            for rows in _query_pages(client, name, expr, ["vector"]):
+                scores = np.hstack([best, queries @ np.asarray([r["vector"] for r in rows], np.float32).T])
+                pks = np.hstack([best_pk, np.broadcast_to(np.asarray([r["pk"] for r in rows], np.int64),
+                                                          (len(queries), len(rows)))])
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                best, best_pk = np.take_along_axis(scores, top, 1), np.take_along_axis(pks, top, 1)
+        return float(np.mean([len(set(a) & set(e.tolist())) / k for a, e in zip(approx, best_pk)]))
+
+    def chunks_of(self, doc_id: str) -> list[Chunk]:
+        return sorted((r.chunk for r in self._rows if r.chunk.doc_id == doc_id), key=lambda c: c.position)
+
+    def all_chunks(self) -> list[Chunk]:
+        return [r.chunk for r in self._rows]
+
+    # ---------------------------------------------------------------- save: a new generation, then the switch
+
+    def save(self) -> None:
+        """Write the changes as generation L+1, switch the pointer to it, then delete what it superseded."""
+        client = self._client()
+        with _calling(self.target, "save"):
+            has_meta = client.has_collection(self._meta, timeout=CALL_TIMEOUT)
+            pointer = _read_pointer(client, self.target) if has_meta else None
+            live = pointer[0] if pointer else 0
+            if self._live is not None and pointer and pointer[0] != self._live:
+                raise StoreError(f"{self.target.display}: another writer saved generation {pointer[0]} since this "
+                                 f"one loaded {self._live}; load again and redo the change")
+            live_state = _read_state(client, self.target, *pointer) if pointer else None
+            self._clear_leftovers(client, live, live_state, has_meta)
+            if live_state and not live_state["clean"]:
+                self._collect(client, live, live_state)
+            gen = live + 1
+            fresh = self._base is None
+            base = gen if fresh else self._base
+            self._create_collections(client, meta=not has_meta, data=base if fresh else None)
+            rows, docs = self._write_rows(client, base, gen)
+            self._ensure_index(client, self._chunks_name(base))
+            changed = [] if fresh else sorted(self._superseded)
+            state = {"format": FORMAT_VERSION, "base": base, "manifest": self._manifest_core(),
+                     "changed": changed, "written": now()}
+            parts = _pieces(json.dumps(state, ensure_ascii=False))
+            _insert(client, self._meta, [{"gen": gen, "kind": "state", "part": i, "body": p, "vec": DUMMY}
+                                         for i, p in enumerate(parts)])
+            self._switch(client, gen, len(parts))
+        # committed: the object now mirrors generation `gen`
+        self._live, self._base, self._changed, self._clean = gen, base, changed, not changed
+        self.generation = f"gen-{gen:06d}"
+        for doc_id, g in docs.items():
+            self._doc_gen[doc_id] = g
+        self._doc_parts.update(self._written_parts)
+        self._doc_expected.update(self._written_parts)
+        self._pending.clear()
+        self._superseded.clear()
+        self._set_rows(rows)
+        try:  # the clean-up: anything left here is finished by the next writer, readers are unaffected
+            with _calling(self.target, "clean-up"):
+                self._collect(client, gen, {"base": base, "changed": changed, "clean": False},
+                              old_base=live_state["base"] if live_state and fresh else None)
+            self._clean = True
+        except StoreError:
+            pass
+
+    def _switch(self, client, gen: int, parts: int) -> None:
+        """Make `gen` live: one single-row insert. Before it, nothing of `gen` is visible to anyone."""
+        _insert(client, self._meta, [{"gen": gen, "kind": "pointer", "part": 0,
+                                      "body": json.dumps({"gen": gen, "parts": parts}), "vec": DUMMY}])
+
+    def _manifest_core(self) -> dict:
+        data = self.manifest.to_json()
+        data.pop("documents")
+        return data
+
+    def _create_collections(self, client, meta: bool, data: int | None) -> None:
+        """Create the meta collection and/or a new pair of data collections, concurrently (each takes seconds)."""
+        specs = []
+        if meta:
+            schema = _schema(client, [("gen", "INT64"), ("kind", 32), ("part", "INT64"), ("body", MAX_VARCHAR)], "vec", 2)
+            specs.append((self._meta, schema, "vec", "FLAT", "L2", {}))
+        if data is not None:
+            chunks = _schema(client, [("doc_id", 4096), ("gen", "INT64"), ("seq", "INT64"), ("chunk", MAX_VARCHAR),
+                                      ("terms", MAX_VARCHAR)], "vector", self.manifest.dim)
+            specs.append((self._chunks_name(data), chunks, "vector", *_index_spec(self.index_kind, len(self))))
+            docs = _schema(client, [("doc_id", 4096), ("gen", "INT64"), ("seq", "INT64"), ("part", "INT64"),
+                                    ("record", MAX_VARCHAR), ("text", MAX_VARCHAR)], "vec", 2)
+            specs.append((self._docs_name(data), docs, "vec", "FLAT", "L2", {}))
+        if len(specs) == 1:
+            _create(client, *specs[0])
+        elif specs:
+            with ThreadPoolExecutor(len(specs)) as pool:
+                for future in [pool.submit(_create, client, *spec) for spec in specs]:
+                    future.result()
+
+    def _write_rows(self, client, base: int, gen: int) -> tuple[list[_Row], dict[str, int]]:
+        """Insert the unsaved documents' rows as `gen`; returns the rows with their new keys."""
+        self._written_parts: dict[str, int] = {}
+        doc_rows, written = [], {}
+        pending_docs = [d for d in self.manifest.documents if d in self._pending]
+        for seq, doc_id in enumerate(pending_docs):
+            record = asdict(self.manifest.documents[doc_id])
+            text = self._pending[doc_id][1]
+            pieces = [text[i:i + TEXT_PIECE] for i in range(0, len(text), TEXT_PIECE)] or [""]
+            record["parts"] = len(pieces)
+            record_json = json.dumps(record, ensure_ascii=False)
+            if len(record_json.encode("utf-8")) > MAX_VARCHAR:
+                raise StoreError(f"{self.target.display}: the record of {doc_id!r} is too large for Milvus "
+                                 f"({len(record_json.encode('utf-8'))} bytes; its meta is too big)")
+            for part, piece in enumerate(pieces):
+                doc_rows.append({"doc_id": doc_id, "gen": gen, "seq": seq, "part": part,
+                                 "record": record_json if part == 0 else "", "text": piece, "vec": DUMMY})
+            self._written_parts[doc_id] = len(pieces)
+            written[doc_id] = gen
+        _insert(client, self._docs_name(base), doc_rows)
+        new = [r for r in self._rows if r.pk is None]
+        offsets: dict[str, int] = {}
+        data = []
+        for seq, r in enumerate(new):
+            n = offsets.get(r.chunk.doc_id, 0)
+            offsets[r.chunk.doc_id] = n + 1
+            chunk_json = json.dumps(asdict(r.chunk), ensure_ascii=False)
+            terms_json = r.terms
+            if max(len(chunk_json.encode("utf-8")), len(terms_json.encode("utf-8"))) > MAX_VARCHAR:
+                raise StoreError(f"{self.target.display}: chunk {r.chunk.chunk_id} is too large for one Milvus "
+                                 "row (64 KB); use a smaller --max-tokens")
+            data.append({"doc_id": r.chunk.doc_id, "gen": gen, "seq": seq, "chunk": chunk_json, "terms": terms_json,
+                         "vector": self._pending[r.chunk.doc_id][0][n].tolist()})
+        keys = _insert(client, self._chunks_name(base), data)
+        for r, pk, seq in zip(new, keys, range(len(new))):
+            r.pk, r.gen, r.seq = int(pk), gen, seq
+        return list(self._rows), written
+
+    def _ensure_index(self, client, name: str) -> None:
+        """The vector index kind for the row count (FLAT below HNSW_ABOVE, HNSW from there)."""
+        kind = self.index_kind
+        index_type, metric, params = _index_spec(kind, len(self))
+        try:
+            current = client.describe_index(name, "vector", timeout=CALL_TIMEOUT) or {}
+        except Exception:  # noqa: BLE001 - no index yet
+            current = {}
+        if current.get("index_type") == index_type:
+            return
+        client.release_collection(name, timeout=CALL_TIMEOUT)
+        if current:
+            client.drop_index(name, "vector", timeout=CALL_TIMEOUT)
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type=index_type, metric_type=metric, params=params)
+        client.create_index(name, index, timeout=LONG_TIMEOUT)
+        client.load_collection(name, timeout=LONG_TIMEOUT)
+
+    def _clear_leftovers(self, client, live: int, state: dict | None, has_meta: bool = True) -> None:
+        """Remove what a failed or killed writer left after generation `live`: rows and collections nobody reads."""
+        if has_meta:
+            client.delete(self._meta, filter=f"gen > {live}", timeout=CALL_TIMEOUT)
+        keep = {self._chunks_name(state["base"]), self._docs_name(state["base"])} if state else set()
+        for name in keep:
+            if client.has_collection(name, timeout=CALL_TIMEOUT):
+                _ensure_loaded(client, name)
+                client.delete(name, filter=f"gen > {live}", timeout=CALL_TIMEOUT)
+        prefix = f"{self.target.collection}__g"
+        for name in client.list_collections(timeout=CALL_TIMEOUT):
+            if name.startswith(prefix) and name not in keep and re.fullmatch(r"\d+_(chunks|docs)", name[len(prefix):]):
+                client.drop_collection(name, timeout=CALL_TIMEOUT)
+
+    def _collect(self, client, gen: int, state: dict, old_base: int | None = None) -> None:
+        """After the switch to `gen`: delete superseded rows and older meta rows, then mark `gen` clean."""
+        if old_base is not None and old_base != state["base"]:
+            for name in (self._chunks_name(old_base), self._docs_name(old_base)):
+                if client.has_collection(name, timeout=CALL_TIMEOUT):
+                    client.drop_collection(name, timeout=CALL_TIMEOUT)
+        changed = state["changed"]
+        for start in range(0, len(changed), 500):
+            expr = f"{_in('doc_id', changed[start:start + 500])} and gen < {gen}"
+            for name in (self._chunks_name(state["base"]), self._docs_name(state["base"])):
+                client.delete(name, filter=expr, timeout=CALL_TIMEOUT)
+        client.delete(self._meta, filter=f"gen < {gen}", timeout=CALL_TIMEOUT)
+        _insert(client, self._meta, [{"gen": gen, "kind": "clean", "part": 0, "body": "", "vec": DUMMY}])
+
+    # ---------------------------------------------------------------- checks
+
+    def problems(self) -> list[str]:
+        """Inconsistencies between manifest, chunk rows, texts and the collection (empty: none)."""
+        out = []
+        docs = self.manifest.documents
+        counts: dict[str, int] = {}
+        for r in self._rows:
+            counts[r.chunk.doc_id] = counts.get(r.chunk.doc_id, 0) + 1
+        if set(counts) - set(docs):
+            out.append(f"chunks of unknown documents: {sorted(set(counts) - set(docs))[:3]}")
+        bad = [d for d, rec in docs.items() if counts.get(d, 0) != rec.chunks]
+        if bad:
+            out.append(f"chunk count disagrees with the manifest for {bad[:3]}")
+        if len({r.chunk.chunk_id for r in self._rows}) != len(self._rows):
+            out.append("duplicate chunk ids")
+        missing = [d for d in docs if d not in self._pending and d not in self._doc_gen]
+        if missing:
+            out.append(f"document texts disagree with the manifest (no text for {missing[:3]})")
+        torn = [d for d, n in self._doc_expected.items() if self._doc_parts.get(d) != n]
+        if torn:
+            out.append(f"the stored text of {torn[:3]} is incomplete")
+        if self._dim_on_server is not None and self._dim_on_server != self.manifest.dim:
+            out.append(f"the collection's vectors have dimension {self._dim_on_server}, "
+                       f"manifest says {self.manifest.dim}")
+        return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _writer_lock(target: Target, timeout: float = LOCK_TIMEOUT):
+    @contextmanager
+    def held() -> Iterator[None]:
+        target.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(target.lock_path), timeout=timeout):
+                yield
+        except Timeout:
+            raise StoreError(f"{target.display} is being updated by another process; gave up after "
+                             f"{timeout:.0f} s") from None
+
+    return held()
+
+
+def _schema(client, fields, vector_field: str, dim: int):
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=True, enable_dynamic_field=False)
+    schema.add_field("pk", DataType.INT64, is_primary=True)
+    for name, kind in fields:
+        if kind == "INT64":
+            schema.add_field(name, DataType.INT64)
+        else:
+            schema.add_field(name, DataType.VARCHAR, max_length=kind)
+    schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=dim)
+    return schema
+
+
+def _index_spec(kind: str, n: int) -> tuple[str, str, dict]:
+    if kind == "hnsw":
+        return "HNSW", "IP", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    if kind == "ivf":
+        return "IVF_FLAT", "IP", {"nlist": max(1, min(int(4 * np.sqrt(max(n, 1))), 65536))}
+    return "FLAT", "IP", {}
+
+
+def _search_params(kind: str, k: int) -> dict:
+    if kind == "hnsw":
+        return {"ef": max(HNSW_EF_SEARCH, k)}
+    if kind == "ivf":
+        return {"nprobe": 16}
+    return {}
+
+
+def _create(client, name: str, schema, vector_field: str, index_type: str, metric: str, params: dict | None = None) -> None:
+    if client.has_collection(name, timeout=CALL_TIMEOUT):  # a leftover under this name: never live
+        client.drop_collection(name, timeout=CALL_TIMEOUT)
+    index = client.prepare_index_params()
+    index.add_index(vector_field, index_type=index_type, metric_type=metric, params=params or {})
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
+                             timeout=CALL_TIMEOUT)
+    _ensure_loaded(client, name)
+
+
+def _ensure_loaded(client, name: str) -> None:
+    state = client.get_load_state(name, timeout=CALL_TIMEOUT)
+    if "Loaded" not in str(state.get("state") if isinstance(state, dict) else state):
+        client.load_collection(name, timeout=LONG_TIMEOUT)
+
+
+def _vector_dim(client, name: str) -> int | None:
+    for field in client.describe_collection(name, timeout=CALL_TIMEOUT).get("fields", []):
+        if field.get("name") == "vector":
+            return int(field.get("params", {}).get("dim"))
+    return None
+
+
+def _insert(client, name: str, rows: list[dict]) -> list[int]:
+    keys: list[int] = []
+    for start in range(0, len(rows), INSERT_BATCH):
+        result = client.insert(name, rows[start:start + INSERT_BATCH], timeout=CALL_TIMEOUT)
+        keys.extend(result["ids"])
+    return keys
+
+
+def _query_pages(client, name: str, expr: str, fields: list[str]) -> Iterator[list[dict]]:
+    """Every row matching `expr`, a page at a time, paged by primary key (Milvus returns the smallest keys
+    first) so no single answer is too large."""
+    last = None
+    fields = list(dict.fromkeys(["pk", *fields]))
+    page = MAX_QUERY_ROWS // 4
+    while True:
+        page_expr = expr if last is None else f"({expr}) and pk > {last}"
+        rows = client.query(name, filter=page_expr, output_fields=fields, limit=page,
+                            consistency_level="Strong", timeout=CALL_TIMEOUT)
+        if rows:
+            yield rows
+        if len(rows) < page:
+            return
+        last = max(r["pk"] for r in rows)
+
+
+def _query_all(client, name: str, expr: str, fields: list[str]) -> list[dict]:
+    return [row for rows in _query_pages(client, name, expr, fields) for row in rows]
+
+
+def _pieces(text: str) -> list[str]:
+    return [text[i:i + TEXT_PIECE] for i in range(0, len(text), TEXT_PIECE)] or [""]
+
+
+def _read_pointer(client, target: Target) -> tuple[int, dict] | None:
+    """The live generation and its pointer body (the highest pointer row), or None."""
+    name = f"{target.collection}_meta"
+    _ensure_loaded(client, name)
+    rows = client.query(name, filter='kind == "pointer"', output_fields=["gen", "body"],
+                        consistency_level="Strong", timeout=CALL_TIMEOUT)
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["gen"])
+    return int(best["gen"]), json.loads(best["body"])
+
+
+def _read_state(client, target: Target, gen: int, pointer: dict) -> dict:
+    """The state written for generation `gen`, plus whether its clean-up finished."""
+    rows = client.query(f"{target.collection}_meta", filter=f"gen == {gen}", output_fields=["kind", "part", "body"],
+                        consistency_level="Strong", timeout=CALL_TIMEOUT)
+    parts = sorted((r for r in rows if r["kind"] == "state"), key=lambda r: r["part"])
+    if len(parts) != pointer.get("parts") or [r["part"] for r in parts] != list(range(len(parts))):
+        raise StoreError(f"{target.display}: the manifest of generation {gen} is incomplete")
+    try:
+        state = json.loads("".join(r["body"] for r in parts))
+    except ValueError as exc:
+        raise StoreError(f"{target.display}: the manifest of generation {gen} is damaged ({exc})") from None
+    version = state.get("format")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise StoreError(f"{target.display}: index format version {version!r} is newer than this tool "
+                         f"understands ({FORMAT_VERSION}); upgrade the tool")
+    state["clean"] = any(r["kind"] == "clean" for r in rows)
+    return state
+
+
+def _manifest_from(data, target: Target) -> Manifest:
+    try:
+        return Manifest.from_json({**data, "documents": {}})
+    except (TypeError, AttributeError) as exc:
+        raise StoreError(f"{target.display}: the manifest is damaged ({exc})") from None
+
+
+def _chunk_from_json(text: str) -> Chunk:
+    data = json.loads(text)
+    data["section_path"] = tuple(data.get("section_path", ()))
+    return Chunk(**data)
