@@ -79,15 +79,17 @@ CSS = """
 # ---------------------------------------------------------------------------- loading (once per process)
 
 
-def index_path(argv: list[str] | None = None) -> Path:
-    """`--index DIR` after `--` on the streamlit command line, else $INDEXER_INDEX, else indexes/default."""
+def index_path(argv: list[str] | None = None) -> str:
+    """`--index DIR` after `--` on the streamlit command line, else $INDEXER_INDEX, else indexes/default.
+
+    A string, not a Path: a Milvus location (milvus://HOST:PORT/COLLECTION) is not a folder."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--index")
     try:
         args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     except SystemExit:  # `--index` without a value: fall back to the environment
         args = argparse.Namespace(index=None)
-    return Path(args.index or os.environ.get("INDEXER_INDEX") or DEFAULT_INDEX)
+    return str(args.index or os.environ.get("INDEXER_INDEX") or DEFAULT_INDEX)
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -198,12 +200,14 @@ def show_flashes() -> None:
         getattr(st, kind)(message)
 
 
-def shown_path(path: Path) -> str:
-    """A folder inside the project as a relative path, else as given."""
+def shown_path(engine: Engine) -> str:
+    """The index location without credentials; a folder inside the project as a relative path."""
+    if engine.shown != engine.location or "://" in engine.location:
+        return engine.shown
     try:
-        return str(Path(path).resolve().relative_to(ROOT))
+        return str(Path(engine.location).resolve().relative_to(ROOT))
     except ValueError:
-        return str(path)
+        return engine.location
 
 
 def when(stamp: str | None) -> str:
@@ -267,7 +271,7 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
     """Index state, search settings, and index management; returns the settings."""
     sb = st.sidebar
     sb.header("Index 索引")
-    sb.caption(f"`{shown_path(engine.path)}`")
+    sb.caption(f"`{shown_path(engine)}`")
     if info:
         c1, c2 = sb.columns(2)
         c1.metric("Documents 文档", info["documents"])
@@ -317,7 +321,7 @@ def build_panel(engine: Engine, problem: str | None) -> None:
     if problem:
         st.error(f"The index cannot be used: {problem}")
     else:
-        st.warning(f"There is no index at `{shown_path(engine.path)}` yet. Build it from the sample speech, "
+        st.warning(f"There is no index at `{shown_path(engine)}` yet. Build it from the sample speech, "
                    "or add your own documents in the Documents tab.")
     sample = SAMPLE
     label = f"Build the index from {sample.relative_to(ROOT) if sample.is_relative_to(ROOT) else sample}"

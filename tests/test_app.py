@@ -296,8 +296,9 @@ def test_index_path_from_argument_environment_or_default(monkeypatch):
     assert str(search_app.index_path(["--index", "/tmp/from-arg"])) == "/tmp/from-arg"
     assert str(search_app.index_path(["-q", "tests"])) == "/tmp/from-env"
     monkeypatch.delenv("INDEXER_INDEX")
-    assert search_app.index_path([]) == ROOT / "indexes" / "default"
-    assert search_app.index_path(["--index"]) == ROOT / "indexes" / "default"
+    assert search_app.index_path([]) == str(ROOT / "indexes" / "default")
+    assert search_app.index_path(["--index"]) == str(ROOT / "indexes" / "default")
+    assert search_app.index_path(["--index", "milvus://127.0.0.1:19530/docs"]) == "milvus://127.0.0.1:19530/docs"
 
 
 def test_mode_selector_only_when_the_engine_has_modes():
