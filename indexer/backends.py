@@ -93,7 +93,10 @@ class TorchBackend:
             return np.zeros((0, self.dim), np.float32)
         vecs = self.model.encode(list(texts), prompt=prompt or None, batch_size=batch_size, convert_to_numpy=True,
                                  normalize_embeddings=True, show_progress_bar=bool(progress))
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        if self.name == "bf16":  # normalised in bf16: norms are off by ~1e-3; redo it in float32
+            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs
 
 
 # ------------------------------------------------------------------------------ onnx
@@ -241,11 +244,17 @@ class OnnxBackend:
 
 def load_backend(model_path: str | Path, backend: str = "torch", *, device: str = "cpu", threads: int | None = None):
     """A loaded backend: .encode(texts, prompt="", batch_size=32) → float32 [n, dim], normalised;
-    .tokenizer, .prompts, .dim, .max_tokens, .name. `backend` is one of BACKENDS."""
+    .tokenizer, .prompts, .dim, .max_tokens, .name. `backend` is one of BACKENDS. `threads` caps
+    the CPU threads (torch: process-wide torch.set_num_threads; onnxruntime: this session)."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar
     if backend in ("torch", "bf16"):
         return TorchBackend(model_path, backend, device=device, threads=threads)
     if device != "cpu":
         raise BackendError(f"backend {backend!r} runs on the CPU only")
+    if not Path(model_path).is_dir():
+        raise BackendError(f"backend {backend!r} needs a local model folder, not {str(model_path)!r}")
     return OnnxBackend(model_path, backend, threads=threads)
