@@ -187,7 +187,9 @@ def section_query(n_latency: int = 300, n_batch: int = 1000, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp:
         engine = Engine(Path(tmp) / "speech")
         engine.build([SPEECH])
-        st = engine.encoder._model  # the same loaded SentenceTransformer, used bare as the reference
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(MODEL))  # the plain reference: default settings, torch fp32
         chunks = len(engine.store)
         for q in qs[:10]:
             engine.search(q, k=10)

@@ -9,18 +9,26 @@ Every backend returns float32 [n, dim] L2-normalised vectors (mean pooling, as t
 1_Pooling declares for e5), truncating at the model's token limit, and offers the same
 `tokenizer` (the folder's fast tokenizer), `prompts`, `dim` and `max_tokens`.
 
-The ONNX files are exported on first use into a folder beside the model
-(`models/multilingual-e5-small-onnx/`: model.onnx, model-int8.onnx, source.json), through a
-temporary folder and one rename, so a crash or a concurrent first use never leaves a half
-export. The model folder itself is only read. The export is redone when the model's weights
-change (source.json records their size and mtime).
+The ONNX files are exported into a folder beside the model
+(`models/multilingual-e5-small-onnx/`: model.onnx, source.json, and model-int8.onnx when the
+int8 backend is asked for), by `make model` or else on first use, through a temporary folder and
+one rename, so a crash or a concurrent first use never leaves a half export. The model folder
+itself is only read. The export is redone when the model's weights change (source.json records
+their size and mtime).
+
+`plan(model, "auto")` picks the pair the Encoder uses (bench/README.md has the measurements):
+queries on ONNX fp32 (lowest one-question latency on every CPU measured), documents in bf16 where
+the CPU computes bf16 natively (AMX / AVX512-BF16: 2.7x the fp32 throughput at cosine 0.99997)
+and on ONNX fp32 elsewhere (bf16 is emulated there, several times slower).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -116,8 +124,8 @@ def _source_stamp(model_path: Path) -> dict:
     return {"weights": weights.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "opset": OPSET}
 
 
-def _export(model_path: Path, out: Path) -> None:
-    """Write model.onnx (input_ids, attention_mask → normalised sentence_embedding) and its int8 twin."""
+def _export(model_path: Path, out: Path, int8: bool) -> None:
+    """Write model.onnx (input_ids, attention_mask → normalised sentence_embedding), and its int8 twin."""
     import torch
     from transformers import AutoModel
 
@@ -140,35 +148,44 @@ def _export(model_path: Path, out: Path) -> None:
 
     ids = torch.tensor([[0, 100, 200, 300, 2], [0, 400, 2, 1, 1]], dtype=torch.long)
     mask = (ids != 1).long()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes it treats as dynamic
         torch.onnx.export(Pooled(hf), (ids, mask), str(out / ONNX_FILE), dynamo=False, opset_version=OPSET,
                           input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
                           dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                                         "sentence_embedding": {0: "batch"}},
                           do_constant_folding=True)
     del hf
+    if not int8:
+        return
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(out / ONNX_FILE), str(out / ONNX_INT8_FILE), weight_type=QuantType.QInt8,
                      per_channel=True, reduce_range=True)
 
 
-def ensure_onnx(model_path: str | Path) -> Path:
-    """The ONNX folder of a model, exported first if missing or made from other weights."""
+def _complete(folder: Path, stamp: dict, int8: bool) -> bool:
+    return (_read_json(folder / STAMP_FILE) == stamp and (folder / ONNX_FILE).exists()
+            and (not int8 or (folder / ONNX_INT8_FILE).exists()))
+
+
+def ensure_onnx(model_path: str | Path, *, int8: bool = False) -> Path:
+    """The ONNX folder of a model, exported first if missing or made from other weights
+    (`int8`: with the dynamically quantised twin too)."""
     model_path = Path(model_path).resolve()
     final = onnx_dir(model_path)
     stamp = _source_stamp(model_path)
-    if _read_json(final / STAMP_FILE) == stamp and (final / ONNX_FILE).exists() and (final / ONNX_INT8_FILE).exists():
+    if _complete(final, stamp, int8):
         return final
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        _export(model_path, tmp)
+        _export(model_path, tmp, int8 or (final / ONNX_INT8_FILE).exists())
         (tmp / STAMP_FILE).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
         for f in tmp.iterdir():
             f.chmod(0o644)
         if final.exists():  # stale (or another process just finished): move it aside, then swap in ours
-            if _read_json(final / STAMP_FILE) == stamp and (final / ONNX_INT8_FILE).exists():
+            if _complete(final, stamp, int8):
                 return final
             trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(final, trash)
@@ -198,7 +215,7 @@ class OnnxBackend:
         from transformers import AutoTokenizer
 
         model_path = Path(model_path)
-        folder = ensure_onnx(model_path)
+        folder = ensure_onnx(model_path, int8=backend == "onnx-int8")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
@@ -231,12 +248,56 @@ class OnnxBackend:
         enc = self.tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
                              max_length=self.max_tokens)["input_ids"]
         order = np.argsort([-len(r) for r in enc], kind="stable")
+        bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc="Batches", unit="text")
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             out[rows] = self._run([enc[i] for i in rows])
             if callable(progress):
                 progress(min(1.0, (start + len(rows)) / len(texts)))
+            elif bar is not None:
+                bar.update(len(rows))
+        if bar is not None:
+            bar.close()
         return out
+
+
+# ------------------------------------------------------------------------------ choosing
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16, from /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore")
+    except OSError:
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def onnx_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def plan(model_path: str | Path, backend: str = "auto", device: str = "cpu") -> tuple[str, str]:
+    """(query backend, document backend) for a setting: one of BACKENDS for both sides, or "auto".
+
+    auto: ONNX fp32 for questions where it can run (a local folder, onnxruntime installed, the CPU);
+    for documents bf16 on a CPU with native bf16, else the same as questions. A hub id, a GPU or a
+    missing onnxruntime falls back to torch.
+    """
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown encoder backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+        return backend, backend
+    onnx_ok = device == "cpu" and Path(model_path).is_dir() and onnx_available()
+    query = "onnx" if onnx_ok else "torch"
+    docs = "bf16" if device == "cpu" and native_bf16() else query
+    return query, docs
 
 
 # ------------------------------------------------------------------------------ entry point

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .backends import BackendError, load_backend, plan
 from .errors import ModelError
 from .modelprep import DEFAULT_MODEL_DIR
 
 MODEL_ENV = "INDEXER_MODEL"
+BACKEND_ENV = "INDEXER_BACKEND"
 
 
 def resolve_model(model: str | Path | None = None) -> str:
@@ -28,22 +31,41 @@ class Encoder:
     """Embeds queries and passages with the prompts the model declares; vectors are L2-normalised.
 
     `Encoder()` loads the default folder `models/multilingual-e5-small`; any local folder or hub
-    id that sentence-transformers can load works too (the hub needs a network).
+    id that sentence-transformers can load works too (the hub needs a network). `backend` (or
+    $INDEXER_BACKEND) is "auto" or one of indexer.backends.BACKENDS: auto runs questions on ONNX
+    and documents in bf16 where the CPU has it (see `indexer.backends.plan`). The question side
+    loads now; the document side on its first use (a search-only process never loads it).
     """
 
-    def __init__(self, model: str | Path | None = None, *, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(self, model: str | Path | None = None, *, batch_size: int = 32, device: str = "cpu",
+                 backend: str | None = None) -> None:
         self.model_path = resolve_model(model)
         self.name = model_name(self.model_path)
         self.batch_size = batch_size
-        self._model = _load(self.model_path, device)
-        self.dim = int(self._model.get_embedding_dimension())
-        self.max_tokens = int(self._model.max_seq_length)
-        self.tokenizer = self._model.tokenizer
-        self.prompts = dict(self._model.prompts)
+        self.device = device
+        self.backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+        _check_folder(self.model_path)
+        try:
+            self.backends = plan(self.model_path, self.backend, device)  # (questions, documents)
+        except BackendError as exc:
+            raise ModelError(str(exc)) from None
+        self._loaded: dict[str, object] = {}
+        self._lock = threading.Lock()
+        first = self._side(0)
+        self.dim, self.max_tokens = int(first.dim), int(first.max_tokens)
+        self.tokenizer, self.prompts = first.tokenizer, dict(first.prompts)
+
+    def _side(self, which: int):
+        """The loaded backend for questions (0) or documents (1), loaded once."""
+        name = self.backends[which]
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = _load(self.model_path, self.device, name)
+            return self._loaded[name]
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Query vectors, float32 [n, dim]."""
-        return self._encode(texts, self._model.encode_query)
+        return self._encode(0, texts, self.prompts.get("query", ""))
 
     def encode_documents(self, texts: list[str], *, progress: bool | Callable[[float], None] = False) -> np.ndarray:
         """Passage vectors, float32 [n, dim].
@@ -51,22 +73,22 @@ class Encoder:
         `progress` is True for a console bar, or a callback given the fraction done. With a callback
         the texts are sorted by length and encoded in blocks, so each block pads little.
         """
+        prompt = self.prompts.get("document", self.prompts.get("passage", ""))
         if not callable(progress):
-            return self._encode(texts, self._model.encode_document, progress=progress)
+            return self._encode(1, texts, prompt, progress=progress)
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), np.float32)
         block = self.batch_size * 8
         for start in range(0, len(texts), block):
             rows = order[start:start + block]
-            out[rows] = self._encode([texts[i] for i in rows], self._model.encode_document)
+            out[rows] = self._encode(1, [texts[i] for i in rows], prompt)
             progress(min(1.0, (start + len(rows)) / len(texts)))
         return out
 
-    def _encode(self, texts: list[str], fn, progress: bool = False) -> np.ndarray:
+    def _encode(self, which: int, texts: list[str], prompt: str, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        vecs = fn(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                  normalize_embeddings=True, show_progress_bar=progress)
+        vecs = self._side(which).encode(list(texts), prompt, batch_size=self.batch_size, progress=progress)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def count_tokens(self, text: str) -> int:
@@ -75,20 +97,22 @@ class Encoder:
         return len(self.tokenizer(prompt + text, add_special_tokens=True, truncation=False)["input_ids"])
 
 
-def _load(model: str, device: str):
-    """Load a SentenceTransformer or raise one clear ModelError."""
+def _check_folder(model: str) -> None:
+    """The default folder must have been provisioned; say how, in one line."""
     path = Path(model)
     if str(path.resolve()) == str(DEFAULT_MODEL_DIR.resolve()) and not (path / "modules.json").exists():
         raise ModelError(f"model folder {path} is missing; provision it with `make model` "
                          "(python -m indexer.modelprep)")
-    from sentence_transformers import SentenceTransformer
+
+
+def _load(model: str, device: str, backend: str):
+    """Load the model with one encoder backend, or raise one clear ModelError."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
     hf_logging.set_verbosity_error()  # counting a long paragraph's tokens is not an overflow
-
     try:
-        return SentenceTransformer(model, device=device)
+        return load_backend(model, backend, device=device)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model {model!r}: {first}") from exc
+        raise ModelError(f"cannot load model {model!r} ({backend}): {first}") from exc

@@ -258,10 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m indexer.modelprep", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR, help="model folder to write")
     parser.add_argument("--force", action="store_true", help="rebuild even if the folder is complete")
+    parser.add_argument("--no-onnx", action="store_true",
+                        help="skip the ONNX export the fast question encoder runs (else made on first use)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         built = convert(args.out, force=args.force)
+        if not args.no_onnx:
+            from .backends import BackendError, ensure_onnx, onnx_available
+
+            if onnx_available():
+                try:
+                    ensure_onnx(args.out)
+                except BackendError as exc:
+                    raise ValueError(str(exc)) from None
     except (OSError, ValueError) as exc:
         print(f"error: model conversion failed: {exc}", file=sys.stderr)
         return 1
