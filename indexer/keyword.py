@@ -64,6 +64,11 @@ class KeywordIndex:
             # an empty chunk still needs a row; bm25s scores the "" token as nothing
             self._bm25.index([terms or [""] for terms in corpus_terms], show_progress=False)
 
+    @property
+    def vocabulary(self) -> frozenset[str]:
+        """Every term of the corpus."""
+        return frozenset(t for t in (self._bm25.vocab_dict if self.size else ()) if t)
+
     def scores(self, query_terms: list[str]) -> np.ndarray:
         """BM25 score of every row for the query terms (zeros when none is in the corpus)."""
         if not self.size:

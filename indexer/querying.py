@@ -65,8 +65,9 @@ def _csv_questions(text: str, path: Path) -> list[Question]:
     return out
 
 
-def write_results(path: str | Path, questions: list[Question], results: list[list]) -> None:
-    """Write hits per question as JSONL (one line per question) or CSV (one row per hit),
+def write_results(path: str | Path, questions: list[Question], results: list) -> None:
+    """Write each question's Result (indexer.engine) as JSONL (one line per question: id, query,
+    terms searched, hits with their answering sentence) or CSV (one row per hit),
     by the output's extension, through a temporary file renamed into place."""
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
@@ -78,21 +79,22 @@ def write_results(path: str | Path, questions: list[Question], results: list[lis
             if path.suffix.lower() == ".csv":
                 _write_csv(fh, questions, results)
             else:
-                for q, hits in zip(questions, results):
-                    fh.write(json.dumps({"id": q.qid, "query": q.query, "hits": [h.to_json() for h in hits]},
-                                        ensure_ascii=False) + "\n")
+                for q, result in zip(questions, results):
+                    fh.write(json.dumps({"id": q.qid, **result.to_json(), "query": q.query}, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-CSV_FIELDS = ("id", "query", "rank", "score", "doc_id", "chunk_id", "section", "text")
+CSV_FIELDS = ("id", "query", "rank", "score", "doc_id", "chunk_id", "section", "text", "sentence",
+              "sentence_start", "sentence_end", "terms")
 
 
-def _write_csv(fh, questions: list[Question], results: list[list]) -> None:
+def _write_csv(fh, questions: list[Question], results: list) -> None:
     writer = csv.writer(fh)
     writer.writerow(CSV_FIELDS)
-    for q, hits in zip(questions, results):
-        for h in hits:
-            writer.writerow([q.qid, q.query, h.rank, h.score, h.doc_id, h.chunk_id, h.section, h.text])
+    for q, result in zip(questions, results):
+        for h in result.hits:
+            writer.writerow([q.qid, q.query, h.rank, h.score, h.doc_id, h.chunk_id, h.section, h.text, h.sentence,
+                             h.sentence_start, h.sentence_end, " ".join(result.terms)])

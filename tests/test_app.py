@@ -73,6 +73,25 @@ def app_index(speech_index, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- searching
 
 
+def test_english_question_shows_translated_terms_and_the_answering_sentence(app_index):
+    at = run_app()
+    ask(at, "How do private schools set up Party organisations?")
+    chips = [m.value for m in at.markdown if m.value.startswith('<div class="terms">')]
+    assert len(chips) == 1 and "Party organisations → <b>党组织</b>" in chips[0]
+    shown = passages(at)
+    assert shown and all(p.count('<span class="answer">') == 1 for p in shown)
+    assert any("<mark>党组织</mark>" in p for p in shown)  # marked by its Chinese translations
+    assert any("民办学校" in text_of(p) for p in shown[:3])
+
+
+def test_chinese_question_marks_its_answering_sentence(app_index):
+    at = run_app()
+    ask(at, QUESTION)
+    first = passages(at)[0]
+    answer = re.search(r'<span class="answer">(.*?)</span>(?!</mark>)', first).group(1)
+    assert "民办学校" in text_of(answer) and not [m for m in at.markdown if m.value.startswith('<div class="terms">')]
+
+
 def test_question_shows_the_minban_passage_first(app_index):
     at = run_app()
     assert [m.label for m in at.sidebar.metric] == ["Documents 文档", "Chunks 段落"]
@@ -279,11 +298,13 @@ def test_batch_upload_and_result_files(app_index):
 
     engine = Engine(app_index, encoder=search_app.get_encoder())
     questions = search_app.questions_from_text(f"{QUESTION}\n\n  \nHow are young cadres trained?")
-    results = engine.batch([q.query for q in questions], 3)
+    results = engine.query([q.query for q in questions], 3)
     rows = list(csv.DictReader(io.StringIO(search_app.results_file(questions, results, ".csv").decode())))
     assert len(rows) == 6 and rows[0]["id"] == "1" and rows[0]["section"].startswith(MINBAN_SECTION)
-    lines = search_app.results_file(questions, results, ".jsonl").decode().splitlines()
-    assert [json.loads(line)["id"] for line in lines] == ["1", "4"]
+    assert all(row["sentence"] and row["sentence"] in row["text"] for row in rows)
+    lines = [json.loads(line) for line in search_app.results_file(questions, results, ".jsonl").decode().splitlines()]
+    assert [line["id"] for line in lines] == ["1", "4"]
+    assert not lines[0]["cross_lingual"] and lines[1]["cross_lingual"] and lines[1]["translations"]
 
 
 # ---------------------------------------------------------------------------- pure parts

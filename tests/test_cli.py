@@ -45,6 +45,39 @@ def test_search_json_and_text(index):
     assert text.startswith(" 1. ") and "四、加强民办学校党建工作" in text
 
 
+def test_english_question_json_gives_terms_and_sentence_offsets(index):
+    speech = SPEECH.read_text(encoding="utf-8")
+    data = json.loads(run("search", "How do private schools set up Party organisations?", "--index", str(index),
+                          "-k", "3", "--json").stdout)
+    assert data["cross_lingual"] and "党组织" in data["terms"]
+    assert {"english", "terms"} <= set(data["translations"][0])
+    for hit in data["hits"]:
+        sent = hit["sentence"]
+        assert speech[sent["start"]:sent["end"]] == sent["text"] and hit["start"] <= sent["start"] < sent["end"] <= hit["end"]
+    text = run("search", "How do private schools set up Party organisations?", "--index", str(index), "-k", "1").stdout
+    assert text.startswith("translated: ") and "党组织" in text.splitlines()[0] and "\n    » " in text
+    off = json.loads(run("search", "How do private schools set up Party organisations?", "--index", str(index),
+                         "--no-translate", "--no-use", "--json").stdout)
+    assert off["translations"] == [] and "党组织" not in off["terms"]
+
+
+def test_build_options_user_terms_and_no_crosslingual(index, tmp_path):
+    words = tmp_path / "words.txt"
+    words.write_text("两个维护\n", encoding="utf-8")
+    out = tmp_path / "ix"
+    run("build", str(SPEECH), "--index", str(out), "--no-crosslingual", "--user-term", "三重一大", "--user-dict", str(words))
+    info = json.loads(run("info", "--index", str(out), "--json").stdout)
+    assert info["crosslingual"] == "off"
+    manifest = json.loads(next(out.glob("gen-*/manifest.json")).read_text(encoding="utf-8"))
+    assert manifest["keyword"]["user_terms"] == ["三重一大", "两个维护"]
+    data = json.loads(run("search", "三重一大", "--index", str(out), "--mode", "bm25", "--json").stdout)
+    assert "三重一大" in data["terms"] and "三重一大" in data["hits"][0]["text"]
+    plain = json.loads(run("search", "三重一大", "--index", str(index), "--mode", "bm25", "--json").stdout)
+    assert "三重一大" not in plain["terms"]  # without the user term jieba cuts it into 三重 + 一大
+    bad = run("build", str(SPEECH), "--index", str(tmp_path / "z"), "--user-dict", str(tmp_path / "none.txt"), ok=False)
+    assert bad.returncode == 1 and bad.stderr.strip().endswith("no such user dictionary file")
+
+
 def test_batch_matches_search_in_every_format(index, tmp_path):
     questions = ["私立学校怎样建立党组织？", "How should schools fight corruption?", "三会一课"]
     (tmp_path / "q.txt").write_text("\n".join(questions) + "\n\n", encoding="utf-8")

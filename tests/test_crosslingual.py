@@ -14,14 +14,14 @@ from indexer.crosslingual import (
     USEEncoder,
     corpus_vocabulary,
     is_cross_lingual,
-    split_sentences,
+    sentence_spans,
     top_rows,
     use_scores,
     word_forms,
 )
 from indexer.evaluation import read_labelled
 from indexer.keyword import Segmenter
-from indexer.search import rrf_fuse
+from indexer.search import FusionSettings
 
 PRIVATE_SCHOOLS = "How do private schools set up Party organisations?"
 N = 50  # candidates per route, as the engine's hybrid mode takes
@@ -149,7 +149,8 @@ def test_passage_scores_mix_the_passage_and_its_best_sentence(use):
     texts = ["今天天气很好。我们去公园散步！", "民办学校要建立党组织。采取单独组建、联合组建等方式。", "短"]
     passages = use.encode_passages(texts)
     assert len(passages) == 3 and list(passages.owner) == [0, 0, 1, 1, 2]
-    assert split_sentences(texts[1]) == ["民办学校要建立党组织。", "采取单独组建、联合组建等方式。"]
+    assert [texts[1][a:b] for a, b in sentence_spans(texts[1])] == ["民办学校要建立党组织。", "采取单独组建、联合组建等方式。"]
+    assert [tuple(x) for x in passages.spans[2:4]] == [(0, 11), (11, 26)] and passages.sentences_of(1) == slice(2, 4)
     q = use.encode_queries(["How do private schools set up Party organisations?"])
     scores = use_scores(q, passages)
     chunk = q @ passages.chunks.T
@@ -169,34 +170,35 @@ def test_passage_scores_mix_the_passage_and_its_best_sentence(use):
 # ---------------------------------------------------------------------------- the route, measured
 
 
+def test_sentence_spans_skip_headings_and_crumbs():
+    text = "四、加强民办学校党建工作\n市教育局党组继续贯彻。好。民办学校要建立党组织！"
+    spans = sentence_spans(text)
+    assert [text[a:b] for a, b in spans] == ["市教育局党组继续贯彻。", "民办学校要建立党组织！"]
+    assert sentence_spans("短") == [(0, 1)] and sentence_spans("  ") == []
+
+
 @pytest.fixture(scope="module")
-def routes(speech_index, encoder, use, speech_vocab):
-    """Rank functions over the speech index: e5 dense, USE (passage + best sentence), BM25 of the
-    translated terms, and their reciprocal-rank fusion."""
-    from indexer.engine import Engine, passage_text
+def routes(speech_index, encoder):
+    """The engine's own routes over the speech index, each a function questions → rankings:
+    e5 alone, USE alone, BM25 of the translated terms alone, and the default (all three fused)."""
+    from dataclasses import replace
+
+    from indexer.engine import Engine
+
+    def route(mode: str, **switches):
+        engine = Engine(speech_index, encoder=encoder)
+        engine.fusion = replace(FusionSettings(), **switches)
+        return lambda questions: [[(h.score, h) for h in hits] for hits in engine.batch(questions, N, mode=mode)]
 
     engine = Engine(speech_index, encoder=encoder)
-    store = engine.store
-    chunks = store.all_chunks()
-    assert corpus_vocabulary(Segmenter().terms_many(c.text for c in chunks)) == speech_vocab
-    passages = use.encode_passages([passage_text(c) for c in chunks])
-    translator = Translator(speech_vocab)
 
-    def e5(questions):
-        return store.search(encoder.encode_queries(questions), N)
+    def use_only(questions):
+        from indexer.search import use_rankings
 
-    def use_route(questions):
-        return [[(float(s), chunks[r]) for s, r in zip(*top)]
-                for top in top_rows(use_scores(use.encode_queries(questions), passages), N)]
+        store = engine.store
+        return use_rankings(store.cross_vectors(), engine.xl_encoder.encode_queries(questions), store.all_chunks(), N)
 
-    def bm25(questions):
-        return [store.keyword_search(translator.translate(q), N) for q in questions]
-
-    def fused(questions):
-        return [rrf_fuse([a, b, c], [1.0, 1.0, 1.0])[:N]
-                for a, b, c in zip(e5(questions), use_route(questions), bm25(questions))]
-
-    return {"e5": e5, "use": use_route, "bm25": bm25, "fused": fused}
+    return {"e5": route("dense", use_route=False), "use": use_only, "bm25": route("bm25"), "fused": route("hybrid")}
 
 
 def rank_of(ranking, relevant) -> int:
@@ -209,7 +211,8 @@ def rank_of(ranking, relevant) -> int:
 
 def test_cross_lingual_route_finds_what_e5_alone_ranks_below_three(routes):
     """'How are Party organizations set up in privately run schools?': e5 alone puts the paragraph
-    about 民办学校 below the top 3; USE, translated BM25 and their fusion with e5 put it in the top 3."""
+    about 民办学校 below the top 3; USE, translated BM25 and the engine's default fusion put it in
+    the top 3."""
     label = next(q for q in read_labelled(DATA / "speech_qa_en.jsonl") if "privately run schools" in q.query)
     ranks = {name: rank_of(route([label.query])[0], label.relevant) for name, route in routes.items()}
     assert ranks["e5"] > 3, f"e5 alone now finds it ({ranks}): pick another example"
@@ -228,3 +231,54 @@ def test_cross_lingual_route_beats_e5_on_the_english_set(routes):
     missed = [i for i, r in enumerate(e5) if r > 3]
     recovered = [i for i in missed if fused[i] <= 3]
     assert len(recovered) * 2 >= len(missed), (len(recovered), len(missed))
+
+
+def test_chinese_questions_do_not_take_the_cross_lingual_routes(speech_index, encoder):
+    """The USE route and translation leave Chinese questions alone: the same ranking with them off."""
+    from dataclasses import replace
+
+    from indexer.engine import Engine
+
+    questions = [q.query for q in read_labelled(DATA / "speech_qa_zh.jsonl")]
+    on = Engine(speech_index, encoder=encoder)
+    off = Engine(speech_index, encoder=encoder)
+    off.fusion = replace(off.fusion, use_route=False, translate=False)
+    ids = lambda results: [[h.chunk_id for h in r.hits] for r in results]  # noqa: E731
+    assert ids(on.query(questions, 10)) == ids(off.query(questions, 10))
+    assert not any(r.cross_lingual or r.translations for r in on.query(questions[:5], 3))
+
+
+def test_english_result_reports_its_translated_terms(speech_index, encoder, speech_vocab):
+    from indexer.engine import Engine
+
+    result = Engine(speech_index, encoder=encoder).query([PRIVATE_SCHOOLS], 3)[0]
+    assert result.cross_lingual and result.terms and set(result.terms) <= speech_vocab
+    assert {"学校", "党组织"} <= set(result.terms)
+    assert [t for _, part in result.translations for t in part if t not in result.terms] == []
+    data = result.to_json()
+    assert data["terms"] == result.terms and data["translations"][0]["english"]
+    assert any("民办学校" in h.text for h in result.hits[:3])
+
+
+def test_answering_sentence_offsets_point_into_the_original_text(speech_index, encoder, speech_text):
+    """Every hit's sentence offsets cut exactly that sentence out of the original document, inside
+    the hit; for labelled questions the top hit's sentence mostly holds the labelled answer."""
+    from indexer.engine import Engine
+
+    engine = Engine(speech_index, encoder=encoder)
+    for lang in ("zh", "en"):
+        labels = read_labelled(DATA / f"speech_qa_{lang}.jsonl")
+        results = engine.query([q.query for q in labels], 5)
+        found = total = 0
+        for label, result in zip(labels, results):
+            for hit in result.hits:
+                assert hit.start <= hit.sentence_start < hit.sentence_end <= hit.end
+                assert speech_text[hit.sentence_start:hit.sentence_end] == hit.sentence
+                assert (hit.sentence_start, hit.sentence_end) in {
+                    (hit.start + a, hit.start + b) for a, b in sentence_spans(hit.text)}
+                assert hit.to_json()["sentence"]["text"] == hit.sentence
+            top = result.hits[0]
+            if any(r in top.text for r in label.relevant):
+                total += 1
+                found += any(r in top.sentence or top.sentence in r for r in label.relevant)
+        assert total >= 30 and found / total >= 0.8, (lang, found, total)

@@ -212,3 +212,70 @@ def test_approximate_index_reports_recall(speech_engine, encoder, tmp_path):
     assert speech_engine.info()["recall@10_vs_exact"] is None  # exact: nothing to report
     assert [h.chunk_id for h in hnsw.search(QUESTION, k=3, mode="dense")] == \
         [h.chunk_id for h in speech_engine.search(QUESTION, k=3, mode="dense")]
+
+
+def _xl_of(engine: Engine) -> dict[str, tuple]:
+    """chunk id → (USE passage vector, [(sentence span, sentence vector)]) as the store holds them."""
+    store = engine.store
+    xl = store.cross_vectors()
+    out = {}
+    for row, c in enumerate(store.all_chunks()):
+        sel = xl.sentences_of(row)
+        out[c.chunk_id] = (xl.chunks[row], list(zip(map(tuple, xl.spans[sel]), xl.sentences[sel])))
+    return out
+
+
+def test_cross_lingual_index_stays_in_step_through_add_replace_remove(speech_engine, tmp_path):
+    """The USE vectors follow the rows through every update and a reload: each chunk keeps exactly
+    the vectors a fresh encoding of its own text gives, and `check` finds nothing wrong."""
+    from indexer.crosslingual import sentence_spans
+    from indexer.engine import passage_text
+
+    doc = tmp_path / "notice.txt"
+    doc.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。每所学校至少派出一支代表队参加比赛。", encoding="utf-8")
+    speech_engine.add([doc])
+    doc.write_text("关于开展校园合唱比赛的通知\n各中小学要在十一月组织合唱比赛！每所学校至少派出一支合唱团。", encoding="utf-8")
+    speech_engine.add([doc])
+    other = tmp_path / "other.txt"
+    other.write_text("学校食堂要严格执行食品安全管理制度。每天公示菜谱和食材来源。", encoding="utf-8")
+    speech_engine.add([other])
+    speech_engine.remove(["other.txt"])
+    reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
+    assert reloaded.check() == []
+    held = _xl_of(reloaded)
+    chunks = reloaded.store.all_chunks()
+    assert set(held) == {c.chunk_id for c in chunks} and len(reloaded.store.cross_vectors()) == len(chunks)
+    use = reloaded.xl_encoder
+    for c in chunks:
+        vec, sentences = held[c.chunk_id]
+        assert [span for span, _ in sentences] == sentence_spans(c.text)
+        fresh = use.encode_documents([passage_text(c)] + [c.text[a:b] for a, b in sentence_spans(c.text)])
+        np.testing.assert_allclose(np.vstack([vec] + [v for _, v in sentences]), fresh, atol=2e-3)
+    assert not any("足球" in c.text for c in chunks) and any("合唱" in c.text for c in chunks)
+    assert "USE" in reloaded.info()["crosslingual"] or "use" in reloaded.info()["crosslingual"]
+
+
+def test_check_finds_a_damaged_or_missing_cross_lingual_file(speech_engine):
+    from indexer.store.atomic import current_generation
+
+    gen = current_generation(speech_engine.path)
+    data = dict(np.load(gen / "xl.npz"))
+    data["owner"] = data["owner"][::-1].copy()  # rows out of order
+    np.savez(gen / "xl.npz", **data)
+    with pytest.raises(StoreError, match="sentence owners"):
+        Engine(speech_engine.path, encoder=speech_engine.encoder).check()
+    (gen / "xl.npz").unlink()
+    with pytest.raises(StoreError, match="xl.npz is missing"):
+        Engine(speech_engine.path, encoder=speech_engine.encoder).search(QUESTION)
+
+
+def test_index_without_cross_lingual_vectors(encoder, tmp_path):
+    """--no-crosslingual: no USE file, `info` says off, English questions still get e5 and translated BM25."""
+    from indexer.engine import IndexSettings
+
+    engine = Engine(tmp_path / "plain", encoder=encoder, settings=IndexSettings(crosslingual=False))
+    engine.build([SPEECH])
+    assert engine.info()["crosslingual"] == "off" and engine.store.cross_vectors() is None
+    assert not list(engine.path.glob("gen-*/xl.npz"))
+    result = engine.query(["How do private schools set up Party organisations?"], 5)[0]
+    assert result.cross_lingual and "党组织" in result.terms and result.hits[0].sentence

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..chunking import Chunk
+
+if TYPE_CHECKING:
+    from ..crosslingual import PassageVectors
 
 FORMAT_VERSION = 1
 
@@ -41,6 +44,7 @@ class Manifest:
     chunking: dict
     index_type: str = "auto"
     keyword: dict = field(default_factory=dict)  # {"user_terms": [...]}: how terms were segmented
+    crosslingual: dict = field(default_factory=dict)  # {"encoder", "dim"} when the second (USE) index is kept
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=now)
     updated: str = field(default_factory=now)
@@ -55,21 +59,44 @@ class Manifest:
         return cls(**{**data, "documents": docs})
 
 
+def check_upsert(chunks: list[Chunk], vectors: np.ndarray, terms: list[list[str]], xl, crosslingual: bool) -> None:
+    """The arguments of `upsert` agree: one vector and one term list per chunk, and cross-lingual
+    vectors exactly when the index keeps them."""
+    if not len(chunks) == len(vectors) == len(terms):
+        raise ValueError("one vector and one term list per chunk")
+    if crosslingual != (xl is not None) or (xl is not None and len(xl) != len(chunks)):
+        raise ValueError("cross-lingual vectors are needed for every chunk exactly when the index keeps them")
+
+
 class Store(Protocol):
-    """Vectors + chunk records + manifest, updated per document, searched by vector."""
+    """Vectors + chunk records + manifest, updated per document, searched by vector.
+
+    Rows are in a stable order (`all_chunks()`); the keyword terms and the optional cross-lingual
+    vectors (`cross_vectors()`: USE passage and sentence vectors, indexer.crosslingual) follow it.
+    """
 
     manifest: Manifest
 
     def __len__(self) -> int: ...
 
-    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray) -> None:
-        """Put a document's chunks and vectors in place of any it had."""
+    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
+               terms: list[list[str]], xl: "PassageVectors | None" = None) -> None:
+        """Put a document's chunks, vectors, terms (and cross-lingual vectors) in place of any it had."""
 
     def delete(self, doc_ids: list[str]) -> None:
         """Remove documents with all their chunks and vectors."""
 
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
         """For each query vector, the k best chunks by inner product, best first."""
+
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
+        """The k best chunks by BM25 of the query terms, best first."""
+
+    def vocabulary(self) -> frozenset[str]:
+        """Every keyword term of the indexed chunks."""
+
+    def cross_vectors(self) -> "PassageVectors | None":
+        """The cross-lingual vectors in row order (None: the index keeps none)."""
 
     def chunks_of(self, doc_id: str) -> list[Chunk]:
         """A document's chunks in order."""

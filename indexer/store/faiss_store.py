@@ -7,6 +7,8 @@ One generation folder holds:
     terms.jsonl     each row's keyword terms (jieba); BM25 is built from them on load
     vectors.npy     float32 [rows, dim], L2-normalised; the source the FAISS index is built from
     index.faiss     the FAISS index over the rows (flat inner product, HNSW or IVF)
+    xl.npz          when the index keeps the cross-lingual (USE) vectors: float16 passage vectors
+                    [rows, 512], sentence vectors [m, 512], each sentence's row and (start, end)
 Rows are positions; FAISS ids are row numbers. Removing a document drops its rows and rebuilds
 the FAISS index from the remaining vectors, so its vectors are really gone.
 """
@@ -21,12 +23,14 @@ import faiss
 import numpy as np
 
 from ..chunking import Chunk
+from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from ..keyword import KeywordIndex
 from .atomic import current_generation, new_generation, writer_lock
-from .base import FORMAT_VERSION, DocRecord, Manifest, now
+from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, now
 
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy", "index.faiss")
+XL_FILE = "xl.npz"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another writer
 HNSW_ABOVE = 100_000  # auto: exact search below this many vectors, HNSW from there
@@ -87,7 +91,8 @@ class FaissStore:
 
     def __init__(self, path: Path, manifest: Manifest, chunks: list[Chunk] | None = None,
                  vectors: np.ndarray | None = None, index: faiss.Index | None = None,
-                 texts: dict[str, str] | None = None, terms: list[list[str]] | None = None) -> None:
+                 texts: dict[str, str] | None = None, terms: list[list[str]] | None = None,
+                 xl: PassageVectors | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self._chunks: list[Chunk] = list(chunks or [])
@@ -96,6 +101,7 @@ class FaissStore:
         self._texts: dict[str, str] = dict(texts or {})
         self._terms: list[list[str]] = list(terms or [[] for _ in self._chunks])
         self._keyword: KeywordIndex | None = None
+        self._xl = xl if xl is not None or not manifest.crosslingual else PassageVectors.empty()
         self.generation: str | None = None
 
     def __len__(self) -> int:
@@ -108,11 +114,12 @@ class FaissStore:
     # ---------------------------------------------------------------- updates
 
     def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
-               terms: list[list[str]]) -> None:
-        if not len(chunks) == len(vectors) == len(terms):
-            raise ValueError("one vector and one term list per chunk")
+               terms: list[list[str]], xl: PassageVectors | None = None) -> None:
+        check_upsert(chunks, vectors, terms, xl, self._xl is not None)
         if doc.doc_id in self.manifest.documents:
             self.delete([doc.doc_id])
+        if xl is not None:
+            self._xl = PassageVectors.concat([self._xl, xl])
         self._chunks.extend(chunks)
         self._terms.extend(terms)
         self._keyword = None
@@ -133,6 +140,8 @@ class FaissStore:
         self._terms = [t for t, k in zip(self._terms, keep) if k]
         self._keyword = None
         self._vectors = np.ascontiguousarray(self._vectors[keep])
+        if self._xl is not None:
+            self._xl = self._xl.take(np.flatnonzero(keep))
         self._index = None  # rebuilt from the kept vectors: the removed ones are gone
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
@@ -153,11 +162,20 @@ class FaissStore:
             return None
         return np.flatnonzero([c.doc_id in doc_ids for c in self._chunks]).astype(np.int64)
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
-        """BM25 over the stored terms: the k best chunks with any query term, best first."""
+    def _keyword_index(self) -> KeywordIndex:
         if self._keyword is None:
             self._keyword = KeywordIndex(self._terms)
-        scores, rows = self._keyword.search(query_terms, k, self._rows_of(doc_ids))
+        return self._keyword
+
+    def vocabulary(self) -> frozenset[str]:
+        return self._keyword_index().vocabulary
+
+    def cross_vectors(self) -> PassageVectors | None:
+        return self._xl
+
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
+        """BM25 over the stored terms: the k best chunks with any query term, best first."""
+        scores, rows = self._keyword_index().search(query_terms, k, self._rows_of(doc_ids))
         return [(float(s), self._chunks[i]) for s, i in zip(scores, rows)]
 
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
@@ -216,6 +234,8 @@ class FaissStore:
                 for terms in self._terms:
                     fh.write(json.dumps(terms, ensure_ascii=False) + "\n")
             np.save(gen / "vectors.npy", self._vectors)
+            if self._xl is not None:
+                save_xl(gen / XL_FILE, self._xl)
             faiss.write_index(index, str(gen / "index.faiss"))
             self.generation = gen.name.lstrip(".").removesuffix(".tmp")
 
@@ -273,7 +293,8 @@ class FaissStore:
             index = faiss.read_index(str(gen / "index.faiss"))
         except RuntimeError as exc:
             raise StoreError(f"{path}: index.faiss is damaged") from exc
-        store = cls(path, manifest, chunks, np.ascontiguousarray(vectors, dtype=np.float32), index, texts, terms)
+        xl = load_xl(gen / XL_FILE, str(path)) if manifest.crosslingual else None
+        store = cls(path, manifest, chunks, np.ascontiguousarray(vectors, dtype=np.float32), index, texts, terms, xl)
         store.generation = gen.name
         problems = store.problems()
         if problems:
@@ -306,7 +327,28 @@ class FaissStore:
             out.append("duplicate chunk ids")
         if n and not np.all(np.isfinite(self._vectors)):
             out.append("vectors contain NaN or infinity")
+        if self._xl is not None:
+            out.extend(self._xl.problems(n))
         return out
+
+
+def save_xl(path: Path, xl: PassageVectors) -> None:
+    """Cross-lingual vectors as one .npz: float16 vectors (cosine error ~1e-3), int32 rows and spans."""
+    with open(path, "wb") as fh:
+        np.savez(fh, chunks=xl.chunks.astype(np.float16), sentences=xl.sentences.astype(np.float16),
+                 owner=xl.owner.astype(np.int32), spans=xl.spans.astype(np.int32))
+
+
+def load_xl(path: Path, where: str) -> PassageVectors:
+    """Read what save_xl wrote (vectors back in float32); a StoreError names a missing or damaged file."""
+    if not path.is_file():
+        raise StoreError(f"{where}: index file {path.name} is missing (the cross-lingual vectors)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return PassageVectors(z["chunks"].astype(np.float32), z["sentences"].astype(np.float32),
+                                  z["owner"].astype(np.int64), z["spans"].astype(np.int32).reshape(-1, 2))
+    except (ValueError, OSError, KeyError, EOFError) as exc:
+        raise StoreError(f"{where}: {path.name} is damaged ({exc})") from exc
 
 
 def read_manifest(gen: Path) -> Manifest:
