@@ -136,7 +136,8 @@ def settle(page) -> None:
 
 def test_page_in_a_real_browser(speech_index, tmp_path, chromium):
     """No index → the message and the build button; the index appears on disk → the page picks it up;
-    a Chinese question → the 民办学校 passage first, marked, with its context; an English one too."""
+    a Chinese question → the 民办学校 passage first, marked, its answering sentence set off, with its
+    context; an English one → its Chinese search terms shown, and every hit's sentence set off."""
     from playwright.sync_api import expect
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -166,8 +167,15 @@ def test_page_in_a_real_browser(speech_index, tmp_path, chromium):
         settle(page)
         page.screenshot(path=str(OUT / "search.png"), full_page=True)
 
+        assert first.locator(".answer").count() == 1  # its answering sentence is set off
+        assert "民办学校" in first.locator(".answer").inner_text()
+
         ask(page, ENGLISH)  # an English question over the Chinese speech
-        expect(page.get_by_text("none of the question's words occur")).to_be_visible(timeout=RESULT_TIMEOUT)
+        chips = page.locator(".terms")
+        expect(chips).to_contain_text("→", timeout=RESULT_TIMEOUT)
+        expect(chips).to_contain_text("干部")  # cadres → 干部, searched in Chinese
         settle(page)
         assert page.locator(".passage").count() == 5
+        assert page.locator(".passage .answer").count() == 5  # every hit shows its answering sentence
+        assert page.locator(".passage mark").count() > 0  # the translated terms are marked
         page.screenshot(path=str(OUT / "search-en.png"), full_page=True)
