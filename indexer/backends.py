@@ -219,6 +219,9 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or os.cpu_count() or 1
         opts.inter_op_num_threads = 1
+        # no spin-waiting between ops: on a busy 2-core machine spinning threads fight the other work
+        # (one question: 24 ms with spinning, 12.6 ms without, at load 4.5; the same 7 ms when idle)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = folder / (ONNX_INT8_FILE if backend == "onnx-int8" else ONNX_FILE)
         self.name = backend

@@ -11,7 +11,7 @@ import pytest
 from conftest import DATA, ROOT
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
 from indexer.keyword import KeywordIndex, Segmenter
-from indexer.search import rrf_fuse
+from indexer.search import rrf_fuse, score_fuse
 
 
 def test_eval_arithmetic_by_hand():
@@ -40,6 +40,36 @@ def test_rrf_fusion_by_hand():
     fused = rrf_fuse([[(0.9, a), (0.8, b)], [(5.0, b), (1.0, c)]], [1.0, 1.0], rrf_k=60)
     assert [ch.chunk_id for _, ch in fused] == ["b", "a", "c"]
     assert fused[0][0] == pytest.approx(1 / 62 + 1 / 61)
+
+
+class _C:
+    def __init__(self, cid):
+        self.chunk_id = cid
+
+
+def test_score_fusion_by_hand():
+    a, b, c = _C("a"), _C("b"), _C("c")
+    dense = [(0.90, a), (0.80, b)]  # cosine: a first
+    bm25 = [(10.0, b), (1.0, c)]  # BM25: b far ahead of c; a has no term
+    fused = score_fuse(dense, bm25, {"c": 0.70}, bm25_share=0.45)
+    # a: 0.55·(0.9-0.7)/0.2 = 0.55; b: 0.55·0.5 + 0.45·1 = 0.725; c: 0 + 0.45·0.1 = 0.045
+    assert [ch.chunk_id for _, ch in fused] == ["b", "a", "c"]
+    assert [s for s, _ in fused] == pytest.approx([0.725, 0.55, 0.045])
+    # BM25 far ahead wins; BM25 barely ahead does not: rank fusion cannot tell the two apart
+    close = score_fuse(dense, [(10.0, b), (9.0, a)], {}, bm25_share=0.45)
+    assert [ch.chunk_id for _, ch in close] == ["a", "b"]
+    assert [ch.chunk_id for _, ch in rrf_fuse([dense, [(10.0, b), (9.0, a)]], [1.0, 2.0], 10)] == ["b", "a"]
+    # no BM25 hit at all: the dense order, scaled
+    assert [ch.chunk_id for _, ch in score_fuse(dense, [], {}, 0.45)] == ["a", "b"]
+
+
+def test_hybrid_is_at_least_as_good_as_either_route_on_the_speech(speech_engine):
+    from indexer.evaluation import evaluate
+
+    labels = read_labelled(DATA / "speech_qa_zh.jsonl")
+    got = {mode: evaluate(speech_engine, labels, mode) for mode in ("dense", "bm25", "hybrid")}
+    for key in ("hit@1", "hit@3", "mrr@10"):
+        assert got["hybrid"][key] >= max(got["dense"][key], got["bm25"][key]), (key, got)
 
 
 def test_segmenter_user_terms_and_filters():

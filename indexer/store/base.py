@@ -89,6 +89,9 @@ class Store(Protocol):
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
         """For each query vector, the k best chunks by inner product, best first."""
 
+    def dense_scores(self, queries: np.ndarray, chunk_ids: list[list[str]]) -> list[np.ndarray]:
+        """For each query vector, its exact inner product with each of the given chunks (float32)."""
+
     def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
         """The k best chunks by BM25 of the query terms, best first."""
 

@@ -101,6 +101,7 @@ class FaissStore:
         self._texts: dict[str, str] = dict(texts or {})
         self._terms: list[list[str]] = list(terms or [[] for _ in self._chunks])
         self._keyword: KeywordIndex | None = None
+        self._row_of: dict[str, int] | None = None
         self._xl = xl if xl is not None or not manifest.crosslingual else PassageVectors.empty()
         self.generation: str | None = None
 
@@ -122,7 +123,7 @@ class FaissStore:
             self._xl = PassageVectors.concat([self._xl, xl])
         self._chunks.extend(chunks)
         self._terms.extend(terms)
-        self._keyword = None
+        self._keyword = self._row_of = None
         self._texts[doc.doc_id] = text
         self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)]) if len(self._vectors) else \
             np.ascontiguousarray(vectors, dtype=np.float32)
@@ -138,7 +139,7 @@ class FaissStore:
         keep = np.array([c.doc_id not in drop for c in self._chunks], dtype=bool)
         self._chunks = [c for c, k in zip(self._chunks, keep) if k]
         self._terms = [t for t, k in zip(self._terms, keep) if k]
-        self._keyword = None
+        self._keyword = self._row_of = None
         self._vectors = np.ascontiguousarray(self._vectors[keep])
         if self._xl is not None:
             self._xl = self._xl.take(np.flatnonzero(keep))
@@ -190,6 +191,13 @@ class FaissStore:
                                    params=_search_params(index, rows))
         return [[(float(s), self._chunks[i]) for s, i in zip(srow, irow) if i >= 0]
                 for srow, irow in zip(scores, ids)]
+
+    def dense_scores(self, queries: np.ndarray, chunk_ids: list[list[str]]) -> list[np.ndarray]:
+        """Exact inner products from the stored vectors (whatever kind the FAISS index is)."""
+        if self._row_of is None:
+            self._row_of = {c.chunk_id: i for i, c in enumerate(self._chunks)}
+        return [self._vectors[[self._row_of[c] for c in ids]] @ np.asarray(q, dtype=np.float32)
+                for q, ids in zip(queries, chunk_ids)]
 
     def document_text(self, doc_id: str) -> str:
         return self._texts[doc_id]
