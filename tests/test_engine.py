@@ -75,9 +75,13 @@ def test_update_roundtrip_equals_fresh_build(speech_engine, encoder, tmp_path):
     fresh.build([SPEECH])
     fresh.add([extra / "b.md"])
     queries = [QUESTION, "教师暑假培训", "食品安全", "党风廉政建设", "How are young cadres trained?"]
+    # bf16 document vectors (the default where the CPU has it) shift by ~1e-4 with the other texts
+    # in their batch (b.md was embedded beside a.txt here, alone there); hybrid's min-max scaling
+    # magnifies that ~10x. The rankings must agree exactly.
+    tolerance = 2e-3 if "bf16" in encoder.backends else 1e-5
     for a, b in zip(reloaded.batch(queries, k=10), fresh.batch(queries, k=10)):
         assert [h.chunk_id for h in a] == [h.chunk_id for h in b]
-        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=tolerance)
 
 
 def test_batch_equals_search(speech_engine):

@@ -35,6 +35,7 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another writer
 HNSW_ABOVE = 100_000  # auto: exact search below this many vectors, HNSW from there
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
+IVF_NPROBE = 32  # bench: recall@10 0.9993 at 100k (0.59 ms), 0.9997 at 1M (2.6 ms); nlist/16 cost 13x more at 1M
 
 
 def choose_index_type(requested: str, n: int) -> str:
@@ -58,8 +59,9 @@ def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
     elif kind == "ivf":
         nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.min_points_per_centroid = 1  # a small corpus gets one list; no "please provide 39 points" warning
         index.train(vectors)
-        index.nprobe = max(1, nlist // 16)
+        index.nprobe = min(nlist, IVF_NPROBE)
     else:
         raise StoreError(f"unknown index type {kind!r}")
     if n:
@@ -297,8 +299,9 @@ class FaissStore:
             vectors = np.load(gen / "vectors.npy", mmap_mode="r")
         except (ValueError, OSError, EOFError) as exc:
             raise StoreError(f"{path}: vectors.npy is damaged ({exc})") from exc
-        try:
-            index = faiss.read_index(str(gen / "index.faiss"))
+        try:  # IVF lists are memory-mapped (FAISS reads flat and HNSW indexes whole); vectors.npy is mapped above
+            ivf = choose_index_type(manifest.index_type, len(chunks)) == "ivf"
+            index = faiss.read_index(str(gen / "index.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if ivf else 0)
         except RuntimeError as exc:
             raise StoreError(f"{path}: index.faiss is damaged") from exc
         xl = load_xl(gen / XL_FILE, str(path)) if manifest.crosslingual else None
