@@ -179,6 +179,11 @@ class PassageVectors:
         """The sentence rows of passage `row`."""
         return slice(int(np.searchsorted(self.owner, row, "left")), int(np.searchsorted(self.owner, row, "right")))
 
+    def rows(self, start: int, stop: int) -> "PassageVectors":
+        """Passage rows start..stop-1 (renumbered from 0); a slice, no search over all sentences."""
+        a, b = self.sentences_of(start).start, self.sentences_of(stop - 1).stop if stop > start else self.sentences_of(start).start
+        return PassageVectors(self.chunks[start:stop], self.sentences[a:b], self.owner[a:b] - start, self.spans[a:b])
+
     def take(self, rows: np.ndarray) -> "PassageVectors":
         """The vectors of these passage rows (renumbered 0..len(rows)-1), e.g. after a delete."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -187,6 +192,18 @@ class PassageVectors:
         keep = np.flatnonzero(np.isin(self.owner, rows))
         keep = keep[np.argsort(new_row[self.owner[keep]], kind="stable")]
         return PassageVectors(self.chunks[rows], self.sentences[keep], new_row[self.owner[keep]], self.spans[keep])
+
+    @staticmethod
+    def gather(picks: list[tuple["PassageVectors", int]]) -> "PassageVectors":
+        """Passage rows picked from one or more PassageVectors, in the order given."""
+        if not picks:
+            return PassageVectors.empty()
+        sels = [pv.sentences_of(row) for pv, row in picks]
+        return PassageVectors(
+            np.stack([pv.chunks[row] for pv, row in picks]).astype(np.float32),
+            np.concatenate([pv.sentences[sl] for (pv, _), sl in zip(picks, sels)]).reshape(-1, USE_DIM),
+            np.repeat(np.arange(len(picks), dtype=np.int64), [sl.stop - sl.start for sl in sels]),
+            np.concatenate([pv.spans[sl] for (pv, _), sl in zip(picks, sels)]).astype(np.int32).reshape(-1, 2))
 
     @staticmethod
     def empty() -> "PassageVectors":

@@ -161,6 +161,7 @@ class Engine:
         self._xl_encoder: USEEncoder | None = None
         self._view: _StoreView | None = None
         self.fusion = FusionSettings()
+        self.reused = 0  # chunks the last update took over from the old version instead of embedding
 
     # ---------------------------------------------------------------- parts
 
@@ -271,37 +272,67 @@ class Engine:
                                       tuple(manifest.keyword.get("user_terms", ())), bool(manifest.crosslingual))
 
     def _upsert_all(self, store, docs: list[Document], progress: Progress) -> list[DocReport]:
-        """Chunk the new and changed documents, embed them in one pass, and put them in the store."""
+        """Chunk the new and changed documents, embed them in one pass, and put them in the store.
+
+        A changed document keeps the vectors of its chunks whose text did not change: only new
+        text is embedded (editing one paragraph of a long document embeds one chunk)."""
         known = store.manifest.documents
         todo = [d for d in docs if d.doc_id not in known or known[d.doc_id].content_hash != d.content_hash]
         chunked = {d.doc_id: self.chunk(d) for d in todo}
         all_chunks = [c for d in todo for c in chunked[d.doc_id]]
+        replaced = {d.doc_id for d in todo if d.doc_id in known}
+        reuse = self._reusable(store, sorted(replaced))
+        fresh = [i for i, c in enumerate(all_chunks) if c.text not in reuse]
         min_chars = self.settings.chunking.min_chars
-        bodies = [passage_text(c, min_chars) for c in all_chunks]
+        bodies = [passage_text(all_chunks[i], min_chars) for i in fresh]
         xl_share = XL_BUILD_SHARE if store.manifest.crosslingual else 0.0
-        vectors = self.encoder.encode_documents(bodies, progress=_part(progress, 0.0, 1.0 - xl_share))
+        vectors = np.zeros((len(all_chunks), self.encoder.dim), np.float32)
+        vectors[fresh] = self.encoder.encode_documents(bodies, progress=_part(progress, 0.0, 1.0 - xl_share))
         xl = None
-        if store.manifest.crosslingual and all_chunks:
-            xl = self.xl_encoder.encode_passages([c.text for c in all_chunks], bodies,
-                                                 progress=_part(progress, 1.0 - xl_share, 1.0))
+        if store.manifest.crosslingual:
+            new_xl = self.xl_encoder.encode_passages([all_chunks[i].text for i in fresh], bodies,
+                                                     progress=_part(progress, 1.0 - xl_share, 1.0))
+            position = {i: n for n, i in enumerate(fresh)}
+            picks = []
+            for i, c in enumerate(all_chunks):
+                if i in position:
+                    picks.append((new_xl, position[i]))
+                else:
+                    picks.append(reuse[c.text][1])
+            xl = new_xl if len(fresh) == len(all_chunks) else PassageVectors.gather(picks)
+        for i, c in enumerate(all_chunks):
+            if c.text in reuse:
+                vectors[i] = reuse[c.text][0]
         terms = self.segmenter.terms_many(c.text for c in all_chunks)
         reports, offset = [], 0
+        unchanged = {d.doc_id: known[d.doc_id].chunks for d in docs if d.doc_id not in chunked}
+        if replaced:
+            store.delete(sorted(replaced))  # all at once: one pass over the rows, not one per document
         for doc in docs:
             if doc.doc_id not in chunked:
-                reports.append(DocReport(doc.doc_id, "unchanged", known[doc.doc_id].chunks, doc.encoding))
+                reports.append(DocReport(doc.doc_id, "unchanged", unchanged[doc.doc_id], doc.encoding))
                 continue
             chunks = chunked[doc.doc_id]
-            status = "replaced" if doc.doc_id in known else "added"
+            status = "replaced" if doc.doc_id in replaced else "added"
             record = DocRecord(doc.doc_id, doc.content_hash, doc.title, doc.source, doc.encoding,
                                len(chunks), now(), len(doc.text), dict(doc.meta))
             rows = slice(offset, offset + len(chunks))
-            doc_xl = xl.take(np.arange(rows.start, rows.stop)) if xl is not None else None
-            if doc_xl is None and store.manifest.crosslingual:
-                doc_xl = PassageVectors.empty()
+            doc_xl = xl.rows(rows.start, rows.stop) if xl is not None else None
             store.upsert(record, chunks, vectors[rows], doc.text, terms[rows], doc_xl)
             offset += len(chunks)
             reports.append(DocReport(doc.doc_id, status, len(chunks), doc.encoding))
+        self.reused = len(all_chunks) - len(fresh)
         return reports
+
+    @staticmethod
+    def _reusable(store, doc_ids: list[str]) -> dict[str, tuple[np.ndarray, tuple[PassageVectors, int] | None]]:
+        """Chunk text → (its vector, (cross-lingual vectors, row)) for the saved chunks of these documents."""
+        out: dict[str, tuple[np.ndarray, tuple[PassageVectors, int] | None]] = {}
+        for doc_id in doc_ids:
+            chunks, vectors, xl = store.document_vectors(doc_id)
+            for row, (c, v) in enumerate(zip(chunks, vectors)):
+                out.setdefault(c.text, (v, (xl, row) if xl is not None else None))
+        return out
 
     def chunk(self, doc: Document) -> list[Chunk]:
         """Chunks of a document under this index's settings, measured in the model's tokens."""

@@ -283,3 +283,27 @@ def test_index_without_cross_lingual_vectors(encoder, tmp_path):
     assert not list(engine.path.glob("gen-*/xl.npz"))
     result = engine.query(["How do private schools set up Party organisations?"], 5)[0]
     assert result.cross_lingual and "党组织" in result.terms and result.hits[0].sentence
+
+
+def test_changed_document_embeds_only_its_changed_chunks(speech_engine, speech_text, tmp_path):
+    """Editing one paragraph of the speech re-embeds that chunk alone; the others keep their
+    vectors, and the result equals a fresh build of the edited text."""
+    edited = speech_text.replace("市教育局党组继续贯彻", "市教育局党组今年继续认真贯彻")
+    assert edited != speech_text
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    (folder / "speech.txt").write_text(edited, encoding="utf-8")
+    before = {c.text: v for c, v in zip(*speech_engine.store.document_vectors("speech.txt")[:2])}
+    reports = speech_engine.add([folder / "speech.txt"])
+    assert [r.status for r in reports] == ["replaced"]
+    chunks, vectors, xl = speech_engine.store.document_vectors("speech.txt")
+    assert speech_engine.reused == len(chunks) - 1
+    kept = [c for c in chunks if c.text in before]
+    assert len(kept) == len(chunks) - 1 and all(np.array_equal(before[c.text], v) for c, v in zip(chunks, vectors)
+                                                  if c.text in before)
+    assert len(xl) == len(chunks) and speech_engine.check() == []
+    fresh = Engine(tmp_path / "fresh", encoder=speech_engine.encoder)
+    fresh.build([folder / "speech.txt"])
+    got = speech_engine.search(QUESTION, k=3)
+    assert [h.chunk_id for h in got] == [h.chunk_id for h in fresh.search(QUESTION, k=3)]
+    assert "今年继续认真贯彻" in got[0].text

@@ -95,6 +95,10 @@ class Store(Protocol):
     def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
         """The k best chunks by BM25 of the query terms, best first."""
 
+    def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, "PassageVectors | None"]:
+        """A saved document's chunks with their vectors and cross-lingual vectors, row-aligned
+        (what an update reuses for the chunks whose text did not change)."""
+
     def vocabulary(self) -> frozenset[str]:
         """Every keyword term of the indexed chunks."""
 

@@ -107,6 +107,28 @@ class FaissStore:
         self._xl = xl if xl is not None or not manifest.crosslingual else PassageVectors.empty()
         self.generation: str | None = None
 
+    # Rows appended by upserts are joined on the next read, not on each upsert: adding 10,000
+    # documents one by one would otherwise copy the growing arrays 10,000 times.
+    @property
+    def _vectors(self) -> np.ndarray:
+        if len(self._vec_parts) > 1:
+            self._vec_parts = [np.concatenate(self._vec_parts)]
+        return self._vec_parts[0]
+
+    @_vectors.setter
+    def _vectors(self, value: np.ndarray) -> None:
+        self._vec_parts = [value]
+
+    @property
+    def _xl(self) -> PassageVectors | None:
+        if self._xl_parts is not None and len(self._xl_parts) > 1:
+            self._xl_parts = [PassageVectors.concat(self._xl_parts)]
+        return None if self._xl_parts is None else self._xl_parts[0]
+
+    @_xl.setter
+    def _xl(self, value: PassageVectors | None) -> None:
+        self._xl_parts = None if value is None else [value]
+
     def __len__(self) -> int:
         return len(self._chunks)
 
@@ -118,17 +140,16 @@ class FaissStore:
 
     def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
                terms: list[list[str]], xl: PassageVectors | None = None) -> None:
-        check_upsert(chunks, vectors, terms, xl, self._xl is not None)
+        check_upsert(chunks, vectors, terms, xl, self._xl_parts is not None)
         if doc.doc_id in self.manifest.documents:
             self.delete([doc.doc_id])
         if xl is not None:
-            self._xl = PassageVectors.concat([self._xl, xl])
+            self._xl_parts.append(xl)
         self._chunks.extend(chunks)
         self._terms.extend(terms)
         self._keyword = self._row_of = None
         self._texts[doc.doc_id] = text
-        self._vectors = np.concatenate([self._vectors, vectors.astype(np.float32)]) if len(self._vectors) else \
-            np.ascontiguousarray(vectors, dtype=np.float32)
+        self._vec_parts.append(np.ascontiguousarray(vectors, dtype=np.float32))
         if self._index is not None and kind_of(self._index) == self.index_kind != "ivf":
             self._index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # append, no rebuild
         else:
@@ -200,6 +221,11 @@ class FaissStore:
             self._row_of = {c.chunk_id: i for i, c in enumerate(self._chunks)}
         return [self._vectors[[self._row_of[c] for c in ids]] @ np.asarray(q, dtype=np.float32)
                 for q, ids in zip(queries, chunk_ids)]
+
+    def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, PassageVectors | None]:
+        rows = np.flatnonzero([c.doc_id == doc_id for c in self._chunks])
+        xl = PassageVectors.gather([(self._xl, int(r)) for r in rows]) if self._xl is not None else None
+        return [self._chunks[r] for r in rows], np.asarray(self._vectors[rows], dtype=np.float32), xl
 
     def document_text(self, doc_id: str) -> str:
         return self._texts[doc_id]
