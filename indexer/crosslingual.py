@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import re
 import threading
 from collections.abc import Iterable
@@ -82,16 +81,17 @@ class USEEncoder:
     """USE multilingual v3 behind the same calls as `indexer.embedding.Encoder`.
 
     The model has no query/passage prompts: both sides are encoded the same way. Vectors are
-    float32 and L2-normalised, so inner product is cosine. `threads` caps numpy's BLAS threads for
-    documents; questions run on one thread (a short question is small matrices: 1.9 ms on one
-    thread, 36 ms on two while the machine was busy).
+    float32 and L2-normalised, so inner product is cosine. `threads` caps numpy's BLAS threads;
+    one is the default: the matrices are small, and OpenBLAS's spinning threads collapse when the
+    machine has other work (200 passages: 3.0 s on one thread, 27 s on two at load 2.7; 1.35x
+    faster on two when idle).
     """
 
     name = USE_NAME
     dim = USE_DIM
 
-    def __init__(self, *, threads: int | None = None, batch_size: int = 256) -> None:
-        self.threads = threads or min(4, os.cpu_count() or 1)
+    def __init__(self, *, threads: int = 1, batch_size: int = 256) -> None:
+        self.threads = threads
         self.batch_size = batch_size
         self._lock = threading.Lock()  # one encode at a time: the BLAS thread limit is process-wide
         self._model = _load_use(1)
@@ -99,7 +99,7 @@ class USEEncoder:
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Query vectors, float32 [n, 512], L2-normalised."""
         texts = list(texts)
-        return self._encode(texts, threads=1 if len(texts) < 16 else self.threads)
+        return self._encode(texts, self.threads)
 
     def encode_documents(self, texts: list[str], *, progress: bool | Callable[[float], None] = False) -> np.ndarray:
         """Passage vectors, float32 [n, 512]. `progress`: a callback given the fraction done (a bool
