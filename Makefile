@@ -50,4 +50,4 @@ bench: install-dev model
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) $(MODEL) indexes
+	rm -rf $(VENV) $(MODEL) $(MODEL)-onnx indexes
