@@ -355,7 +355,7 @@ class Engine:
         """Each question's ranked passages, with the terms it was searched with and each hit's
         answering sentence. Questions are encoded together.
 
-        mode: dense (embeddings), bm25 (keywords) or hybrid (both, fused by reciprocal rank).
+        mode: dense (embeddings), bm25 (keywords) or hybrid (both, fused: indexer.search).
         A question with no CJK character and some Latin letters is cross-lingual: where the index
         keeps the USE vectors it also takes the USE route, and its English words are translated
         into the corpus's Chinese terms for BM25 (`self.fusion` switches either off).
@@ -373,7 +373,19 @@ class Engine:
         self.check_model(store.manifest)
         allowed = self._doc_filter(store, docs)
         rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
+        plans, translations, use_vecs = self._plans(texts, view)
+        vectors = self.encoder.encode_queries(texts) if mode != "bm25" else None
+        ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, view.chunks, rows)
         xl = store.cross_vectors()
+        return [Result(text, self._hits(store, ranked[i], min_score, view.row_of, xl, plan.terms,
+                                        None if use_vecs is None else use_vecs[i]),
+                       plan.terms, plan.cross_lingual, translations[i])
+                for i, (text, plan) in enumerate(zip(texts, plans))]
+
+    def _plans(self, texts: list[str], view: "_StoreView") -> tuple[list[QueryPlan], list, np.ndarray | None]:
+        """Per question: its keyword terms (translated for a cross-lingual question), its language,
+        and its USE vector where the USE route runs; the translations; every question's USE
+        vector (which also picks the answering sentences), None when the index keeps no USE vectors."""
         cross = [is_cross_lingual(t) for t in texts]
         terms = self.segmenter.terms_many(texts)
         translations: list[list[tuple[str, list[str]]]] = [[] for _ in texts]
@@ -381,15 +393,11 @@ class Engine:
             if cross[i] and self.fusion.translate:
                 translations[i] = view.translator.explain(text)
                 terms[i] = list(dict.fromkeys(t for _, part in translations[i] for t in part)) or terms[i]
-        # USE vectors: for the USE route, and for choosing the answering sentence
-        use_vecs = self.xl_encoder.encode_queries(texts) if xl is not None else None
-        use_route = [use_vecs is not None and cross[i] and self.fusion.use_route for i in range(len(texts))]
-        plans = [QueryPlan(terms[i], cross[i], use_vecs[i] if use_route[i] else None) for i in range(len(texts))]
-        vectors = self.encoder.encode_queries(texts) if mode != "bm25" else None
-        ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, view.chunks, rows)
-        return [Result(texts[i], self._hits(store, ranked[i], min_score, view.row_of, xl, terms[i],
-                                            None if use_vecs is None else use_vecs[i]),
-                       terms[i], cross[i], translations[i]) for i in range(len(texts))]
+        use_vecs = self.xl_encoder.encode_queries(texts) if view.store.cross_vectors() is not None else None
+        plans = [QueryPlan(terms[i], cross[i],
+                           use_vecs[i] if use_vecs is not None and cross[i] and self.fusion.use_route else None)
+                 for i in range(len(texts))]
+        return plans, translations, use_vecs
 
     @staticmethod
     def _doc_filter(store, docs: Iterable[str] | None) -> set[str] | None:
