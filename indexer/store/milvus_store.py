@@ -10,13 +10,25 @@ every message names the location without them.
 
 What is kept where (COLLECTION is the name in the location):
     COLLECTION_meta            small rows (a dummy 2-d vector each): per generation the manifest
-                               (without its documents), the documents replaced or removed by it,
-                               then a `pointer` row — inserting that one row is the switch — and a
-                               `clean` row once the superseded rows are deleted
+                               (without its documents), the keyword route, the documents replaced or
+                               removed by it, then a `pointer` row — inserting that one row is the
+                               switch — and a `clean` row once the superseded rows are deleted
     COLLECTION__gB_chunks      one row per chunk: doc_id, gen, seq, the Chunk as JSON, its keyword
-                               terms as JSON, and its vector (FLAT / HNSW / IVF_FLAT, inner product)
+                               terms as JSON, and its vector (FLAT / HNSW / IVF_FLAT, inner product);
+                               with the server's BM25 also its text (jieba analyzer) and BM25 vector
     COLLECTION__gB_docs        per document: its DocRecord (JSON) and its full text in pieces
-B is the generation that created the pair (a build creates a new pair; add/remove reuse it).
+    COLLECTION__gB_xl          when the index keeps cross-lingual (USE) vectors: per document, its
+                               passage and sentence vectors (float16) with the sentences' owners and
+                               spans, the .npz the folder index writes as xl.npz, base64, in pieces
+B is the generation that created the data collections (a build creates new ones; add/remove reuse them).
+
+Cross-lingual vectors are written, superseded and deleted per document exactly like the document's
+text (same doc_id and gen fields, same clean-up), and loaded whole into the client, where the USE
+route scores them by brute force in numpy as it does for the folder index. Why not rows of 512-d
+vectors: Milvus 2.3 allows one vector field per collection (a fourth collection would be needed),
+the server would never search them, float16 is half their size and the folder index's precision
+(so both stores score identically), and a document's payload decodes in one numpy call instead of
+512 Python floats per vector.
 
 Atomic writes by generations (a `gen` field on every row, one pointer row as the switch):
 a save at live generation L writes all new rows with gen = L+1, then the manifest rows of L+1,
@@ -27,18 +39,26 @@ or kill before the switch leaves rows with gen > L that nobody reads; the next w
 (and drops any half-made collections) before it writes. Writers are serialised by lock(), a file
 lock under the temp dir: one machine only (two machines writing one collection are not guarded).
 
-Keyword search: Milvus 2.3 has no BM25, so the store keeps each chunk's jieba terms in its row and
-builds the project's own BM25 (indexer.keyword.KeywordIndex) from them after load, as the folder
-index does (`keyword_backend`). Dense search runs on the server with Strong consistency.
+Keyword search (`keyword_backend` says which route): a build chooses it with INDEXER_MILVUS_BM25 and
+the index keeps it. `auto` (default): the server's own full-text search where the server has it
+(Milvus >= 2.5, milvus-lite >= 3, judged from the version it reports), with a jieba analyzer set up
+like the project's segmenter (search mode, the index's user terms, the same stopwords, no punctuation
+tokens); else, and with `local`, the project's BM25 (indexer.keyword.KeywordIndex) over each chunk's
+jieba terms, kept in its row and indexed in the client after load exactly as the folder index does.
+`server` insists on the server's. Dense search runs on the server with Strong consistency.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import tempfile
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -50,9 +70,10 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ..chunking import Chunk
+from ..crosslingual import PassageVectors
 from ..errors import StoreError
-from ..keyword import KeywordIndex
-from .base import FORMAT_VERSION, DocRecord, Manifest, now
+from ..keyword import STOPWORDS, KeywordIndex, Segmenter
+from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, now
 from .faiss_store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, choose_index_type
 
 DEFAULT_PORT = 19530
@@ -67,9 +88,23 @@ INSERT_BATCH = 1000  # rows per insert call (≈ 5 MB of 384-d rows with text)
 SEARCH_BATCH = 256  # query vectors per search call
 MAX_TOPK = 16384  # Milvus's limit on limit
 MAX_QUERY_ROWS = 16384  # Milvus's limit on one query's window: longer reads are paged
+VECTOR_CACHE = 20000  # saved chunk vectors kept after a fetch (dense_scores): ~30 MB at 384-d
 DUMMY = [1.0, 0.0]  # the vector of meta and document rows (Milvus needs one per collection)
+XL_PIECE = 60000  # base64 characters per stored piece of a document's cross-lingual vectors (ASCII: bytes)
+XL_BATCH = 128  # cross-lingual rows per insert and per read (≤ 7.7 MB)
+BM25_ENV = "INDEXER_MILVUS_BM25"  # auto | local | server: which BM25 a new index uses (README)
+BM25_DEFAULT = "auto"  # the server's where it has full-text search, else the project's
+BM25_K1, BM25_B = 1.2, 0.75  # as indexer.keyword.KeywordIndex
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,180}$")
-
+_WORD = re.compile(r"[\w\u4e00-\u9fff]", re.UNICODE)  # as indexer.keyword: a term has a word character
+# Punctuation and symbols jieba emits as tokens and the project's segmenter drops (no word character):
+# the server's analyzer stops them too, so a chunk's length in terms is the same on both sides.
+_SYMBOL_BLOCKS = ((0x21, 0x7E), (0xA1, 0xBF), (0xD7, 0xD7), (0xF7, 0xF7), (0x2010, 0x205E), (0x2100, 0x214F),
+                  (0x2190, 0x22FF), (0x2500, 0x257F), (0x25A0, 0x26FF), (0x3000, 0x303F), (0xFE30, 0xFE6B),
+                  (0xFF01, 0xFF65))
+SYMBOLS = frozenset([chr(c) for lo, hi in _SYMBOL_BLOCKS for c in range(lo, hi + 1)
+                     if not _WORD.search(chr(c)) and not chr(c).isspace()]
+                    + ["..", "...", "....", "......", "--", "---", "----", "——", "……"])
 
 
 # ---------------------------------------------------------------- locations
@@ -211,6 +246,12 @@ def _quiet_pymilvus() -> None:
         return
     for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators", "pymilvus.client"):
         logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    try:  # milvus-lite's analyzer loads jieba's dictionary with log lines on stderr; jieba sets its level on import
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover - jieba is in requirements.txt
+        pass
 
 
 def _forget(target: Target) -> None:
@@ -270,9 +311,8 @@ class _Row:
 
 
 class MilvusStore:
-    """Chunk records and terms in memory (for BM25 and context); vectors and everything else on the server."""
-
-    keyword_backend = "local BM25 over jieba terms stored in Milvus"
+    """Chunk records, terms and the cross-lingual vectors in memory (for BM25, the USE route and
+    context); the e5 vectors and everything else on the server."""
 
     def __init__(self, location: str, manifest: Manifest) -> None:
         self.target = parse_location(location)
@@ -287,11 +327,21 @@ class MilvusStore:
         self._doc_gen: dict[str, int] = {}  # saved documents: the generation of their rows
         self._doc_parts: dict[str, int] = {}  # saved documents: rows (text pieces) found on the server
         self._doc_expected: dict[str, int] = {}  # saved documents: text pieces their record announces
-        self._pending: dict[str, tuple[np.ndarray, str]] = {}  # unsaved documents: vectors, text
+        self._pending: dict[str, tuple[np.ndarray, str, PassageVectors | None]] = {}  # unsaved: vectors, text, xl
         self._superseded: set[str] = set()  # saved documents deleted or replaced since load
         self._keyword: KeywordIndex | None = None
         self.server_version: str | None = None
         self._dim_on_server: int | None = None
+        # cross-lingual vectors in row order, kept exactly when the manifest says so (as the folder index);
+        # upserts are appended to _xl_tail and joined on the next read (one copy, not one per document)
+        self._xl: PassageVectors | None = PassageVectors.empty() if manifest.crosslingual else None
+        self._xl_tail: list[PassageVectors] = []
+        self._xl_problems: list[str] = []  # what loading the cross-lingual payloads found wrong
+        self._keyword_state: dict = {"route": "local"}  # the BM25 route, kept with every generation
+        self._bm25_fields: bool | None = None  # whether the chunk collection has the BM25 field (None: not checked)
+        self._segmenter: Segmenter | None = None
+        self._row_of: dict[str, int] | None = None  # chunk id → row, made on first need
+        self._vector_cache: OrderedDict[int, np.ndarray] = OrderedDict()  # pk → vector, least recently used first
 
     # ---------------------------------------------------------------- names
 
@@ -308,6 +358,29 @@ class MilvusStore:
 
     def _docs_name(self, base: int) -> str:
         return f"{self.target.collection}__g{base}_docs"
+
+    def _xl_name(self, base: int) -> str:
+        return f"{self.target.collection}__g{base}_xl"
+
+    def _data_names(self, base: int) -> list[str]:
+        """The data collections of `base`: chunks, docs and (whatever the manifest says) xl."""
+        return [self._chunks_name(base), self._docs_name(base), self._xl_name(base)]
+
+    @property
+    def _server_bm25(self) -> bool:
+        return self._keyword_state.get("route") == "server"
+
+    @property
+    def keyword_backend(self) -> str:
+        """Which BM25 answers keyword search (shown by `info`)."""
+        if self._server_bm25:
+            return f"server BM25 (Milvus {self._keyword_state.get('server')} full-text search, jieba analyzer)"
+        text = "local BM25 (bm25s) over jieba terms stored in Milvus"
+        if self._keyword_state.get("chosen") == "local":
+            text += f" ({BM25_ENV}=local at build)"
+        elif self._keyword_state.get("server"):
+            text += f" (Milvus {self._keyword_state['server']} has no BM25)"
+        return text
 
     def _client(self):
         return _connect(self.target)
@@ -371,6 +444,7 @@ class MilvusStore:
             store = cls(location, manifest)
             store._live, store._base = gen, int(state["base"])
             store._changed, store._clean = state["changed"], state["clean"]
+            store._keyword_state = dict(state.get("keyword") or {"route": "local"})  # older indexes: local
             store.generation = f"gen-{gen:06d}"
             store._load_rows(client)
             try:
@@ -416,12 +490,71 @@ class MilvusStore:
                 raise StoreError(f"{self.target.display}: chunk records are damaged ({exc})") from None
         rows.sort(key=lambda r: (r.gen, r.seq))
         self._set_rows(rows)
-        self._dim_on_server = _vector_dim(client, chunks)
+        fields = _field_names(client, chunks)
+        self._dim_on_server = fields.get("vector")
+        self._bm25_fields = "sparse" in fields
+        if self._xl is not None:
+            self._xl = self._load_xl(client)
+
+    def _load_xl(self, client) -> PassageVectors:
+        """The cross-lingual vectors of the live rows, in row order, from the per-document payloads."""
+        name = self._xl_name(self._base)
+        if not client.has_collection(name, timeout=CALL_TIMEOUT):
+            raise StoreError(f"{self.target.display}: collection {name} is missing (the cross-lingual vectors)")
+        _ensure_loaded(client, name)
+        pieces: dict[str, list[dict]] = {}
+        for page in _query_pages(client, name, self._live_filter(), ["doc_id", "gen", "part", "parts", "body"],
+                                 page=XL_BATCH):
+            for row in page:
+                if row["gen"] == self._doc_gen.get(row["doc_id"]):
+                    pieces.setdefault(row["doc_id"], []).append(row)
+        order: list[str] = []  # documents in the order of their first row
+        local: list[int] = []  # each row's place among its document's rows
+        count: dict[str, int] = {}
+        for r in self._rows:
+            doc_id = r.chunk.doc_id
+            if doc_id not in count:
+                order.append(doc_id)
+                count[doc_id] = 0
+            local.append(count[doc_id])
+            count[doc_id] += 1
+        order += [d for d in self.manifest.documents if d not in count]  # documents without chunks
+        parts, offset, missing, torn = [], {}, [], []
+        for doc_id in order:
+            rows = sorted(pieces.get(doc_id, []), key=lambda r: r["part"])
+            if not rows:
+                missing.append(doc_id)
+                continue
+            if [r["part"] for r in rows] != list(range(rows[0]["parts"])):
+                torn.append(doc_id)
+                continue
+            try:
+                xl = _xl_decode("".join(r["body"] for r in rows))
+            except ValueError:
+                torn.append(doc_id)
+                continue
+            if len(xl) != count.get(doc_id, 0):
+                self._xl_problems.append(f"cross-lingual vectors of {doc_id!r} cover {len(xl)} chunks, "
+                                         f"not its {count.get(doc_id, 0)}")
+                continue
+            offset[doc_id] = sum(len(p) for p in parts)
+            parts.append(xl)
+        if missing:
+            self._xl_problems.append(f"no cross-lingual vectors for {missing[:3]}")
+        if torn:
+            self._xl_problems.append(f"the stored cross-lingual vectors of {torn[:3]} are incomplete or damaged")
+        if self._xl_problems:
+            return PassageVectors.empty()
+        whole = PassageVectors.concat(parts)
+        order_in_whole = np.array([offset[r.chunk.doc_id] + j for r, j in zip(self._rows, local)], np.int64)
+        if np.array_equal(order_in_whole, np.arange(len(whole))):
+            return whole
+        return whole.take(order_in_whole)
 
     def _set_rows(self, rows: list[_Row]) -> None:
         self._rows = rows
         self._by_pk = {r.pk: i for i, r in enumerate(rows) if r.pk is not None}
-        self._keyword = None
+        self._keyword = self._row_of = None
 
     def is_current(self) -> bool:
         """False once another process has switched in a newer generation."""
@@ -435,21 +568,25 @@ class MilvusStore:
     # ---------------------------------------------------------------- updates (in memory until save)
 
     def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
-               terms: list[list[str]]) -> None:
-        if not len(chunks) == len(vectors) == len(terms):
-            raise ValueError("one vector and one term list per chunk")
+               terms: list[list[str]], xl: PassageVectors | None = None) -> None:
+        check_upsert(chunks, vectors, terms, xl, self._xl is not None)
         if doc.doc_id in self.manifest.documents:
             self.delete([doc.doc_id])
         self._rows.extend(_Row(None, None, 0, c, json.dumps(list(t), ensure_ascii=False))
                           for c, t in zip(chunks, terms))
-        self._keyword = None
-        self._pending[doc.doc_id] = (np.ascontiguousarray(vectors, dtype=np.float32), text)
+        self._keyword = self._row_of = None
+        if xl is not None:
+            self._xl_tail.append(xl)
+        self._pending[doc.doc_id] = (np.ascontiguousarray(vectors, dtype=np.float32), text, xl)
         self.manifest.documents[doc.doc_id] = doc
         self.manifest.updated = now()
 
     def delete(self, doc_ids: list[str]) -> None:
         drop = set(doc_ids)
-        self._set_rows([r for r in self._rows if r.chunk.doc_id not in drop])
+        keep = [i for i, r in enumerate(self._rows) if r.chunk.doc_id not in drop]
+        if self._xl is not None:
+            self._xl = self.cross_vectors().take(np.asarray(keep, np.int64))
+        self._set_rows([self._rows[i] for i in keep])
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
             self._pending.pop(doc_id, None)
@@ -467,15 +604,69 @@ class MilvusStore:
             return None
         return np.flatnonzero([r.chunk.doc_id in doc_ids for r in self._rows]).astype(np.int64)
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
-        """BM25 over the stored terms (the project's KeywordIndex, as the folder index uses)."""
+    def _terms_of_rows(self) -> list[list[str]]:
+        try:
+            return [json.loads(r.terms) for r in self._rows]
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self.target.display}: keyword terms are damaged ({exc})") from None
+
+    def _keyword_index(self) -> KeywordIndex:
         if self._keyword is None:
-            try:
-                self._keyword = KeywordIndex([json.loads(r.terms) for r in self._rows])
-            except (ValueError, TypeError) as exc:
-                raise StoreError(f"{self.target.display}: keyword terms are damaged ({exc})") from None
-        scores, rows = self._keyword.search(query_terms, k, self._rows_of(doc_ids))
+            self._keyword = KeywordIndex(self._terms_of_rows())
+        return self._keyword
+
+    def vocabulary(self) -> frozenset[str]:
+        """Every keyword term of the chunks (the project's jieba terms, whichever BM25 scores them)."""
+        if self._server_bm25:
+            return frozenset(t for terms in self._terms_of_rows() for t in terms if t)
+        return self._keyword_index().vocabulary
+
+    def cross_vectors(self) -> PassageVectors | None:
+        if self._xl_tail:
+            self._xl, self._xl_tail = PassageVectors.concat([self._xl, *self._xl_tail]), []
+        return self._xl
+
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
+        """BM25 of the query terms: the project's KeywordIndex over the stored terms (as the folder index),
+        or the server's full-text search where the index was built for it; best first, scores > 0."""
+        if self._server_bm25:
+            return self._server_keyword_search(query_terms, k, doc_ids)
+        scores, rows = self._keyword_index().search(query_terms, k, self._rows_of(doc_ids))
         return [(float(s), self._rows[i].chunk) for s, i in zip(scores, rows)]
+
+    @property
+    def segmenter(self) -> Segmenter:
+        """The project's segmenter with the index's user terms (for query_text), made on first need."""
+        if self._segmenter is None:
+            self._segmenter = Segmenter(tuple(self.manifest.keyword.get("user_terms", ())))
+        return self._segmenter
+
+    def _server_keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None) -> list[tuple[float, Chunk]]:
+        """The server's BM25 over the chunk text (saved rows only). The terms go as one text that the
+        server's analyzer segments back into them (query_text). BM25 scores are >= 0: milvus-lite 3.2
+        returns them negated as distances (best first) and Milvus 2.5 as they are, so the score is the
+        magnitude, divided by (k1 + 1) to be on bm25s's scale (the folder index's), which omits that factor."""
+        text = query_text(list(query_terms), self.segmenter) if any(query_terms) else ""
+        k = min(k, MAX_TOPK)
+        if not text or k <= 0 or self._live is None or (doc_ids is not None and not doc_ids):
+            return []
+        expr = self._live_filter()
+        if doc_ids is not None:
+            expr = f"({expr}) and {_in('doc_id', sorted(doc_ids))}"
+        client = self._client()
+        with _calling(self.target, "keyword search"):
+            result = client.search(self._chunks_name(self._base), data=[text], limit=k, filter=expr,
+                                   output_fields=["pk"], anns_field="sparse",
+                                   search_params={"metric_type": "BM25", "params": {}},
+                                   consistency_level="Strong", timeout=CALL_TIMEOUT)
+        scale = 1.0 + float(self._keyword_state.get("k1", BM25_K1))  # the server's BM25 has the (k1 + 1) factor
+        out = []
+        for hit in result[0] if result else []:
+            i = self._by_pk.get(hit.get("id", hit.get("pk")))
+            score = abs(float(hit["distance"])) / scale
+            if i is not None and score > 0:
+                out.append((score, self._rows[i].chunk))
+        return out
 
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
         """The k best saved chunks per query vector by inner product, best first (server-side)."""
@@ -520,6 +711,60 @@ class MilvusStore:
             rows = _query_all(client, self._docs_name(self._base),
                               f"doc_id == {_lit(doc_id)} and gen == {self._doc_gen[doc_id]}", ["part", "text"])
         return "".join(r["text"] for r in sorted(rows, key=lambda r: r["part"]))
+
+    def _vectors_at(self, rows: list[int]) -> np.ndarray:
+        """The vectors of these rows: unsaved ones from memory, saved ones from the cache or the server
+        (one query per 4,096 missing)."""
+        out = np.zeros((len(rows), self.manifest.dim), np.float32)
+        need: dict[int, list[int]] = {}
+        first: dict[str, int] = {}  # an unsaved document's first row (its rows are contiguous)
+        for j, i in enumerate(rows):
+            r = self._rows[i]
+            if r.pk is None:
+                doc_id = r.chunk.doc_id
+                if doc_id not in first:
+                    first[doc_id] = next(n for n, x in enumerate(self._rows) if x.chunk.doc_id == doc_id)
+                out[j] = self._pending[doc_id][0][i - first[doc_id]]
+            elif r.pk in self._vector_cache:
+                self._vector_cache.move_to_end(r.pk)
+                out[j] = self._vector_cache[r.pk]
+            else:
+                need.setdefault(r.pk, []).append(j)
+        if need:
+            pks, found = list(need), 0
+            client = self._client()
+            with _calling(self.target, "read"):
+                for start in range(0, len(pks), MAX_QUERY_ROWS // 4):
+                    part = pks[start:start + MAX_QUERY_ROWS // 4]
+                    for row in client.query(self._chunks_name(self._base), filter=f"pk in [{', '.join(map(str, part))}]",
+                                            output_fields=["pk", "vector"], limit=len(part),
+                                            consistency_level="Strong", timeout=CALL_TIMEOUT):
+                        vector = np.asarray(row["vector"], np.float32)
+                        out[need[row["pk"]]] = vector
+                        found += 1
+                        self._vector_cache[row["pk"]] = vector
+                        if len(self._vector_cache) > VECTOR_CACHE:
+                            self._vector_cache.popitem(last=False)
+            if found != len(pks):
+                raise StoreError(f"{self.target.display}: the vectors of {len(pks) - found} chunks are missing "
+                                 "on the server")
+        return out
+
+    def dense_scores(self, queries: np.ndarray, chunk_ids: list[list[str]]) -> list[np.ndarray]:
+        """Exact inner products of each query with the given chunks, from their stored vectors (fetched
+        once for all queries, computed here as the folder index computes them)."""
+        if self._row_of is None:
+            self._row_of = {r.chunk.chunk_id: i for i, r in enumerate(self._rows)}
+        wanted = list(dict.fromkeys(c for ids in chunk_ids for c in ids))
+        vectors = self._vectors_at([self._row_of[c] for c in wanted])
+        at = {c: n for n, c in enumerate(wanted)}
+        return [vectors[[at[c] for c in ids]] @ np.asarray(q, dtype=np.float32) for q, ids in zip(queries, chunk_ids)]
+
+    def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, PassageVectors | None]:
+        """A document's chunks, vectors and cross-lingual vectors in row order (what an update reuses)."""
+        rows = [i for i, r in enumerate(self._rows) if r.chunk.doc_id == doc_id]
+        xl = PassageVectors.gather([(self.cross_vectors(), i) for i in rows]) if self._xl is not None else None
+        return [self._rows[i].chunk for i in rows], self._vectors_at(rows), xl
 
     def vectors(self) -> np.ndarray:
         """Every row's vector, in row order (fetched from the server for saved rows)."""
@@ -597,12 +842,18 @@ class MilvusStore:
             gen = live + 1
             fresh = self._base is None
             base = gen if fresh else self._base
+            if fresh:
+                self._keyword_state = self._choose_keyword(client)
             self._create_collections(client, meta=not has_meta, data=base if fresh else None)
             rows, docs = self._write_rows(client, base, gen)
             self._ensure_index(client, self._chunks_name(base))
+            if self._server_bm25 and str(self._keyword_state.get("server", "")).startswith("milvus_lite"):
+                # milvus-lite scores unflushed rows by rebuilding their BM25 index on every search (~60 ms
+                # at 300 chunks); flushed, the index is built once (~2 ms). A Milvus server indexes by itself.
+                client.flush(self._chunks_name(base), timeout=LONG_TIMEOUT)
             changed = [] if fresh else sorted(self._superseded)
             state = {"format": FORMAT_VERSION, "base": base, "manifest": self._manifest_core(),
-                     "changed": changed, "written": now()}
+                     "changed": changed, "keyword": self._keyword_state, "written": now()}
             parts = _pieces(json.dumps(state, ensure_ascii=False))
             _insert(client, self._meta, [{"gen": gen, "kind": "state", "part": i, "body": p, "vec": DUMMY}
                                          for i, p in enumerate(parts)])
@@ -625,6 +876,24 @@ class MilvusStore:
         except StoreError:
             pass
 
+    def _choose_keyword(self, client) -> dict:
+        """The BM25 route of a new index, from INDEXER_MILVUS_BM25: `auto` (default) the server's where it
+        has full-text search (judged by its version) else the project's; `local` the project's; `server`
+        the server's, or an error if it has none."""
+        wanted = os.environ.get(BM25_ENV, "").strip().lower() or BM25_DEFAULT
+        if wanted not in ("auto", "local", "server"):
+            raise StoreError(f"{BM25_ENV}={wanted!r} is not a BM25 route; use auto, local or server")
+        if wanted == "local":
+            return {"route": "local", "chosen": "local"}
+        version = client.get_server_version(timeout=CALL_TIMEOUT)
+        if server_has_bm25(version):
+            return {"route": "server", "server": version, "k1": BM25_K1, "b": BM25_B,
+                    "analyzer": analyzer_params(tuple(self.manifest.keyword.get("user_terms", ())))}
+        if wanted == "server":
+            raise StoreError(f"{self.target.display}: {BM25_ENV}=server, but Milvus {version} has no full-text "
+                             "search (BM25 needs Milvus 2.5 or newer, or milvus-lite 3); use auto or local")
+        return {"route": "local", "server": version}
+
     def _switch(self, client, gen: int, parts: int) -> None:
         """Make `gen` live: one single-row insert. Before it, nothing of `gen` is visible to anyone."""
         _insert(client, self._meta, [{"gen": gen, "kind": "pointer", "part": 0,
@@ -642,12 +911,18 @@ class MilvusStore:
             schema = _schema(client, [("gen", "INT64"), ("kind", 32), ("part", "INT64"), ("body", MAX_VARCHAR)], "vec", 2)
             specs.append((self._meta, schema, "vec", "FLAT", "L2", {}))
         if data is not None:
+            bm25 = self._keyword_state if self._server_bm25 else None
             chunks = _schema(client, [("doc_id", 4096), ("gen", "INT64"), ("seq", "INT64"), ("chunk", MAX_VARCHAR),
-                                      ("terms", MAX_VARCHAR)], "vector", self.manifest.dim)
-            specs.append((self._chunks_name(data), chunks, "vector", *_index_spec(self.index_kind, len(self))))
+                                      ("terms", MAX_VARCHAR)], "vector", self.manifest.dim, bm25=bm25)
+            specs.append((self._chunks_name(data), chunks, "vector", *_index_spec(self.index_kind, len(self)),
+                          bm25))
             docs = _schema(client, [("doc_id", 4096), ("gen", "INT64"), ("seq", "INT64"), ("part", "INT64"),
                                     ("record", MAX_VARCHAR), ("text", MAX_VARCHAR)], "vec", 2)
             specs.append((self._docs_name(data), docs, "vec", "FLAT", "L2", {}))
+            if self._xl is not None:
+                xl = _schema(client, [("doc_id", 4096), ("gen", "INT64"), ("seq", "INT64"), ("part", "INT64"),
+                                      ("parts", "INT64"), ("body", MAX_VARCHAR)], "vec", 2)
+                specs.append((self._xl_name(data), xl, "vec", "FLAT", "L2", {}))
         if len(specs) == 1:
             _create(client, *specs[0])
         elif specs:
@@ -675,6 +950,15 @@ class MilvusStore:
             self._written_parts[doc_id] = len(pieces)
             written[doc_id] = gen
         _insert(client, self._docs_name(base), doc_rows)
+        if self._xl is not None:
+            xl_rows = []
+            for seq, doc_id in enumerate(pending_docs):
+                xl = self._pending[doc_id][2]
+                blob = _xl_encode(xl if xl is not None else PassageVectors.empty())
+                pieces = [blob[i:i + XL_PIECE] for i in range(0, len(blob), XL_PIECE)]
+                xl_rows += [{"doc_id": doc_id, "gen": gen, "seq": seq, "part": part, "parts": len(pieces),
+                             "body": piece, "vec": DUMMY} for part, piece in enumerate(pieces)]
+            _insert(client, self._xl_name(base), xl_rows, batch=XL_BATCH)
         new = [r for r in self._rows if r.pk is None]
         offsets: dict[str, int] = {}
         data = []
@@ -688,6 +972,8 @@ class MilvusStore:
                                  "row (64 KB); use a smaller --max-tokens")
             data.append({"doc_id": r.chunk.doc_id, "gen": gen, "seq": seq, "chunk": chunk_json, "terms": terms_json,
                          "vector": self._pending[r.chunk.doc_id][0][n].tolist()})
+            if self._server_bm25:
+                data[-1]["text"] = r.chunk.text  # analyzed by the server's jieba for its BM25
         keys = _insert(client, self._chunks_name(base), data)
         for r, pk, seq in zip(new, keys, range(len(new))):
             r.pk, r.gen, r.seq = int(pk), gen, seq
@@ -715,26 +1001,27 @@ class MilvusStore:
         """Remove what a failed or killed writer left after generation `live`: rows and collections nobody reads."""
         if has_meta:
             client.delete(self._meta, filter=f"gen > {live}", timeout=CALL_TIMEOUT)
-        keep = {self._chunks_name(state["base"]), self._docs_name(state["base"])} if state else set()
+        keep = set(self._data_names(state["base"])) if state else set()
         for name in keep:
             if client.has_collection(name, timeout=CALL_TIMEOUT):
                 _ensure_loaded(client, name)
                 client.delete(name, filter=f"gen > {live}", timeout=CALL_TIMEOUT)
         prefix = f"{self.target.collection}__g"
         for name in client.list_collections(timeout=CALL_TIMEOUT):
-            if name.startswith(prefix) and name not in keep and re.fullmatch(r"\d+_(chunks|docs)", name[len(prefix):]):
+            if name.startswith(prefix) and name not in keep and re.fullmatch(r"\d+_(chunks|docs|xl)", name[len(prefix):]):
                 client.drop_collection(name, timeout=CALL_TIMEOUT)
 
     def _collect(self, client, gen: int, state: dict, old_base: int | None = None) -> None:
         """After the switch to `gen`: delete superseded rows and older meta rows, then mark `gen` clean."""
         if old_base is not None and old_base != state["base"]:
-            for name in (self._chunks_name(old_base), self._docs_name(old_base)):
+            for name in self._data_names(old_base):
                 if client.has_collection(name, timeout=CALL_TIMEOUT):
                     client.drop_collection(name, timeout=CALL_TIMEOUT)
         changed = state["changed"]
+        names = [n for n in self._data_names(state["base"]) if changed and client.has_collection(n, timeout=CALL_TIMEOUT)]
         for start in range(0, len(changed), 500):
             expr = f"{_in('doc_id', changed[start:start + 500])} and gen < {gen}"
-            for name in (self._chunks_name(state["base"]), self._docs_name(state["base"])):
+            for name in names:
                 client.delete(name, filter=expr, timeout=CALL_TIMEOUT)
         client.delete(self._meta, filter=f"gen < {gen}", timeout=CALL_TIMEOUT)
         _insert(client, self._meta, [{"gen": gen, "kind": "clean", "part": 0, "body": "", "vec": DUMMY}])
@@ -764,6 +1051,11 @@ class MilvusStore:
         if self._dim_on_server is not None and self._dim_on_server != self.manifest.dim:
             out.append(f"the collection's vectors have dimension {self._dim_on_server}, "
                        f"manifest says {self.manifest.dim}")
+        if self._server_bm25 and self._bm25_fields is False:
+            out.append("the index uses the server's BM25 but its chunk collection has no BM25 field")
+        out.extend(self._xl_problems)
+        if self._xl is not None and not self._xl_problems:
+            out.extend(self.cross_vectors().problems(len(self._rows)))
         return out
 
 
@@ -784,7 +1076,61 @@ def _writer_lock(target: Target, timeout: float = LOCK_TIMEOUT):
     return held()
 
 
-def _schema(client, fields, vector_field: str, dim: int):
+def server_has_bm25(version: str | None) -> bool:
+    """Whether a server reporting `version` has full-text search (a BM25 function over an analyzed
+    VARCHAR field): Milvus 2.5 and newer ("v2.5.4"), milvus-lite 3 and newer ("milvus_lite-3.2.2").
+    The embedded server here reports "v2.3.5-lite": no."""
+    if not version:
+        return False
+    lite = re.match(r"^milvus[_-]lite-v?(\d+)", version)
+    if lite:
+        return int(lite.group(1)) >= 3
+    server = re.match(r"^v?(\d+)\.(\d+)", version)
+    return bool(server) and (int(server.group(1)), int(server.group(2))) >= (2, 5)
+
+
+def analyzer_params(user_terms: tuple[str, ...] = ()) -> dict:
+    """The server's jieba analyzer set up like indexer.keyword.Segmenter: search mode, the index's
+    user terms added to the default dictionary, lower case, the project's stopwords, and no
+    punctuation or symbol tokens."""
+    tokenizer: dict = {"type": "jieba", "mode": "search", "hmm": True}
+    if user_terms:
+        tokenizer["dict"] = ["_default_", *user_terms]
+    return {"tokenizer": tokenizer,
+            "filter": ["lowercase", {"type": "stop", "stop_words": sorted(STOPWORDS | SYMBOLS)}]}
+
+
+def query_text(terms: list[str], segmenter: Segmenter) -> str:
+    """The text to send to the server's BM25 for these query terms: one that its analyzer (jieba search
+    mode, like `segmenter`) turns back into the same terms, repeats included.
+
+    Search mode gives a long word's dictionary sub-words before the word (学术, 研究, 学术研究), and the
+    server segments the text it is sent again: the terms joined by spaces would count each sub-word
+    twice, and BM25 weighs a query term by its count (on DRCD, BM25 Hit@1 0.901 instead of 0.927). So
+    a term is sent only for what its own segmentation does not already give (longest first, a term
+    stands for its segmentation when all of it is still wanted). A term that segmentation splits when
+    alone (不忘 of 不忘初心) is kept whole by writing the longest terms one after another, as in the
+    question; whichever text segments back into the terms is sent.
+    """
+    wanted = Counter(t for t in terms if t)
+    target = Counter(wanted)
+    out = []
+    for term in sorted(wanted, key=lambda t: (-len(t), terms.index(t))):
+        parts = Counter(segmenter.terms(term))
+        while wanted[term] > 0 and parts[term] > 0 and all(wanted[k] >= n for k, n in parts.items()):
+            wanted -= parts
+            out.append(term)
+    text = " ".join(out + list(wanted.elements()))
+    if Counter(segmenter.terms(text)) != target:
+        glued = "".join(t for t in target if not any(t != o and t in o for o in target))
+        if Counter(segmenter.terms(glued)) == target:
+            return glued
+    return text
+
+
+def _schema(client, fields, vector_field: str, dim: int, bm25: dict | None = None):
+    """A collection schema: auto primary key `pk`, the scalar fields, one dense vector; with `bm25`
+    (the keyword state of a server-BM25 index) also the chunk `text`, analyzed, and its BM25 `sparse`."""
     from pymilvus import DataType
 
     schema = client.create_schema(auto_id=True, enable_dynamic_field=False)
@@ -795,6 +1141,14 @@ def _schema(client, fields, vector_field: str, dim: int):
         else:
             schema.add_field(name, DataType.VARCHAR, max_length=kind)
     schema.add_field(vector_field, DataType.FLOAT_VECTOR, dim=dim)
+    if bm25:
+        from pymilvus import Function, FunctionType
+
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR, enable_analyzer=True,
+                         analyzer_params=bm25["analyzer"])
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["text"],
+                                     output_field_names=["sparse"]))
     return schema
 
 
@@ -814,14 +1168,29 @@ def _search_params(kind: str, k: int) -> dict:
     return {}
 
 
-def _create(client, name: str, schema, vector_field: str, index_type: str, metric: str, params: dict | None = None) -> None:
+def _create(client, name: str, schema, vector_field: str, index_type: str, metric: str, params: dict | None = None,
+            bm25: dict | None = None) -> None:
     if client.has_collection(name, timeout=CALL_TIMEOUT):  # a leftover under this name: never live
         client.drop_collection(name, timeout=CALL_TIMEOUT)
     index = client.prepare_index_params()
     index.add_index(vector_field, index_type=index_type, metric_type=metric, params=params or {})
+    if bm25:
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                        params={"bm25_k1": bm25["k1"], "bm25_b": bm25["b"]})
+        if str(bm25.get("server", "")).startswith("milvus_lite"):
+            _json_params(index, "sparse", {"bm25_k1": str(bm25["k1"]), "bm25_b": str(bm25["b"])})
     client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong",
                              timeout=CALL_TIMEOUT)
     _ensure_loaded(client, name)
+
+
+def _json_params(index_params, field: str, params: dict) -> None:
+    """milvus-lite 3.2 reads index build parameters only from one JSON `params` entry, which pymilvus 3
+    no longer sends (it sends each parameter as an entry of its own, which is what Milvus reads); without
+    it BM25's k1 silently stays at 1.5. Adds that entry to `field`'s index."""
+    for param in index_params:
+        if getattr(param, "field_name", None) == field and isinstance(getattr(param, "_configs", None), dict):
+            param._configs["params"] = params
 
 
 def _ensure_loaded(client, name: str) -> None:
@@ -830,27 +1199,47 @@ def _ensure_loaded(client, name: str) -> None:
         client.load_collection(name, timeout=LONG_TIMEOUT)
 
 
-def _vector_dim(client, name: str) -> int | None:
+def _field_names(client, name: str) -> dict[str, int | None]:
+    """A collection's fields: name → dimension (vector fields) or None."""
+    out = {}
     for field in client.describe_collection(name, timeout=CALL_TIMEOUT).get("fields", []):
-        if field.get("name") == "vector":
-            return int(field.get("params", {}).get("dim"))
-    return None
+        dim = field.get("params", {}).get("dim")
+        out[field.get("name")] = int(dim) if dim is not None else None
+    return out
 
 
-def _insert(client, name: str, rows: list[dict]) -> list[int]:
+def _insert(client, name: str, rows: list[dict], batch: int = INSERT_BATCH) -> list[int]:
     keys: list[int] = []
-    for start in range(0, len(rows), INSERT_BATCH):
-        result = client.insert(name, rows[start:start + INSERT_BATCH], timeout=CALL_TIMEOUT)
+    for start in range(0, len(rows), batch):
+        result = client.insert(name, rows[start:start + batch], timeout=CALL_TIMEOUT)
         keys.extend(result["ids"])
     return keys
 
 
-def _query_pages(client, name: str, expr: str, fields: list[str]) -> Iterator[list[dict]]:
+def _xl_encode(xl: PassageVectors) -> str:
+    """A document's cross-lingual vectors as text: the .npz the folder index writes (float16 vectors,
+    int32 owners and spans), base64."""
+    buf = io.BytesIO()
+    np.savez(buf, chunks=xl.chunks.astype(np.float16), sentences=xl.sentences.astype(np.float16),
+             owner=xl.owner.astype(np.int32), spans=xl.spans.astype(np.int32))
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _xl_decode(text: str) -> PassageVectors:
+    """What _xl_encode wrote, vectors back in float32; a ValueError when damaged."""
+    try:
+        with np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False) as z:
+            return PassageVectors(z["chunks"].astype(np.float32), z["sentences"].astype(np.float32),
+                                  z["owner"].astype(np.int64), z["spans"].astype(np.int32).reshape(-1, 2))
+    except (binascii.Error, OSError, KeyError, EOFError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _query_pages(client, name: str, expr: str, fields: list[str], page: int = MAX_QUERY_ROWS // 4) -> Iterator[list[dict]]:
     """Every row matching `expr`, a page at a time, paged by primary key (Milvus returns the smallest keys
     first) so no single answer is too large."""
     last = None
     fields = list(dict.fromkeys(["pk", *fields]))
-    page = MAX_QUERY_ROWS // 4
     while True:
         page_expr = expr if last is None else f"({expr}) and pk > {last}"
         rows = client.query(name, filter=page_expr, output_fields=fields, limit=page,
