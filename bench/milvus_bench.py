@@ -3,6 +3,7 @@
     python -m bench.milvus_bench                       # 200,000 vectors, starts `milvus-server` itself
     python -m bench.milvus_bench --n 20000 --quick     # a smoke run
     python -m bench.milvus_bench --uri http://HOST:19530   # an existing server (its collection is dropped after)
+    python -m bench.milvus_bench --eval speech-zh,speech-en,cmrc,drcd   # BM25 routes: hybrid eval figures
 
 Data: N random unit vectors in 384 dimensions, drawn from the e5-shaped Gaussian mixture of
 bench/faiss_bench.py (`--data uniform` for plain uniform directions, on which every ANN index looks
@@ -16,118 +17,51 @@ Measured per index, in one run on the same data:
   p50/p95: one query at a time (nq=1, k=10), client-observed; Milvus both at consistency
   Strong (what the store uses) and Bounded; recall@10 over all queries.
 Writes bench/results/milvus.json and prints a markdown table.
+
+--eval: retrieval quality of the keyword routes on real sets. Each set's passages are embedded once
+into a folder index (the speech with its cross-lingual index, for the English questions), which is
+copied as it is into milvus-lite twice: with the project's BM25 (INDEXER_MILVUS_BM25=local) and with
+milvus-lite's own (the default there). Hit@1 / Hit@3 / Recall@10 / MRR@10 of each store, per mode;
+writes bench/results/milvus_bm25.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from .common import fmt_table, ms, pct, system_info
+from .milvus_server import MilvusServer, ServerError, port_open
 
 D, K = 384, 10
 HNSW_M, HNSW_EFC, HNSW_EF = 32, 80, 128  # as indexer/store/faiss_store.py and milvus_store.py use them
-PORT = 19530
 INSERT_BATCH = 5000
 OUT = Path(__file__).resolve().parent / "results" / "milvus.json"
-
-# `milvus-server` whose port probe sets SO_REUSEADDR: otherwise a port in TIME_WAIT from an earlier
-# server makes it quietly move the client port to 19531.
-SERVER_SHIM = """
-import socket, sys
-import milvus
-
-def try_bind_port(self, port):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(("127.0.0.1", port))
-        sock.listen()
-        return sock
-    except OSError:
-        sock.close()
-        return None
-
-milvus.MilvusServerConfig.try_bind_port = try_bind_port
-sys.argv[0] = "milvus-server"
-sys.exit(milvus.main())
-"""
+OUT_EVAL = Path(__file__).resolve().parent / "results" / "milvus_bm25.json"
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_EVAL = ROOT.parent / "shared" / "eval"
+CORPORA = {  # name: (documents, keep the cross-lingual index)
+    "speech": ([ROOT / "data" / "speech.txt"], True),
+    "cmrc": ([SHARED_EVAL / "cmrc2018_trial_retrieval" / "passages.jsonl"], False),
+    "drcd": ([SHARED_EVAL / "drcd_dev_retrieval_simplified" / "passages.jsonl"], False),
+}
+EVAL_SETS = {  # name: (corpus, labelled questions)
+    "speech-zh": ("speech", ROOT / "tests" / "data" / "speech_qa_zh.jsonl"),
+    "speech-en": ("speech", ROOT / "tests" / "data" / "speech_qa_en.jsonl"),
+    "cmrc": ("cmrc", SHARED_EVAL / "cmrc2018_trial_retrieval" / "queries.jsonl"),
+    "drcd": ("drcd", SHARED_EVAL / "drcd_dev_retrieval_simplified" / "queries.jsonl"),
+}
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-class EmbeddedServer:
-    """`milvus-server --data DIR` in its own process group; stopped by that group's id."""
-
-    def __init__(self, data: Path) -> None:
-        self.data, self.proc = data, None
-
-    def __enter__(self):
-        if _port_open(PORT):
-            raise SystemExit(f"port {PORT} is in use: stop the other Milvus first, or pass --uri")
-        self.log = open(self.data.parent / "server.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER_SHIM, "--data", str(self.data)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"milvus-server exited ({self.proc.returncode}); see {self.data.parent}/server.log")
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:9091/healthz", timeout=3) as reply:
-                    if reply.read().strip() == b"OK" and _port_open(PORT):
-                        return self
-            except OSError:
-                pass
-            time.sleep(1)
-        self.__exit__()
-        raise SystemExit("milvus-server did not come up within 300 s")
-
-    def rss_mb(self) -> float:
-        import psutil
-
-        total = 0
-        for p in psutil.process_iter(["pid"]):
-            try:
-                if os.getpgid(p.pid) == self.proc.pid:
-                    total += p.memory_info().rss
-            except (ProcessLookupError, psutil.Error):
-                pass
-        return total / 2**20
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.kill(self.proc.pid, signal.SIGINT)
-            for _ in range(75):
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.2)
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.log.close()
 
 
 def data(n: int, n_queries: int, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +115,7 @@ def bench_faiss(xb, xq, gt, n_latency: int) -> list[dict]:
     return rows
 
 
-def bench_milvus(uri: str, xb, xq, gt, n_latency: int, server: EmbeddedServer | None) -> tuple[list[dict], dict]:
+def bench_milvus(uri: str, xb, xq, gt, n_latency: int, server: MilvusServer | None) -> tuple[list[dict], dict]:
     from pymilvus import DataType, MilvusClient
 
     client = MilvusClient(uri, timeout=10)
@@ -254,6 +188,68 @@ def bench_milvus(uri: str, xb, xq, gt, n_latency: int, server: EmbeddedServer | 
     return rows, facts
 
 
+class _SameQueries:
+    """An encoder that encodes each list of questions once: every store is asked the same vectors."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder, self._cache = encoder, {}
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_queries(self, texts):
+        key = tuple(texts)
+        if key not in self._cache:
+            self._cache[key] = self._encoder.encode_queries(list(texts))
+        return self._cache[key]
+
+
+def bench_bm25_routes(names: list[str], workdir: Path, modes=("hybrid", "bm25")) -> list[dict]:
+    """Evaluation figures of the folder index and of milvus-lite with either BM25 route (module docstring)."""
+    from indexer.embedding import Encoder
+    from indexer.engine import Engine, IndexSettings
+    from indexer.evaluation import evaluate, read_labelled
+    from indexer.store.milvus_store import BM25_ENV
+
+    from .milvus_server import copy_into
+
+    encoder = _SameQueries(Encoder())
+    stores: dict[str, dict[str, str]] = {}
+    for corpus in dict.fromkeys(EVAL_SETS[n][0] for n in names):
+        paths, xl = CORPORA[corpus]
+        folder = workdir / corpus
+        t = time.perf_counter()
+        Engine(folder, encoder=encoder, settings=IndexSettings(crosslingual=xl)).build(paths)
+        log(f"  {corpus}: folder index built in {time.perf_counter() - t:.1f}s")
+        stores[corpus] = {"folder index": str(folder)}
+        for label, route in (("milvus-lite, local BM25", "local"), ("milvus-lite, server BM25", "auto")):
+            os.environ[BM25_ENV] = route
+            location = f"milvus-lite://{workdir}/{corpus}.db?collection={route}"
+            copy_into(folder, location)
+            stores[corpus][label] = location
+        os.environ.pop(BM25_ENV, None)
+    rows = []
+    for name in names:
+        corpus, questions = EVAL_SETS[name]
+        labels = read_labelled(questions)
+        for mode in modes:
+            for label, where in stores[corpus].items():
+                engine = Engine(where, encoder=encoder)
+                t = time.perf_counter()
+                m = evaluate(engine, labels, mode)
+                rows.append({"set": f"{name} ({len(labels)})", "mode": mode, "store": label,
+                             "figures": " / ".join(f"{m[k]:.3f}" for k in ("hit@1", "hit@3", "recall@10", "mrr@10")),
+                             "s": round(time.perf_counter() - t, 1),
+                             "keyword": getattr(engine.store, "keyword_backend", "local BM25 (bm25s)"),
+                             **{k: round(v, 4) for k, v in m.items() if k != "n"}})
+                log(f"  {rows[-1]['set']} {mode} {label}: {rows[-1]['figures']}")
+    return rows
+
+
+EVAL_COLUMNS = [("set", "set (questions)"), ("mode", "mode"), ("store", "store"),
+                ("figures", "Hit@1 / Hit@3 / Recall@10 / MRR@10"), ("s", "eval s")]
+
+
 COLUMNS = [("engine", "engine"), ("index", "index"), ("insert_rows_s", "insert rows/s"),
            ("index_s", "index build s"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("recall@10", "recall@10")]
 
@@ -267,8 +263,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--uri", help="an existing Milvus (default: start the embedded server)")
     ap.add_argument("--quick", action="store_true", help="fewer queries (smoke run)")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--eval", metavar="SETS", help=f"evaluate the BM25 routes instead, on these sets "
+                    f"(comma-separated: {', '.join(EVAL_SETS)})")
     args = ap.parse_args(argv)
+    if args.eval:
+        names = [n.strip() for n in args.eval.split(",") if n.strip()]
+        unknown = [n for n in names if n not in EVAL_SETS]
+        if unknown or not names:
+            raise SystemExit(f"--eval: unknown set {unknown[:1]}; choose from {', '.join(EVAL_SETS)}")
+        t0 = time.perf_counter()
+        result = {"system": system_info()}
+        with tempfile.TemporaryDirectory(prefix="milvus-bm25-") as tmp:
+            rows = bench_bm25_routes(names, Path(tmp))
+        result.update(rows=rows, total_s=round(time.perf_counter() - t0, 1),
+                      load_avg_at_end=[round(x, 2) for x in os.getloadavg()])
+        print(fmt_table(rows, EVAL_COLUMNS))
+        out = args.out or OUT_EVAL
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"\n→ {out}")
+        return 0
+    args.out = args.out or OUT
     if args.quick:
         args.queries, args.latency = 200, 50
     result = {"system": system_info(), "n": args.n, "dim": D, "data": args.data, "queries": args.queries,
@@ -284,9 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.uri:
         milvus_rows, facts = bench_milvus(args.uri, xb, xq, gt, args.latency, None)
     else:
-        with tempfile.TemporaryDirectory(prefix="milvus-bench-") as tmp, \
-                EmbeddedServer(Path(tmp) / "data") as server:
-            milvus_rows, facts = bench_milvus(f"http://127.0.0.1:{PORT}", xb, xq, gt, args.latency, server)
+        if port_open():
+            raise SystemExit("port 19530 is in use: stop the other Milvus first, or pass --uri")
+        with tempfile.TemporaryDirectory(prefix="milvus-bench-") as tmp:
+            server = MilvusServer(Path(tmp) / "data")  # default settings (200 ms time tick), as a cluster ships
+            try:
+                server.start(timeout=300)
+            except ServerError as exc:
+                raise SystemExit(str(exc)) from None
+            try:
+                milvus_rows, facts = bench_milvus(server.uri, xb, xq, gt, args.latency, server)
+            finally:
+                server.stop()
     rows += milvus_rows
     for r in rows:
         r["insert_rows_s"] = round(r["insert_rows_s"])
