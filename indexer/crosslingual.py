@@ -19,9 +19,11 @@ CC-CEDICT is © MDBG and its contributors, CC BY-SA 4.0 (https://cc-cedict.org/w
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import re
 import threading
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,21 +161,28 @@ def sentence_spans(text: str, min_chars: int = MIN_SENTENCE_CHARS) -> list[tuple
 
 @dataclass
 class PassageVectors:
-    """USE vectors of passages: one per passage, plus one per sentence of each passage.
+    """The sentence table of an index: a USE vector per passage, and per sentence of each passage
+    its USE vector, (optionally) its e5 vector, its passage row and its span.
 
     `owner[j]` is the passage row of sentence j and `spans[j]` its (start, end) in the passage's
     text; a passage's sentences are contiguous and in order (owner is non-decreasing), so
     per-passage maxima are one `np.maximum.reduceat`. USE averages over tokens, so a long
-    passage's vector blurs; its best sentence does not.
+    passage's vector blurs; its best sentence does not. `dense` holds the e5 vectors of the same
+    sentences when the index keeps them (`build --sentence-vectors`), else None.
     """
 
     chunks: np.ndarray  # float32 [n, 512]
     sentences: np.ndarray  # float32 [m, 512]
     owner: np.ndarray  # int64 [m]
     spans: np.ndarray  # int32 [m, 2]
+    dense: np.ndarray | None = None  # float32 [m, e5 dim]
 
     def __len__(self) -> int:
         return len(self.chunks)
+
+    def _with(self, chunks, sel, owner) -> "PassageVectors":
+        return PassageVectors(chunks, self.sentences[sel], owner, self.spans[sel],
+                              None if self.dense is None else self.dense[sel])
 
     def sentences_of(self, row: int) -> slice:
         """The sentence rows of passage `row`."""
@@ -181,8 +190,9 @@ class PassageVectors:
 
     def rows(self, start: int, stop: int) -> "PassageVectors":
         """Passage rows start..stop-1 (renumbered from 0); a slice, no search over all sentences."""
-        a, b = self.sentences_of(start).start, self.sentences_of(stop - 1).stop if stop > start else self.sentences_of(start).start
-        return PassageVectors(self.chunks[start:stop], self.sentences[a:b], self.owner[a:b] - start, self.spans[a:b])
+        a = self.sentences_of(start).start
+        b = self.sentences_of(stop - 1).stop if stop > start else a
+        return self._with(self.chunks[start:stop], slice(a, b), self.owner[a:b] - start)
 
     def take(self, rows: np.ndarray) -> "PassageVectors":
         """The vectors of these passage rows (renumbered 0..len(rows)-1), e.g. after a delete."""
@@ -191,37 +201,56 @@ class PassageVectors:
         new_row[rows] = np.arange(len(rows))
         keep = np.flatnonzero(np.isin(self.owner, rows))
         keep = keep[np.argsort(new_row[self.owner[keep]], kind="stable")]
-        return PassageVectors(self.chunks[rows], self.sentences[keep], new_row[self.owner[keep]], self.spans[keep])
+        return self._with(self.chunks[rows], keep, new_row[self.owner[keep]])
 
     @staticmethod
     def gather(picks: list[tuple["PassageVectors", int]]) -> "PassageVectors":
         """Passage rows picked from one or more PassageVectors, in the order given."""
-        if not picks:
-            return PassageVectors.empty()
-        sels = [pv.sentences_of(row) for pv, row in picks]
-        return PassageVectors(
-            np.stack([pv.chunks[row] for pv, row in picks]).astype(np.float32),
-            np.concatenate([pv.sentences[sl] for (pv, _), sl in zip(picks, sels)]).reshape(-1, USE_DIM),
-            np.repeat(np.arange(len(picks), dtype=np.int64), [sl.stop - sl.start for sl in sels]),
-            np.concatenate([pv.spans[sl] for (pv, _), sl in zip(picks, sels)]).astype(np.int32).reshape(-1, 2))
+        return PassageVectors.concat([pv.rows(row, row + 1) for pv, row in picks])
 
     @staticmethod
-    def empty() -> "PassageVectors":
+    def empty(dense_dim: int | None = None) -> "PassageVectors":
         return PassageVectors(np.zeros((0, USE_DIM), np.float32), np.zeros((0, USE_DIM), np.float32),
-                              np.zeros(0, np.int64), np.zeros((0, 2), np.int32))
+                              np.zeros(0, np.int64), np.zeros((0, 2), np.int32),
+                              None if dense_dim is None else np.zeros((0, dense_dim), np.float32))
 
     @staticmethod
     def concat(parts: list["PassageVectors"]) -> "PassageVectors":
         if not parts:
             return PassageVectors.empty()
+        if len({p.dense is None for p in parts}) > 1:
+            raise ValueError("sentence tables with and without e5 sentence vectors cannot be joined")
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
         return PassageVectors(np.concatenate([p.chunks for p in parts]),
                               np.concatenate([p.sentences for p in parts]),
                               np.concatenate([p.owner + off for p, off in zip(parts, offsets)]),
-                              np.concatenate([p.spans for p in parts]).astype(np.int32).reshape(-1, 2))
+                              np.concatenate([p.spans for p in parts]).astype(np.int32).reshape(-1, 2),
+                              None if parts[0].dense is None else np.concatenate([p.dense for p in parts]))
 
-    def problems(self, rows: int) -> list[str]:
-        """Inconsistencies with a store of `rows` chunks (empty: none)."""
+    def to_bytes(self) -> bytes:
+        """The table as an .npz: float16 vectors (cosine error ~1e-3), int32 owners and spans."""
+        arrays = {"chunks": self.chunks.astype(np.float16), "sentences": self.sentences.astype(np.float16),
+                  "owner": self.owner.astype(np.int32), "spans": self.spans.astype(np.int32)}
+        if self.dense is not None:
+            arrays["dense"] = self.dense.astype(np.float16)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @staticmethod
+    def from_bytes(data: bytes) -> "PassageVectors":
+        """What to_bytes wrote (vectors back in float32); a ValueError when it is not that."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return PassageVectors(z["chunks"].astype(np.float32), z["sentences"].astype(np.float32),
+                                      z["owner"].astype(np.int64), z["spans"].astype(np.int32).reshape(-1, 2),
+                                      z["dense"].astype(np.float32) if "dense" in z.files else None)
+        except (OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a sentence table ({exc})") from exc
+
+    def problems(self, rows: int, dense_dim: int | None = None) -> list[str]:
+        """Inconsistencies with a store of `rows` chunks whose sentence table should hold e5 vectors
+        of `dense_dim` dimensions (None: none); empty when there are none."""
         out = []
         if self.chunks.shape != (rows, USE_DIM):
             out.append(f"cross-lingual vectors are {self.chunks.shape}, expected ({rows}, {USE_DIM})")
@@ -232,6 +261,9 @@ class PassageVectors:
             out.append("sentence owners are out of order or out of range")
         elif m and np.any(self.spans[:, 0] >= self.spans[:, 1]):
             out.append("empty sentence spans")
+        if (self.dense is None) != (dense_dim is None) or (self.dense is not None and self.dense.shape != (m, dense_dim)):
+            out.append(f"e5 sentence vectors are {None if self.dense is None else self.dense.shape}, "
+                       f"expected {None if dense_dim is None else (m, dense_dim)}")
         if not (np.all(np.isfinite(self.chunks)) and np.all(np.isfinite(self.sentences))):
             out.append("cross-lingual vectors contain NaN or infinity")
         return out

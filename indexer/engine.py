@@ -14,7 +14,7 @@ from .crosslingual import USE_DIM, USE_NAME, PassageVectors, Translator, USEEnco
 from .embedding import Encoder
 from .errors import ModelError, QueryError, StoreError
 from .keyword import Segmenter
-from .search import MODES, FusionSettings, QueryPlan, best_sentence, retrieve
+from .search import MODES, FusionSettings, QueryPlan, RowIndex, best_sentence, retrieve
 from .reading import Document, read_paths
 from .store import store_class
 from .store.base import DocRecord, Manifest, now
@@ -92,9 +92,20 @@ class IndexSettings:
     index_type: str = "auto"
     user_terms: tuple[str, ...] = ()  # words the keyword segmenter keeps whole
     crosslingual: bool = True  # keep the USE index for English questions (costs build time; README)
+    sentence_vectors: bool = False  # also an e5 vector per sentence: better ranking, ~2x the encoding (README)
 
 
-XL_BUILD_SHARE = 0.35  # the share of a build's encoding time the USE index takes (measured, e5 in bf16)
+USE_COST, SENTENCE_COST = 0.9, 2.0  # encoding time of the USE table and of e5 sentence vectors, per unit of e5 passages
+
+
+def _stages(**costs: float) -> dict[str, tuple[float, float]]:
+    """Each stage's [start, end) share of a build's progress, in proportion to its cost."""
+    total = sum(costs.values()) or 1.0
+    out, at = {}, 0.0
+    for name, cost in costs.items():
+        out[name] = (at / total, (at + cost) / total)
+        at += cost
+    return out
 
 
 def _part(progress: Progress, lo: float, hi: float) -> Progress:
@@ -204,12 +215,21 @@ class Engine:
             raise ModelError(f"index {self.shown} was built with model {manifest.model} (dim {manifest.dim}), "
                              f"not {enc.name} (dim {enc.dim}); use that model or rebuild the index")
 
+    def _table_settings(self) -> dict:
+        """The manifest's record of the sentence table: USE vectors, and e5 sentence vectors if asked."""
+        if self.settings.sentence_vectors and not self.settings.crosslingual:
+            raise StoreError("sentence vectors are kept in the cross-lingual sentence table: "
+                             "they cannot go with --no-crosslingual")
+        if not self.settings.crosslingual:
+            return {}
+        return {"encoder": USE_NAME, "dim": USE_DIM, **({"e5_sentences": True} if self.settings.sentence_vectors else {})}
+
     def _new_store(self):
         choose_index_type(self.settings.index_type, 0)  # validate early
         manifest = Manifest(model=self.encoder.name, dim=self.encoder.dim,
                             chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
                             keyword={"user_terms": list(self.settings.user_terms)},
-                            crosslingual={"encoder": USE_NAME, "dim": USE_DIM} if self.settings.crosslingual else {})
+                            crosslingual=self._table_settings())
         return self._store_cls(self.location, manifest)
 
     # ---------------------------------------------------------------- writes
@@ -269,7 +289,8 @@ class Engine:
     def _adopt_settings(self, manifest: Manifest) -> None:
         """Chunk new documents the way the index was built."""
         self.settings = IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type,
-                                      tuple(manifest.keyword.get("user_terms", ())), bool(manifest.crosslingual))
+                                      tuple(manifest.keyword.get("user_terms", ())), bool(manifest.crosslingual),
+                                      bool(manifest.crosslingual.get("e5_sentences")))
 
     def _upsert_all(self, store, docs: list[Document], progress: Progress) -> list[DocReport]:
         """Chunk the new and changed documents, embed them in one pass, and put them in the store.
@@ -285,13 +306,18 @@ class Engine:
         fresh = [i for i, c in enumerate(all_chunks) if c.text not in reuse]
         min_chars = self.settings.chunking.min_chars
         bodies = [passage_text(all_chunks[i], min_chars) for i in fresh]
-        xl_share = XL_BUILD_SHARE if store.manifest.crosslingual else 0.0
+        table = store.manifest.crosslingual
+        stages = _stages(e5=1.0, use=USE_COST if table else 0.0, sentences=SENTENCE_COST if table.get("e5_sentences") else 0.0)
         vectors = np.zeros((len(all_chunks), self.encoder.dim), np.float32)
-        vectors[fresh] = self.encoder.encode_documents(bodies, progress=_part(progress, 0.0, 1.0 - xl_share))
+        vectors[fresh] = self.encoder.encode_documents(bodies, progress=_part(progress, *stages["e5"]))
         xl = None
-        if store.manifest.crosslingual:
+        if table:
             new_xl = self.xl_encoder.encode_passages([all_chunks[i].text for i in fresh], bodies,
-                                                     progress=_part(progress, 1.0 - xl_share, 1.0))
+                                                     progress=_part(progress, *stages["use"]))
+            if table.get("e5_sentences"):
+                texts = [all_chunks[fresh[o]].text[a:b] for o, (a, b) in zip(new_xl.owner, new_xl.spans)]
+                dense = self.encoder.encode_documents(texts, progress=_part(progress, *stages["sentences"]))
+                new_xl.dense = dense.astype(np.float16).astype(np.float32)  # kept in float16
             position = {i: n for n, i in enumerate(fresh)}
             picks = []
             for i, c in enumerate(all_chunks):
@@ -375,7 +401,7 @@ class Engine:
         rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
         plans, translations, use_vecs = self._plans(texts, view)
         vectors = self.encoder.encode_queries(texts) if mode != "bm25" else None
-        ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, view.chunks, rows)
+        ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, RowIndex(view.chunks, view.row_of, rows))
         xl = store.cross_vectors()
         return [Result(text, self._hits(store, ranked[i], min_score, view.row_of, xl, plan.terms,
                                         None if use_vecs is None else use_vecs[i]),
@@ -448,6 +474,7 @@ class Engine:
             "keyword_backend": getattr(store, "keyword_backend", "local BM25 (bm25s)"),
             "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
                              f"{len(store.cross_vectors().owner)} sentences)") if m.crosslingual else "off",
+            "sentence_vectors": bool(m.crosslingual.get("e5_sentences")),
             "recall@10_vs_exact": store.recall_vs_exact(),  # None: exact search
         }
 

@@ -45,6 +45,7 @@ class FusionSettings:
     dense_weight: float = 1.0
     bm25_weight: float = 2.0
     candidates: int = 50
+    sentence_share: float = 0.5  # with e5 sentence vectors: cosine = 0.5·chunk + 0.5·best sentence
     use_route: bool = True
     translate: bool = True
     xl_dense_weight: float = 1.0
@@ -101,22 +102,56 @@ def use_rankings(xl: PassageVectors, query_vectors: np.ndarray, chunks: list[Chu
     return [[(float(s), chunks[r]) for s, r in zip(top_s, top_r)] for top_s, top_r in top_rows(scores, k, rows)]
 
 
+@dataclass(frozen=True)
+class RowIndex:
+    """The store's rows as the routes need them: chunks in row order, chunk id → row, and the rows
+    a document filter allows (None: all)."""
+
+    chunks: list[Chunk]
+    row_of: dict[str, int]
+    allowed: np.ndarray | None = None
+
+    @staticmethod
+    def of(store, doc_ids: set[str] | None = None) -> "RowIndex":
+        chunks = store.all_chunks()
+        allowed = None if doc_ids is None else np.array(
+            [i for i, c in enumerate(chunks) if c.doc_id in doc_ids], np.int64)
+        return RowIndex(chunks, {c.chunk_id: i for i, c in enumerate(chunks)}, allowed)
+
+
+def sentence_rescored(cosine: dict[str, float], query_vector: np.ndarray, table: PassageVectors,
+                      row_of: dict[str, int], share: float) -> dict[str, float]:
+    """(1 - share)·cos(chunk) + share·max cos(its sentences' e5 vectors), per chunk id; a chunk
+    without sentences keeps its own cosine. Long passages blur a question into their average;
+    their best sentence does not (DRCD's dense Hit@1 .780 → .915 in the research for it)."""
+    q = np.asarray(query_vector, dtype=np.float32)
+    out = {}
+    for cid, cos in cosine.items():
+        sel = table.sentences_of(row_of[cid])
+        out[cid] = (1 - share) * cos + share * float(np.max(table.dense[sel] @ q)) if sel.stop > sel.start else cos
+    return out
+
+
 def retrieve(store, query_vectors: np.ndarray | None, plans: list[QueryPlan], k: int, mode: str,
              doc_ids: set[str] | None = None, fusion: FusionSettings = FusionSettings(),
-             chunks: list[Chunk] | None = None, rows: np.ndarray | None = None) -> list[Ranked]:
-    """The k best chunks per question under `mode` (module docstring).
+             index: RowIndex | None = None) -> list[Ranked]:
+    """The k best chunks per question under `mode` (module docstring). `index` (the store's rows,
+    made from the store when not given) serves the USE route and sentence scores. One route
+    alone returns its own scores; several are fused.
 
-    `chunks` (the store's rows) and `rows` (the rows `doc_ids` allows) serve the USE route; one
-    route alone returns its own scores, several are fused by reciprocal rank.
+    Where the index keeps e5 sentence vectors, a Chinese (not cross-lingual) question's cosine for
+    each candidate becomes `sentence_rescored`, in dense mode and in hybrid alike.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     n = max(k, fusion.candidates)
+    index = index if index is not None else RowIndex.of(store, doc_ids)
+    table = store.cross_vectors()
+    by_sentence = table is not None and table.dense is not None and fusion.sentence_share > 0
     dense = store.search(query_vectors, n, doc_ids) if mode != "bm25" else [None] * len(plans)
     use_at = [i for i, p in enumerate(plans) if p.use_vector is not None and mode != "bm25"]
-    use = dict(zip(use_at, use_rankings(store.cross_vectors(), np.stack([plans[i].use_vector for i in use_at]),
-                                        chunks if chunks is not None else store.all_chunks(), n, rows)
-                   if use_at else []))
+    use = dict(zip(use_at, use_rankings(table, np.stack([plans[i].use_vector for i in use_at]), index.chunks, n,
+                                        index.allowed) if use_at else []))
     keyword = [store.keyword_search(p.terms, n, doc_ids) for p in plans] if mode != "dense" else [None] * len(plans)
     by_score = [i for i, p in enumerate(plans)
                 if mode == "hybrid" and fusion.method == "score" and not p.cross_lingual]
@@ -124,6 +159,16 @@ def retrieve(store, query_vectors: np.ndarray | None, plans: list[QueryPlan], k:
                for i in by_score}
     found = store.dense_scores(query_vectors[by_score], [missing[i] for i in by_score]) if by_score else []
     more = {i: dict(zip(missing[i], map(float, scores))) for i, scores in zip(by_score, found)}
+    if by_sentence:
+        for i, plan in enumerate(plans):
+            if dense[i] is None or plan.cross_lingual:
+                continue
+            chunk_of = {c.chunk_id: c for _, c in dense[i]}
+            scored = sentence_rescored({c.chunk_id: s for s, c in dense[i]}, query_vectors[i], table, index.row_of,
+                                       fusion.sentence_share)
+            dense[i] = sorted(((scored[cid], chunk_of[cid]) for cid in chunk_of), key=lambda sc: -sc[0])
+            if i in more:
+                more[i] = sentence_rescored(more[i], query_vectors[i], table, index.row_of, fusion.sentence_share)
     out = []
     for i, plan in enumerate(plans):
         if i in more:

@@ -68,6 +68,13 @@ def check_upsert(chunks: list[Chunk], vectors: np.ndarray, terms: list[list[str]
         raise ValueError("cross-lingual vectors are needed for every chunk exactly when the index keeps them")
 
 
+def empty_table(manifest: Manifest) -> "PassageVectors":
+    """The empty sentence table of an index that keeps one (with e5 sentence vectors if it keeps them)."""
+    from ..crosslingual import PassageVectors
+
+    return PassageVectors.empty(manifest.dim if manifest.crosslingual.get("e5_sentences") else None)
+
+
 class Store(Protocol):
     """Vectors + chunk records + manifest, updated per document, searched by vector.
 

@@ -27,7 +27,7 @@ from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from ..keyword import KeywordIndex
 from .atomic import current_generation, new_generation, writer_lock
-from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, now
+from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, empty_table, now
 
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy", "index.faiss")
 XL_FILE = "xl.npz"
@@ -104,7 +104,7 @@ class FaissStore:
         self._terms: list[list[str]] = list(terms or [[] for _ in self._chunks])
         self._keyword: KeywordIndex | None = None
         self._row_of: dict[str, int] | None = None
-        self._xl = xl if xl is not None or not manifest.crosslingual else PassageVectors.empty()
+        self._xl = xl if xl is not None or not manifest.crosslingual else empty_table(manifest)
         self.generation: str | None = None
 
     # Rows appended by upserts are joined on the next read, not on each upsert: adding 10,000
@@ -365,26 +365,22 @@ class FaissStore:
         if n and not np.all(np.isfinite(self._vectors)):
             out.append("vectors contain NaN or infinity")
         if self._xl is not None:
-            out.extend(self._xl.problems(n))
+            out.extend(self._xl.problems(n, self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
         return out
 
 
 def save_xl(path: Path, xl: PassageVectors) -> None:
-    """Cross-lingual vectors as one .npz: float16 vectors (cosine error ~1e-3), int32 rows and spans."""
-    with open(path, "wb") as fh:
-        np.savez(fh, chunks=xl.chunks.astype(np.float16), sentences=xl.sentences.astype(np.float16),
-                 owner=xl.owner.astype(np.int32), spans=xl.spans.astype(np.int32))
+    """The sentence table as one .npz (PassageVectors.to_bytes)."""
+    path.write_bytes(xl.to_bytes())
 
 
 def load_xl(path: Path, where: str) -> PassageVectors:
-    """Read what save_xl wrote (vectors back in float32); a StoreError names a missing or damaged file."""
+    """Read what save_xl wrote; a StoreError names a missing or damaged file."""
     if not path.is_file():
         raise StoreError(f"{where}: index file {path.name} is missing (the cross-lingual vectors)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return PassageVectors(z["chunks"].astype(np.float32), z["sentences"].astype(np.float32),
-                                  z["owner"].astype(np.int64), z["spans"].astype(np.int32).reshape(-1, 2))
-    except (ValueError, OSError, KeyError, EOFError) as exc:
+        return PassageVectors.from_bytes(path.read_bytes())
+    except (ValueError, OSError) as exc:
         raise StoreError(f"{where}: {path.name} is damaged ({exc})") from exc
 
 

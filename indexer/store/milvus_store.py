@@ -52,7 +52,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import logging
 import os
@@ -73,7 +72,7 @@ from ..chunking import Chunk
 from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from ..keyword import STOPWORDS, KeywordIndex, Segmenter
-from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, now
+from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, empty_table, now
 from .faiss_store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, choose_index_type
 
 DEFAULT_PORT = 19530
@@ -334,7 +333,7 @@ class MilvusStore:
         self._dim_on_server: int | None = None
         # cross-lingual vectors in row order, kept exactly when the manifest says so (as the folder index);
         # upserts are appended to _xl_tail and joined on the next read (one copy, not one per document)
-        self._xl: PassageVectors | None = PassageVectors.empty() if manifest.crosslingual else None
+        self._xl: PassageVectors | None = empty_table(manifest) if manifest.crosslingual else None
         self._xl_tail: list[PassageVectors] = []
         self._xl_problems: list[str] = []  # what loading the cross-lingual payloads found wrong
         self._keyword_state: dict = {"route": "local"}  # the BM25 route, kept with every generation
@@ -544,8 +543,8 @@ class MilvusStore:
         if torn:
             self._xl_problems.append(f"the stored cross-lingual vectors of {torn[:3]} are incomplete or damaged")
         if self._xl_problems:
-            return PassageVectors.empty()
-        whole = PassageVectors.concat(parts)
+            return empty_table(self.manifest)
+        whole = PassageVectors.concat(parts) if parts else empty_table(self.manifest)
         order_in_whole = np.array([offset[r.chunk.doc_id] + j for r, j in zip(self._rows, local)], np.int64)
         if np.array_equal(order_in_whole, np.arange(len(whole))):
             return whole
@@ -954,7 +953,7 @@ class MilvusStore:
             xl_rows = []
             for seq, doc_id in enumerate(pending_docs):
                 xl = self._pending[doc_id][2]
-                blob = _xl_encode(xl if xl is not None else PassageVectors.empty())
+                blob = _xl_encode(xl if xl is not None else empty_table(self.manifest))
                 pieces = [blob[i:i + XL_PIECE] for i in range(0, len(blob), XL_PIECE)]
                 xl_rows += [{"doc_id": doc_id, "gen": gen, "seq": seq, "part": part, "parts": len(pieces),
                              "body": piece, "vec": DUMMY} for part, piece in enumerate(pieces)]
@@ -1055,7 +1054,8 @@ class MilvusStore:
             out.append("the index uses the server's BM25 but its chunk collection has no BM25 field")
         out.extend(self._xl_problems)
         if self._xl is not None and not self._xl_problems:
-            out.extend(self.cross_vectors().problems(len(self._rows)))
+            out.extend(self.cross_vectors().problems(
+                len(self._rows), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
         return out
 
 
@@ -1217,21 +1217,15 @@ def _insert(client, name: str, rows: list[dict], batch: int = INSERT_BATCH) -> l
 
 
 def _xl_encode(xl: PassageVectors) -> str:
-    """A document's cross-lingual vectors as text: the .npz the folder index writes (float16 vectors,
-    int32 owners and spans), base64."""
-    buf = io.BytesIO()
-    np.savez(buf, chunks=xl.chunks.astype(np.float16), sentences=xl.sentences.astype(np.float16),
-             owner=xl.owner.astype(np.int32), spans=xl.spans.astype(np.int32))
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    """A document's sentence table as text: the .npz the folder index writes (PassageVectors.to_bytes), base64."""
+    return base64.b64encode(xl.to_bytes()).decode("ascii")
 
 
 def _xl_decode(text: str) -> PassageVectors:
     """What _xl_encode wrote, vectors back in float32; a ValueError when damaged."""
     try:
-        with np.load(io.BytesIO(base64.b64decode(text, validate=True)), allow_pickle=False) as z:
-            return PassageVectors(z["chunks"].astype(np.float32), z["sentences"].astype(np.float32),
-                                  z["owner"].astype(np.int64), z["spans"].astype(np.int32).reshape(-1, 2))
-    except (binascii.Error, OSError, KeyError, EOFError, ValueError) as exc:
+        return PassageVectors.from_bytes(base64.b64decode(text, validate=True))
+    except (binascii.Error, ValueError) as exc:
         raise ValueError(str(exc)) from None
 
 
