@@ -188,22 +188,6 @@ def bench_milvus(uri: str, xb, xq, gt, n_latency: int, server: MilvusServer | No
     return rows, facts
 
 
-class _SameQueries:
-    """An encoder that encodes each list of questions once: every store is asked the same vectors."""
-
-    def __init__(self, encoder) -> None:
-        self._encoder, self._cache = encoder, {}
-
-    def __getattr__(self, name):
-        return getattr(self._encoder, name)
-
-    def encode_queries(self, texts):
-        key = tuple(texts)
-        if key not in self._cache:
-            self._cache[key] = self._encoder.encode_queries(list(texts))
-        return self._cache[key]
-
-
 def bench_bm25_routes(names: list[str], workdir: Path, modes=("hybrid", "bm25")) -> list[dict]:
     """Evaluation figures of the folder index and of milvus-lite with either BM25 route (module docstring)."""
     from indexer.embedding import Encoder
@@ -211,9 +195,9 @@ def bench_bm25_routes(names: list[str], workdir: Path, modes=("hybrid", "bm25"))
     from indexer.evaluation import evaluate, read_labelled
     from indexer.store.milvus_store import BM25_ENV
 
-    from .milvus_server import copy_into
+    from .milvus_server import SameQueries, copy_into
 
-    encoder = _SameQueries(Encoder())
+    encoder = SameQueries(Encoder())
     stores: dict[str, dict[str, str]] = {}
     for corpus in dict.fromkeys(EVAL_SETS[n][0] for n in names):
         paths, xl = CORPORA[corpus]

@@ -1,5 +1,6 @@
-"""One embedded Milvus server on 127.0.0.1, started and stopped for the tests and the bench; and
-`copy_into`, which puts a folder index into a Milvus location without embedding again.
+"""One embedded Milvus server on 127.0.0.1, started and stopped for the tests and the bench; with
+`copy_into`, which puts a folder index into a Milvus location without embedding again, and
+`SameQueries`, an encoder that encodes each list of questions once.
 
 The PyPI package `milvus` (2.3.5) ships `milvus-server --data DIR`: the real server with etcd
 inside. Its client port (19530) and several others (etcd 2379/2380, metrics and health 9091) are
@@ -210,3 +211,21 @@ def copy_into(folder: Path, location: str):
                    None if xl is None else xl.take(rows))
     dst.save()
     return dst
+
+
+class SameQueries:
+    """An encoder that remembers query vectors: every store compared is asked exactly the same vectors,
+    and each set's questions are encoded once."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+        self._cache: dict[tuple[str, ...], object] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_queries(self, texts):
+        key = tuple(texts)
+        if key not in self._cache:
+            self._cache[key] = self._encoder.encode_queries(list(texts))
+        return self._cache[key]
