@@ -325,3 +325,47 @@ def section_backends(names: list[str], n_latency: int = 200, n_throughput: int =
                          and max(drops) <= 1.0 and r["throughput_vs_torch"] >= 1.0)
     return {"threads": threads, "sentences": len(sentences), "throughput_sentences": len(many), "latency_queries": len(qs),
             "speech_chunks": len(chunks), "rows": rows}
+
+
+# ------------------------------------------------------------------------------ routes
+
+
+def section_routes(n_rounds: int = 3, log=print) -> dict:
+    """One English question at a time on the speech index, per route set, interleaved so the
+    machine's load falls on all alike: e5 alone, + USE, + translated BM25, the default (all);
+    and Chinese questions on the default route for comparison. p50/p95 ms of Engine.search."""
+    _quiet_hf()
+    from dataclasses import replace
+
+    from indexer.engine import Engine
+    from indexer.search import FusionSettings
+
+    en = [x.query for x in labelled("en")]
+    zh = [x.query for x in labelled("zh")]
+    configs = {"e5 alone (dense, --no-use)": ("dense", dict(use_route=False, translate=False)),
+               "e5 + USE (dense)": ("dense", dict(use_route=True, translate=False)),
+               "e5 + translated BM25 (hybrid --no-use)": ("hybrid", dict(use_route=False, translate=True)),
+               "default: e5 + USE + translated BM25": ("hybrid", {})}
+    with tempfile.TemporaryDirectory(prefix="bench-routes-") as tmp:
+        engine = Engine(Path(tmp) / "speech")
+        engine.build([SPEECH])
+        for q in en[:5] + zh[:5]:  # warm: models, translator, keyword index
+            engine.search(q, k=10)
+        times = {name: [] for name in [*configs, "Chinese questions, default (hybrid)"]}
+        for _ in range(n_rounds):
+            for i, q in enumerate(en):
+                for name, (mode, switches) in configs.items():
+                    engine.fusion = replace(FusionSettings(), **switches)
+                    t = time.perf_counter()
+                    engine.search(q, k=10, mode=mode)
+                    times[name].append(time.perf_counter() - t)
+                engine.fusion = FusionSettings()
+                t = time.perf_counter()
+                engine.search(zh[i % len(zh)], k=10)
+                times["Chinese questions, default (hybrid)"].append(time.perf_counter() - t)
+    rows = [{"route": name, "p50_ms": ms(pct(v, 50)), "p95_ms": ms(pct(v, 95)), "n": len(v)} for name, v in times.items()]
+    base = rows[0]["p50_ms"]
+    for r in rows:
+        r["vs_e5_alone"] = round(r["p50_ms"] / base, 2)
+    log(f"  routes: {rows}")
+    return {"questions": len(en), "rounds": n_rounds, "rows": rows}

