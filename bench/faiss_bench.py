@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from .common import ms, pct, rss_mb
+from indexer.store.faiss_store import IVF_NPROBE
 
 D = 384
 K = 10
@@ -220,7 +221,7 @@ def bench_size(n: int, seed: int = 0, kinds: tuple[str, ...] | None = None, quer
             continue
         ix, secs, mem = _build(ivf(kind), xb, train_on=sample)
         secs += km_secs
-        for nprobe in sorted(set(NPROBE + (max(1, nlist // 16),))):
+        for nprobe in sorted(set(NPROBE + (min(nlist, IVF_NPROBE),))):  # the store's default is among them
             ix.nprobe = nprobe
             row(kind, f"nlist={nlist} nprobe={nprobe}", ix, secs, mem, gt=gt)
         del ix
