@@ -66,6 +66,17 @@ def _pooling_mode(model_path: Path) -> str:
     return "mean"
 
 
+def _pooled(hidden, attention_mask, pooling: str):
+    """Sentence vectors from token states (torch tensors): the first token's ("cls") or the mean over
+    the unmasked tokens, L2-normalised. The torch backend and the ONNX export use this one function."""
+    if pooling == "cls":
+        vecs = hidden[:, 0]
+    else:
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        vecs = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return vecs / vecs.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
 def _max_tokens(model_path: Path, tokenizer) -> int:
     st = _read_json(model_path / "sentence_bert_config.json").get("max_seq_length")
     hf = _read_json(model_path / "config.json")
@@ -78,8 +89,68 @@ def _max_tokens(model_path: Path, tokenizer) -> int:
 # ------------------------------------------------------------------------------ torch
 
 
-class TorchBackend:
-    """sentence-transformers, weights in float32 ("torch") or bfloat16 ("bf16")."""
+class _Batched:
+    """What both backends share: tokenise with the prompt, sort longest first, and run batches padded
+    to their own longest text rounded up to `pad_multiple` tokens; `_forward(ids, mask)` returns
+    the batch's L2-normalised float32 vectors."""
+
+    pad_multiple = 1
+    tokenizer = None
+    dim = 0
+    max_tokens = 512
+    pad_id = 1
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        width = max(len(r) for r in rows)
+        width = min(-(-width // self.pad_multiple) * self.pad_multiple, max(width, self.max_tokens))
+        ids = np.full((len(rows), width), self.pad_id, np.int64)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        return self._forward(ids, mask)
+
+    def encode(self, texts: list[str], prompt: str = "", *, batch_size: int = 32,
+               progress: Progress = False) -> np.ndarray:
+        """Vectors of `prompt + text` for each text, float32 [n, dim], L2-normalised. `progress`: True
+        for a console bar, or a callback given the fraction done."""
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        enc = self.tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
+                             max_length=self.max_tokens)["input_ids"]
+        order = np.argsort([-len(r) for r in enc], kind="stable")
+        bar = None
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc="Batches", unit="text")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            out[rows] = self._run([enc[i] for i in rows])
+            if callable(progress):
+                progress(min(1.0, (start + len(rows)) / len(texts)))
+            elif bar is not None:
+                bar.update(len(rows))
+        if bar is not None:
+            bar.close()
+        return out
+
+
+class TorchBackend(_Batched):
+    """The sentence-transformers folder run by torch, weights in float32 ("torch") or bfloat16 ("bf16").
+
+    The transformer runs directly (pooling as the folder's 1_Pooling says, normalised in float32)
+    on batches padded to a multiple of 32 tokens: oneDNN keeps about 27 MB of compiled kernels per
+    input shape it has seen, and sentence-transformers' own encode, which pads to the batch's
+    longest text, gave a 10,000-paragraph bf16 build a peak of 5 GB; 32-token steps bound the
+    shapes at 16 per batch size.
+    """
+
+    pad_multiple = 32
 
     def __init__(self, model_path: str | Path, backend: str = "torch", *, device: str = "cpu",
                  threads: int | None = None) -> None:
@@ -95,16 +166,19 @@ class TorchBackend:
         self.prompts = dict(self.model.prompts)
         self.dim = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        self.pooling = _pooling_mode(Path(model_path)) if Path(model_path).is_dir() else "mean"
+        self._transformer = self.model[0].auto_model
+        self._device = device
 
-    def encode(self, texts: list[str], prompt: str = "", *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        vecs = self.model.encode(list(texts), prompt=prompt or None, batch_size=batch_size, convert_to_numpy=True,
-                                 normalize_embeddings=True, show_progress_bar=bool(progress))
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-        if self.name == "bf16":  # normalised in bf16: norms are off by ~1e-3; redo it in float32
-            vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return vecs
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            ids_t = torch.from_numpy(ids).to(self._device)
+            mask_t = torch.from_numpy(mask).to(self._device)
+            hidden = self._transformer(input_ids=ids_t, attention_mask=mask_t).last_hidden_state.float()
+            return _pooled(hidden, mask_t, self.pooling).cpu().numpy()
 
 
 # ------------------------------------------------------------------------------ onnx
@@ -138,13 +212,8 @@ def _export(model_path: Path, out: Path, int8: bool) -> None:
             self.inner = inner
 
         def forward(self, input_ids, attention_mask):
-            h = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            if pooling == "cls":
-                v = h[:, 0]
-            else:
-                m = attention_mask.unsqueeze(-1).to(h.dtype)
-                v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+            return _pooled(self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                           attention_mask, pooling)
 
     ids = torch.tensor([[0, 100, 200, 300, 2], [0, 400, 2, 1, 1]], dtype=torch.long)
     mask = (ids != 1).long()
@@ -204,7 +273,7 @@ def ensure_onnx(model_path: str | Path, *, int8: bool = False) -> Path:
     return final
 
 
-class OnnxBackend:
+class OnnxBackend(_Batched):
     """onnxruntime on the exported graph: fp32 ("onnx") or dynamically quantised int8 ("onnx-int8")."""
 
     def __init__(self, model_path: str | Path, backend: str = "onnx", *, threads: int | None = None) -> None:
@@ -229,43 +298,12 @@ class OnnxBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.prompts = model_prompts(model_path)
         self.max_tokens = _max_tokens(model_path, self.tokenizer)
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.dim = int(self.session.get_outputs()[0].shape[-1] if isinstance(self.session.get_outputs()[0].shape[-1], int)
                        else self._run([[self.tokenizer.cls_token_id or 0, self.tokenizer.sep_token_id or 2]]).shape[1])
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
 
-    def _run(self, rows: list[list[int]]) -> np.ndarray:
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), getattr(self, "pad_id", 1), np.int64)
-        mask = np.zeros((len(rows), width), np.int64)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-            mask[i, :len(r)] = 1
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-
-    def encode(self, texts: list[str], prompt: str = "", *, batch_size: int = 32,
-               progress: Progress = False) -> np.ndarray:
-        """Longest texts first, in batches padded to their own longest text (as sentence-transformers does)."""
-        out = np.zeros((len(texts), self.dim), np.float32)
-        if not texts:
-            return out
-        enc = self.tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=True,
-                             max_length=self.max_tokens)["input_ids"]
-        order = np.argsort([-len(r) for r in enc], kind="stable")
-        bar = None
-        if progress is True:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(texts), desc="Batches", unit="text")
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            out[rows] = self._run([enc[i] for i in rows])
-            if callable(progress):
-                progress(min(1.0, (start + len(rows)) / len(texts)))
-            elif bar is not None:
-                bar.update(len(rows))
-        if bar is not None:
-            bar.close()
-        return out
 
 
 # ------------------------------------------------------------------------------ choosing
