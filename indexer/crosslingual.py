@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import itertools
+import os
 import re
 import threading
 import zipfile
@@ -86,15 +87,21 @@ class USEEncoder:
     float32 and L2-normalised, so inner product is cosine. `threads` caps numpy's BLAS threads;
     one is the default: the matrices are small, and OpenBLAS's spinning threads collapse when the
     machine has other work (200 passages: 3.0 s on one thread, 27 s on two at load 2.7; 1.35x
-    faster on two when idle).
+    faster on two when idle). Many texts (an index build) are instead cut into parts of
+    `part_size` that `workers` Python threads encode side by side, each on one BLAS thread: numpy
+    releases the GIL in the matrix products, the threads never wait on each other, and 600
+    paragraphs took 2.1 s on two workers against 3.8 s on one (1.85x; same vectors to 4e-7).
     """
 
     name = USE_NAME
     dim = USE_DIM
 
-    def __init__(self, *, threads: int = 1, batch_size: int = 256) -> None:
+    def __init__(self, *, threads: int = 1, batch_size: int = 256, workers: int | None = None,
+                 part_size: int = 64) -> None:
         self.threads = threads
         self.batch_size = batch_size
+        self.workers = workers if workers is not None else _cores()
+        self.part_size = part_size
         self._lock = threading.Lock()  # one encode at a time: the BLAS thread limit is process-wide
         self._model = _load_use(1)
 
@@ -138,11 +145,38 @@ class USEEncoder:
     def _encode(self, texts: list[str], threads: int) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        texts = [t if t.strip() else " " for t in texts]
         with self._lock:
             self._model.threads = threads  # the shared model reads its BLAS limit at each call
-            vecs = np.asarray(self._model.encode([t if t.strip() else " " for t in texts]), dtype=np.float32)
+            if self.workers > 1 and len(texts) > self.part_size and hasattr(self._model, "_encode"):
+                vecs = self._side_by_side(texts)
+            else:
+                vecs = np.asarray(self._model.encode(texts), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return np.ascontiguousarray(vecs / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    def _side_by_side(self, texts: list[str]) -> np.ndarray:
+        """`texts` in parts of `part_size` on `workers` threads, one BLAS thread each. The model's
+        own `encode` sets and restores the process-wide BLAS limit around each call, which threads
+        running at once would undo for each other; so the limit is held here, around all of them,
+        and the workers call the forward pass under it."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        parts = [texts[i:i + self.part_size] for i in range(0, len(texts), self.part_size)]
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(self.workers) as pool:
+            return np.concatenate([np.asarray(v, dtype=np.float32) for v in pool.map(self._model._encode, parts)])
+
+
+def _cores() -> int:
+    """CPU cores this process may run on, capped by OMP_NUM_THREADS when that is set."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cores, int(cap))) if cap.isdigit() else cores
 
 
 SENTENCE_WEIGHT = 0.5  # measured: 0.5·chunk + 0.5·best sentence beats either alone (README-crosslingual.md)

@@ -132,6 +132,17 @@ def test_use_vectors_are_normalised_float32(use):
     assert use.encode_documents([]).shape == (0, USE_DIM)
 
 
+def test_side_by_side_encoding_gives_the_serial_vectors(use):
+    """A build cuts many texts into parts on several threads; the vectors are the serial ones, in order."""
+    text = SPEECH.read_text(encoding="utf-8")
+    sentences = [text[a:b] for a, b in sentence_spans(text)]
+    assert len(sentences) > 60
+    serial = USEEncoder(workers=1).encode_documents(sentences)
+    parallel = USEEncoder(workers=2, part_size=8).encode_documents(sentences)
+    assert parallel.shape == serial.shape
+    assert np.abs(parallel - serial).max() < 1e-5
+
+
 @pytest.mark.parametrize("english, translation, unrelated", [
     ("How do private schools set up Party organisations?", "民办学校如何建立党组织？", "今天天气很好，我们去公园散步。"),
     ("The weather is nice today, let's go for a walk in the park.", "今天天气很好，我们去公园散步。",
