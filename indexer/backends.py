@@ -325,20 +325,21 @@ def onnx_available() -> bool:
 
 
 def plan(model_path: str | Path, backend: str = "auto", device: str = "cpu") -> tuple[str, str]:
-    """(query backend, document backend) for a setting: one of BACKENDS for both sides, or "auto".
+    """(query backend, document backend) for a setting: "auto", one of BACKENDS for both sides, or
+    "QUESTIONS,DOCUMENTS" with each side "auto" or one of BACKENDS (e.g. "onnx-int8,auto").
 
     auto: ONNX fp32 for questions where it can run (a local folder, onnxruntime installed, the CPU);
     for documents bf16 on a CPU with native bf16, else the same as questions. A hub id, a GPU or a
     missing onnxruntime falls back to torch.
     """
-    if backend != "auto":
-        if backend not in BACKENDS:
-            raise BackendError(f"unknown encoder backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
-        return backend, backend
+    sides = [part.strip() for part in backend.split(",")] if "," in backend else [backend, backend]
+    if len(sides) != 2 or any(side != "auto" and side not in BACKENDS for side in sides):
+        raise BackendError(f"unknown encoder backend {backend!r}; choose auto, one of {', '.join(BACKENDS)}, "
+                           "or QUESTIONS,DOCUMENTS (e.g. onnx-int8,auto)")
     onnx_ok = device == "cpu" and Path(model_path).is_dir() and onnx_available()
     query = "onnx" if onnx_ok else "torch"
     docs = "bf16" if device == "cpu" and native_bf16() else query
-    return query, docs
+    return (query if sides[0] == "auto" else sides[0]), (docs if sides[1] == "auto" else sides[1])
 
 
 # ------------------------------------------------------------------------------ entry point

@@ -104,3 +104,16 @@ def test_private_school_question_ranks_minban_paragraph_first(encoder, speech_te
     q = encoder.encode_queries(["私立学校怎样建立党组织？"])[0]
     best = paragraphs[int(np.argmax(vecs @ q))]
     assert "民办学校" in best and best.startswith("市教育局党组继续贯彻")
+
+
+def test_backend_setting_per_side(encoder):
+    """`INDEXER_BACKEND` names one backend for both sides, or QUESTIONS,DOCUMENTS; a wrong one is refused."""
+    from indexer.backends import BackendError, plan
+
+    auto = plan(encoder.model_path, "auto")
+    assert plan(encoder.model_path, "onnx") == ("onnx", "onnx")
+    assert plan(encoder.model_path, "onnx-int8,auto") == ("onnx-int8", auto[1])
+    assert plan(encoder.model_path, "auto, torch") == (auto[0], "torch")
+    for wrong in ("fast", "onnx,", "onnx,bf16,torch"):
+        with pytest.raises(BackendError, match="unknown encoder backend"):
+            plan(encoder.model_path, wrong)
