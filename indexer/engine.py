@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Union
@@ -171,6 +172,7 @@ class Engine:
         self._segmenter: Segmenter | None = None
         self._xl_encoder: USEEncoder | None = None
         self._view: _StoreView | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.fusion = FusionSettings()
         self.reused = 0  # chunks the last update took over from the old version instead of embedding
 
@@ -188,6 +190,15 @@ class Engine:
         if self._xl_encoder is None:
             self._xl_encoder = USEEncoder()
         return self._xl_encoder
+
+    def _encoding_pool(self) -> ThreadPoolExecutor:
+        """Threads that encode questions with e5 while the calling thread does the rest of the
+        question's work (keywords, translation, the USE vector): onnxruntime and numpy release the
+        GIL, so the two overlap on two cores."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="indexer-encode")
+            return self._pool
 
     @property
     def segmenter(self) -> Segmenter:
@@ -399,8 +410,9 @@ class Engine:
         self.check_model(store.manifest)
         allowed = self._doc_filter(store, docs)
         rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
-        plans, translations, use_vecs = self._plans(texts, view)
-        vectors = self.encoder.encode_queries(texts) if mode != "bm25" else None
+        encoding = self._encoding_pool().submit(self.encoder.encode_queries, texts) if mode != "bm25" else None
+        plans, translations, use_vecs = self._plans(texts, view)  # meanwhile: keywords, USE vectors
+        vectors = encoding.result() if encoding is not None else None
         ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, RowIndex(view.chunks, view.row_of, rows))
         xl = store.cross_vectors()
         return [Result(text, self._hits(store, ranked[i], min_score, view.row_of, xl, plan.terms,
