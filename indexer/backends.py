@@ -98,7 +98,10 @@ class _Batched:
     tokenizer = None
     dim = 0
     max_tokens = 512
-    pad_id = 1
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -166,7 +169,6 @@ class TorchBackend(_Batched):
         self.prompts = dict(self.model.prompts)
         self.dim = int(self.model.get_embedding_dimension())
         self.max_tokens = int(self.model.max_seq_length)
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.pooling = _pooling_mode(Path(model_path)) if Path(model_path).is_dir() else "mean"
         self._transformer = self.model[0].auto_model
         self._device = device
@@ -298,7 +300,6 @@ class OnnxBackend(_Batched):
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         self.prompts = model_prompts(model_path)
         self.max_tokens = _max_tokens(model_path, self.tokenizer)
-        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.dim = int(self.session.get_outputs()[0].shape[-1] if isinstance(self.session.get_outputs()[0].shape[-1], int)
                        else self._run([[self.tokenizer.cls_token_id or 0, self.tokenizer.sep_token_id or 2]]).shape[1])
 

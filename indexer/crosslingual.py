@@ -107,18 +107,17 @@ class USEEncoder:
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Query vectors, float32 [n, 512], L2-normalised."""
-        texts = list(texts)
-        return self._encode(texts, self.threads)
+        return self._encode(list(texts))
 
     def encode_documents(self, texts: list[str], *, progress: bool | Callable[[float], None] = False) -> np.ndarray:
         """Passage vectors, float32 [n, 512]. `progress`: a callback given the fraction done (a bool
         is accepted for symmetry with Encoder; no console bar is drawn)."""
         texts = list(texts)
         if not callable(progress) or not texts:
-            return self._encode(texts, self.threads)
+            return self._encode(texts)
         out = np.zeros((len(texts), self.dim), np.float32)
         for start in range(0, len(texts), self.batch_size):
-            out[start:start + self.batch_size] = self._encode(texts[start:start + self.batch_size], self.threads)
+            out[start:start + self.batch_size] = self._encode(texts[start:start + self.batch_size])
             progress(min(1.0, (start + self.batch_size) / len(texts)))
         return out
 
@@ -142,12 +141,12 @@ class USEEncoder:
         half = lambda v: v.astype(np.float16).astype(np.float32)  # noqa: E731 - stores keep float16
         return PassageVectors(half(chunks), half(sents), owner, np.asarray(flat, dtype=np.int32).reshape(-1, 2))
 
-    def _encode(self, texts: list[str], threads: int) -> np.ndarray:
+    def _encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         texts = [t if t.strip() else " " for t in texts]
         with self._lock:
-            self._model.threads = threads  # the shared model reads its BLAS limit at each call
+            self._model.threads = self.threads  # the shared model reads its BLAS limit at each call
             if self.workers > 1 and len(texts) > self.part_size and hasattr(self._model, "_encode"):
                 vecs = self._side_by_side(texts)
             else:

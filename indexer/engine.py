@@ -330,13 +330,8 @@ class Engine:
                 dense = self.encoder.encode_documents(texts, progress=_part(progress, *stages["sentences"]))
                 new_xl.dense = dense.astype(np.float16).astype(np.float32)  # kept in float16
             position = {i: n for n, i in enumerate(fresh)}
-            picks = []
-            for i, c in enumerate(all_chunks):
-                if i in position:
-                    picks.append((new_xl, position[i]))
-                else:
-                    picks.append(reuse[c.text][1])
-            xl = new_xl if len(fresh) == len(all_chunks) else PassageVectors.gather(picks)
+            xl = new_xl if len(fresh) == len(all_chunks) else PassageVectors.gather(
+                [(new_xl, position[i]) if i in position else reuse[c.text][1] for i, c in enumerate(all_chunks)])
         for i, c in enumerate(all_chunks):
             if c.text in reuse:
                 vectors[i] = reuse[c.text][0]

@@ -155,8 +155,8 @@ def retrieve(store, query_vectors: np.ndarray | None, plans: list[QueryPlan], k:
     keyword = [store.keyword_search(p.terms, n, doc_ids) for p in plans] if mode != "dense" else [None] * len(plans)
     by_score = [i for i, p in enumerate(plans)
                 if mode == "hybrid" and fusion.method == "score" and not p.cross_lingual]
-    missing = {i: [c.chunk_id for _, c in keyword[i] if c.chunk_id not in {d.chunk_id for _, d in dense[i]}]
-               for i in by_score}
+    seen = {i: {c.chunk_id for _, c in dense[i]} for i in by_score}
+    missing = {i: [c.chunk_id for _, c in keyword[i] if c.chunk_id not in seen[i]] for i in by_score}
     found = store.dense_scores(query_vectors[by_score], [missing[i] for i in by_score]) if by_score else []
     more = {i: dict(zip(missing[i], map(float, scores))) for i, scores in zip(by_score, found)}
     if by_sentence:
