@@ -1,14 +1,20 @@
-"""Files → documents: decode text files, split JSON Lines, extract .docx and .pdf text."""
+"""Files → documents: decode text files, split JSON Lines, extract office files, tables, slides,
+web pages and PDFs (OCR for scanned pages and images), each with the metadata people filter on.
+
+The other formats' readers live in indexer/formats.py (tables, slides, HTML, LibreOffice) and
+indexer/ocr.py (RapidOCR).
+"""
 from __future__ import annotations
 
 import codecs
+import datetime as dt
 import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .errors import IndexerError
@@ -20,7 +26,14 @@ if TYPE_CHECKING:
 MAX_DOC_MB_ENV = "INDEXER_MAX_DOC_MB"
 DEFAULT_MAX_DOC_MB = 20  # embedding 20 MB of Chinese takes about an hour on 2 cores
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".text"})
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".docx", ".pdf"}
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+HTML_SUFFIXES = frozenset({".html", ".htm"})
+# read by LibreOffice into .docx/.xlsx/.pptx first (indexer/formats.py LIBREOFFICE_TARGETS)
+LIBREOFFICE_SUFFIXES = frozenset({".doc", ".wps", ".rtf", ".odt", ".xls", ".et", ".ods", ".ppt", ".dps", ".odp"})
+SUPPORTED_SUFFIXES = (
+    TEXT_SUFFIXES | IMAGE_SUFFIXES | HTML_SUFFIXES | LIBREOFFICE_SUFFIXES
+    | {".jsonl", ".docx", ".pdf", ".xlsx", ".csv", ".pptx"}
+)
 
 # Byte-order marks, longest first: the UTF-32 LE mark starts with the UTF-16 LE one.
 _BOMS: tuple[tuple[bytes, str, str], ...] = (
@@ -73,27 +86,103 @@ class Document:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class SourceFile:
+    """One file to read, with the id its document takes (its path relative to the common root)."""
+
+    path: Path
+    doc_id: str
+    size: int  # bytes
+    folder: str = ""  # its folder relative to the folder the user gave (posix; "" at the top level)
+
+
+@dataclass(frozen=True)
+class _Extract:
+    """What a format reader got out of a file."""
+
+    text: str
+    title: str  # the title the file declares, "" if none
+    reader: str  # what read it, e.g. "python-docx", "pypdf + rapidocr (2 of 5 pages)"
+    encoding: str | None = None
+
+
 # ---------------------------------------------------------------------------- public API
 
 
-def read_paths(paths: Iterable[str | Path], *, skip_bad_lines: bool = False) -> list[Document]:
-    """Read files and folders (recursively) into documents with ids relative to their common root."""
-    files = _collect_files([Path(p) for p in paths])
-    root = _common_root(files)
-    docs = [
-        doc for file in files for doc in _read_file(file, _relative_id(file, root), skip_bad_lines=skip_bad_lines)
+def plan_files(paths: Iterable[str | Path]) -> list[SourceFile]:
+    """The files of these paths (folders recursively, sorted), with their ids, sizes and folders."""
+    found = _collect_files([Path(p) for p in paths])
+    root = _common_root([file for file, _ in found])
+    return [
+        SourceFile(file, _relative_id(file, root), _size(file), _folder(file, base)) for file, base in found
     ]
-    _check_unique_ids(docs)
-    return docs
 
 
-def read_file(path: Path, *, skip_bad_lines: bool = False) -> list[Document]:
+def iter_documents(
+    files: list[SourceFile], *, skip_bad_lines: bool = False, ocr: bool = True
+) -> Iterator[tuple[SourceFile, list[Document] | ReadError]]:
+    """Each file's documents, in order, or the ReadError saying why not (one line naming the file).
+
+    One bad file never stops the others. Files LibreOffice converts are converted in batches
+    (one soffice start for up to LIBREOFFICE_BATCH of them), when the first of them comes up.
+    """
+    converted: dict[Path, bytes | ReadError] = {}
+    first_source: dict[str, str] = {}
+    for index, file in enumerate(files):
+        try:
+            if _needs_libreoffice(file.path) and file.path not in converted:
+                converted.update(_convert_ahead(files[index:]))
+            docs = _read_source(file, converted.pop(file.path, None), skip_bad_lines=skip_bad_lines, ocr=ocr)
+            _check_unique_ids(docs, first_source)
+        except ReadError as error:
+            yield file, error
+        except Exception as error:  # noqa: BLE001 - a library's own failure on a damaged file: one line
+            yield file, ReadError(f"{file.path}: cannot read ({type(error).__name__}: {_one_line(error)})")
+        else:
+            first_source.update((doc.doc_id, doc.source) for doc in docs)
+            yield file, docs
+
+
+def read_paths(paths: Iterable[str | Path], *, skip_bad_lines: bool = False, ocr: bool = True) -> list[Document]:
+    """Read files and folders (recursively) into documents; the first unreadable file raises."""
+    return _all_or_raise(iter_documents(plan_files(paths), skip_bad_lines=skip_bad_lines, ocr=ocr))
+
+
+def read_file(path: Path, *, skip_bad_lines: bool = False, ocr: bool = True) -> list[Document]:
     """Read one file; a .jsonl file gives one document per line, other files give one."""
     path = Path(path)
     _require_file(path)
-    docs = _read_file(path, path.name, skip_bad_lines=skip_bad_lines)
-    _check_unique_ids(docs)
-    return docs
+    file = SourceFile(path, path.name, _size(path))
+    return _all_or_raise(iter_documents([file], skip_bad_lines=skip_bad_lines, ocr=ocr))
+
+
+def read_upload(name: str, data: bytes, *, ocr: bool = True) -> list[Document]:
+    """An uploaded file (its name as the browser sent it, its bytes), read like a file on disk.
+
+    Only the name's last part is kept; an empty or hidden name, or an unsupported suffix, is a
+    ReadError. Documents get source "upload:<name>", and errors name the upload, not a temp path.
+    """
+    import tempfile
+
+    clean = upload_name(name)
+    with tempfile.TemporaryDirectory(prefix="indexer-upload-") as tmp:
+        path = Path(tmp, clean)
+        path.write_bytes(data)
+        try:
+            docs = read_file(path, ocr=ocr)
+        except ReadError as error:
+            raise ReadError(str(error).replace(str(path), clean)) from error
+    return [replace(doc, source=f"upload:{clean}") for doc in docs]
+
+
+def upload_name(name: str) -> str:
+    """The base name of an uploaded file, or a ReadError if it cannot name a readable file."""
+    clean = PurePosixPath(str(name or "").replace("\\", "/")).name.strip()
+    if not clean or clean.startswith("."):
+        raise ReadError(f"{name!r}: not a usable file name (empty or hidden)")
+    if PurePosixPath(clean).suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise ReadError(f"{clean}: not a supported file type (use {', '.join(sorted(SUPPORTED_SUFFIXES))})")
+    return clean
 
 
 def decode_bytes(data: bytes, name: str) -> tuple[str, str]:
@@ -111,20 +200,25 @@ def normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def max_document_bytes() -> int:
+    """The largest file read as documents: $INDEXER_MAX_DOC_MB megabytes (default 20)."""
+    return int(float(os.environ.get(MAX_DOC_MB_ENV, DEFAULT_MAX_DOC_MB)) * 1_000_000)
+
+
 # ---------------------------------------------------------------------------- finding files
 
 
-def _collect_files(paths: list[Path]) -> list[Path]:
-    """Expand the given paths into files, without repeats; a file given by name is always read."""
+def _collect_files(paths: list[Path]) -> list[tuple[Path, Path | None]]:
+    """Expand the given paths into (file, the folder it was found under or None), without repeats."""
     if not paths:
         raise ReadError("no input paths given")
     seen: set[Path] = set()
-    files: list[Path] = []
+    files: list[tuple[Path, Path | None]] = []
     for path in paths:
-        for file in [path] if _require_file_or_dir(path) else _walk(path):
+        for file, base in [(path, None)] if _require_file_or_dir(path) else ((f, path) for f in _walk(path)):
             if file.resolve() not in seen:
                 seen.add(file.resolve())
-                files.append(file)
+                files.append((file, base))
     return files
 
 
@@ -174,52 +268,146 @@ def _relative_id(file: Path, root: Path) -> str:
     return Path(os.path.abspath(file)).relative_to(root).as_posix()
 
 
-def _check_unique_ids(docs: list[Document]) -> None:
-    """Raise ReadError naming both sources if two documents share an id."""
-    first_source: dict[str, str] = {}
+def _folder(file: Path, base: Path | None) -> str:
+    """The file's folder relative to the folder it was found under ("" for a file given by name)."""
+    if base is None:
+        return ""
+    folder = file.parent.relative_to(base).as_posix()
+    return "" if folder == "." else folder
+
+
+def _size(path: Path) -> int:
+    """The file's size in bytes (0 if it cannot be stat'ed: reading it will say why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _check_unique_ids(docs: list[Document], first_source: dict[str, str]) -> None:
+    """Raise ReadError naming both sources if a document's id was seen before (or twice here)."""
+    seen = dict(first_source)
     for doc in docs:
-        if doc.doc_id in first_source:
-            raise ReadError(f"{doc.source}: duplicate id {doc.doc_id!r} (also in {first_source[doc.doc_id]})")
-        first_source[doc.doc_id] = doc.source
+        if doc.doc_id in seen:
+            raise ReadError(f"{doc.source}: duplicate id {doc.doc_id!r} (also in {seen[doc.doc_id]})")
+        seen[doc.doc_id] = doc.source
+
+
+def _all_or_raise(results: Iterator[tuple[SourceFile, list[Document] | ReadError]]) -> list[Document]:
+    """All documents, or the first ReadError raised."""
+    docs: list[Document] = []
+    for _, result in results:
+        if isinstance(result, ReadError):
+            raise result
+        docs.extend(result)
+    return docs
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(error).split())[:200]
 
 
 # ---------------------------------------------------------------------------- per format
 
 
-def _read_file(path: Path, doc_id: str, *, skip_bad_lines: bool) -> list[Document]:
-    """Dispatch on the file's extension; unknown extensions are tried as text."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path, doc_id, skip_bad_lines=skip_bad_lines)
+def _needs_libreoffice(path: Path) -> bool:
+    return path.suffix.lower() in LIBREOFFICE_SUFFIXES
+
+
+def _convert_ahead(files: list[SourceFile]) -> dict[Path, bytes | ReadError]:
+    """Convert the next files LibreOffice reads (up to a batch, within the size limit) in one go."""
+    from .formats import LIBREOFFICE_BATCH, convert_with_libreoffice
+
+    batch = [f.path for f in files if _needs_libreoffice(f.path) and f.size <= max_document_bytes()]
+    return convert_with_libreoffice(batch[:LIBREOFFICE_BATCH]) if batch else {}
+
+
+def _read_source(file: SourceFile, converted: bytes | ReadError | None, *, skip_bad_lines: bool,
+                 ocr: bool) -> list[Document]:
+    """A file's documents, each with the file's metadata under its own (JSONL fields win)."""
+    path = file.path
+    _check_size(path)
+    meta = _file_meta(file)
+    if path.suffix.lower() == ".jsonl":
+        return [replace(doc, meta={**meta, **doc.meta}) for doc in _read_jsonl(path, file.doc_id, skip_bad_lines)]
+    extract = _extract(path, converted, ocr=ocr)
+    text = normalise_newlines(extract.text)
+    _require_content(text, str(path))
+    return [Document(doc_id=file.doc_id, text=text, title=extract.title.strip() or path.stem, source=str(path),
+                     encoding=extract.encoding, meta={**meta, "reader": extract.reader})]
+
+
+def _extract(path: Path, converted: bytes | ReadError | None, *, ocr: bool) -> _Extract:
+    """Dispatch on the file's suffix; unknown suffixes are read as text."""
+    from . import formats
+
+    suffix, name = path.suffix.lower(), str(path)
+    if isinstance(converted, ReadError):
+        raise converted
+    if suffix in LIBREOFFICE_SUFFIXES:
+        inner = _extract_converted(converted, formats.libreoffice_target(path), name)
+        return replace(inner, reader=f"{formats.libreoffice_version()} + {inner.reader}")
     if suffix == ".docx":
-        return [_read_docx(path, doc_id)]
+        return _read_docx(path, name)
     if suffix == ".pdf":
-        return [_read_pdf(path, doc_id)]
-    return [_read_text(path, doc_id)]
+        return _read_pdf(path, ocr=ocr)
+    if suffix in IMAGE_SUFFIXES:
+        from .ocr import read_image
+
+        return _Extract(read_image(path, ocr=ocr), "", "rapidocr")
+    table_or_page = {".xlsx": formats.read_xlsx, ".pptx": formats.read_pptx}.get(suffix)
+    if table_or_page is not None:
+        return _Extract(*table_or_page(path, name))
+    if suffix == ".csv":
+        return _Extract(*formats.read_csv(_read_bytes(path), name))
+    if suffix in HTML_SUFFIXES:
+        return _Extract(*formats.read_html(_read_bytes(path), name))
+    text, encoding = decode_bytes(_read_bytes(path), name)
+    return _Extract(text, "", "text", encoding)
 
 
-def max_document_bytes() -> int:
-    """The largest file read as documents: $INDEXER_MAX_DOC_MB megabytes (default 20)."""
-    return int(float(os.environ.get(MAX_DOC_MB_ENV, DEFAULT_MAX_DOC_MB)) * 1_000_000)
+def _extract_converted(data: bytes | None, target: str | None, name: str) -> _Extract:
+    """A LibreOffice conversion (.docx, .xlsx or .pptx bytes) read by that format's reader."""
+    from . import formats
+
+    if data is None:  # not converted ahead: only when called outside iter_documents
+        raise ReadError(f"{name}: was not converted by LibreOffice")
+    if target == "docx":
+        return _read_docx(data, name)
+    return _Extract(*(formats.read_xlsx if target == "xlsx" else formats.read_pptx)(data, name))
+
+
+def _file_meta(file: SourceFile) -> dict:
+    """type, size, modified (UTC, ISO 8601 to the second) and folder of a file."""
+    stat = file.path.stat()
+    modified = dt.datetime.fromtimestamp(int(stat.st_mtime), dt.timezone.utc)
+    return {
+        "type": file.path.suffix.lower().lstrip("."),
+        "size": stat.st_size,
+        "modified": modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "folder": file.folder,
+    }
+
+
+def _check_size(path: Path) -> None:
+    """Raise ReadError if the file cannot be stat'ed or is over the size limit."""
+    try:
+        size, limit = path.stat().st_size, max_document_bytes()
+    except OSError as error:
+        raise ReadError(f"{path}: cannot read ({error.strerror or error})") from error
+    if size > limit:
+        raise ReadError(f"{path}: {size / 1e6:.1f} MB is over the {limit / 1e6:g} MB limit for one file "
+                        f"(split it, or raise ${MAX_DOC_MB_ENV})")
 
 
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, or a ReadError saying why not (unreadable, or over the size limit)."""
+    _check_size(path)
     try:
-        size, limit = path.stat().st_size, max_document_bytes()
-        if size > limit:
-            raise ReadError(f"{path}: {size / 1e6:.1f} MB is over the {limit / 1e6:g} MB limit for one file "
-                            f"(split it, or raise ${MAX_DOC_MB_ENV})")
         return path.read_bytes()
     except OSError as error:
         raise ReadError(f"{path}: cannot read ({error.strerror or error})") from error
-
-
-def _read_text(path: Path, doc_id: str) -> Document:
-    """A plain-text file as one document."""
-    text, encoding = decode_bytes(_read_bytes(path), str(path))
-    _require_content(text, str(path))
-    return Document(doc_id=doc_id, text=text, title=path.stem, source=str(path), encoding=encoding)
 
 
 def _require_content(text: str, name: str) -> None:
@@ -228,7 +416,7 @@ def _require_content(text: str, name: str) -> None:
         raise ReadError(f"{name}: empty document")
 
 
-def _read_jsonl(path: Path, base_id: str, *, skip_bad_lines: bool) -> list[Document]:
+def _read_jsonl(path: Path, base_id: str, skip_bad_lines: bool) -> list[Document]:
     """One document per non-blank line of a JSON Lines file."""
     text, _ = decode_bytes(_read_bytes(path), str(path))
     _require_content(text, str(path))
@@ -265,7 +453,7 @@ def _jsonl_document(line: str, path: Path, base_id: str, line_no: int) -> Docume
         title=_jsonl_title(record.get("title"), path),
         source=f"{path}#L{line_no}",
         encoding=None,
-        meta={key: value for key, value in record.items() if key not in _JSONL_FIELDS},
+        meta={"reader": "jsonl", **{key: value for key, value in record.items() if key not in _JSONL_FIELDS}},
     )
 
 
@@ -283,18 +471,18 @@ def _jsonl_title(value: object, path: Path) -> str:
     return str(value) if value not in (None, "") else path.stem
 
 
-def _read_docx(path: Path, doc_id: str) -> Document:
+def _read_docx(source: Path | bytes, name: str) -> _Extract:
     """A Word document: paragraphs and table rows, one per line, in document order."""
+    import io
+
     import docx  # imported lazily: only needed for .docx input
 
     try:
-        document = docx.Document(str(path))
+        document = docx.Document(str(source) if isinstance(source, Path) else io.BytesIO(source))
+        text = "\n".join(_docx_lines(document))
     except Exception as error:  # python-docx raises many types for a damaged package
-        raise ReadError(f"{path}: not a valid .docx file ({type(error).__name__})") from error
-    text = normalise_newlines("\n".join(_docx_lines(document)))
-    _require_content(text, str(path))
-    title = (document.core_properties.title or "").strip() or path.stem
-    return Document(doc_id=doc_id, text=text, title=title, source=str(path), encoding=None)
+        raise ReadError(f"{name}: not a valid .docx file ({type(error).__name__})") from error
+    return _Extract(text, document.core_properties.title or "", "python-docx")
 
 
 def _docx_lines(document: DocxDocument) -> Iterator[str]:
@@ -318,23 +506,35 @@ def _table_lines(table: Table) -> Iterator[str]:
         yield "\t".join(cell.text for cell in cells)
 
 
-def _read_pdf(path: Path, doc_id: str) -> Document:
-    """A PDF's text layer, pages joined by newlines."""
-    text = normalise_newlines("\n".join(_pdf_pages(path)))
+def _read_pdf(path: Path, *, ocr: bool) -> _Extract:
+    """A PDF's text layer, pages joined by newlines; pages without one are recognised by OCR."""
+    from .ocr import ocr_enabled, recognise_pdf_pages
+
+    pages, title = _pdf_pages(path)
+    blank = [index for index, page in enumerate(pages) if not page.strip()]
+    reader = "pypdf"
+    if blank and ocr_enabled(ocr):
+        for index, text in zip(blank, recognise_pdf_pages(path, blank)):
+            pages[index] = text
+        reader = f"pypdf + rapidocr ({len(blank)} of {len(pages)} pages)"
+    text = "\n".join(pages)
     if not text.strip():
-        raise ReadError(f"{path}: has no text layer (scanned?)")
-    return Document(doc_id=doc_id, text=text, title=path.stem, source=str(path), encoding=None)
+        why = "OCR found no text either" if blank and ocr_enabled(ocr) else "scanned?"
+        raise ReadError(f"{path}: has no text layer ({why})")
+    return _Extract(text, title, reader)
 
 
-def _pdf_pages(path: Path) -> list[str]:
-    """The extracted text of every page."""
+def _pdf_pages(path: Path) -> tuple[list[str], str]:
+    """The extracted text of every page, and the /Title the PDF declares ("" if none)."""
     from pypdf import PdfReader  # imported lazily: only needed for .pdf input
 
     try:
         reader = PdfReader(str(path))
         if reader.is_encrypted and not reader.decrypt(""):
             raise ReadError(f"{path}: encrypted PDF, cannot read")
-        return [page.extract_text() or "" for page in reader.pages]
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = reader.metadata.title if reader.metadata else None
+        return pages, title if isinstance(title, str) else ""
     except ReadError:
         raise
     except Exception as error:  # pypdf raises many types for a damaged file

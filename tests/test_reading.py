@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import codecs
+import datetime as dt
 import hashlib
 import json
 import random
@@ -63,7 +64,9 @@ def test_document_fields_for_a_text_file(speech):
     assert doc.doc_id == "speech.txt"
     assert doc.title == "speech"
     assert doc.source == str(SPEECH_PATH)
-    assert doc.meta == {}
+    modified = dt.datetime.fromtimestamp(int(SPEECH_PATH.stat().st_mtime), dt.timezone.utc)
+    assert doc.meta == {"type": "txt", "size": SPEECH_PATH.stat().st_size, "folder": "", "reader": "text",
+                        "modified": modified.strftime("%Y-%m-%dT%H:%M:%SZ")}
     assert doc.content_hash == hashlib.sha256(speech.encode("utf-8")).hexdigest()
 
 
@@ -149,8 +152,10 @@ def test_jsonl_fields_missing_id_and_meta(tmp_path):
     assert [d.title for d in docs] == ["标题一", "notes", "notes"]
     assert [d.source for d in docs] == [f"{path}#L1", f"{path}#L3", f"{path}#L4"]
     assert docs[0].text == "第一篇\n正文"
-    assert docs[0].meta == {"author": "张三", "tags": ["x", 1]}
-    assert docs[1].meta == {}
+    own = {"author": "张三", "tags": ["x", 1]}
+    assert {key: docs[0].meta[key] for key in own} == own
+    assert set(docs[1].meta) == {"type", "size", "modified", "folder", "reader"}
+    assert docs[0].meta["type"] == "jsonl" and docs[0].meta["reader"] == "jsonl"
     assert all(d.encoding is None for d in docs)
 
 
@@ -195,7 +200,7 @@ def make_tree(root: Path) -> None:
     write(root, "sub/notes.text", "己")
     write(root, ".hidden.txt", "hidden")
     write(root, ".git/config.txt", "hidden")
-    write(root, "image.png", png_bytes())
+    write(root, "image.gif", b"GIF89a" + bytes(10))
     write(root, "script.py", "print('not a document')")
 
 
@@ -228,7 +233,7 @@ def test_unknown_extension_is_read_when_named_but_skipped_in_folders(tmp_path):
 
 
 def test_folder_without_readable_files_is_an_error(tmp_path):
-    write(tmp_path, "image.png", png_bytes())
+    write(tmp_path, "image.gif", b"GIF89a" + bytes(10))
     write(tmp_path, ".hidden.txt", "hidden")
     with pytest.raises(ReadError, match="no readable files"):
         read_paths([tmp_path])
@@ -306,9 +311,18 @@ def test_pdf_text_layer_is_read(tmp_path):
     assert doc.title == "report" and doc.encoding is None
 
 
-def test_pdf_without_text_is_reported_as_scanned(tmp_path):
+def test_pdf_without_text_is_reported_as_scanned_when_ocr_is_off(tmp_path, monkeypatch):
     path = make_pdf(tmp_path / "scan.pdf", [""])
     with pytest.raises(ReadError, match=r"scan\.pdf: has no text layer \(scanned\?\)"):
+        read_file(path, ocr=False)
+    monkeypatch.setenv("INDEXER_OCR", "0")
+    with pytest.raises(ReadError, match=r"scan\.pdf: has no text layer \(scanned\?\)"):
+        read_file(path)
+
+
+def test_blank_pdf_is_an_error_after_ocr_too(tmp_path):
+    path = make_pdf(tmp_path / "blank.pdf", [""])
+    with pytest.raises(ReadError, match=r"blank\.pdf: has no text layer \(OCR found no text either\)"):
         read_file(path)
 
 
