@@ -8,20 +8,21 @@ MODEL  := models/multilingual-e5-small
 INDEX  ?= indexes/default
 PORT   ?= 8501
 
-.PHONY: run test install install-dev model index browser bench clean
+.PHONY: run test install install-dev model index browser office bench clean
 
-run: install model index
+run: install model index office
 	$(VENV)/bin/streamlit run search_app.py --server.headless true --server.port $(PORT)
 
-test: install-dev model browser
+test: install-dev model browser office
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+$(VENV)/.installed: requirements.txt requirements-ocr.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-ocr.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
@@ -44,6 +45,16 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/fonts/opentype/noto ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-noto-cjk >/dev/null; \
+	fi
+
+# LibreOffice (no GUI, no recommends: 310 MB) reads .doc .wps .rtf .odt .xls .et .ods .ppt .dps .odp.
+# Installs only the packages that are missing.
+OFFICE_PACKAGES := libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui
+office:
+	@MISSING=$$(for p in $(OFFICE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$MISSING" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$MISSING >/dev/null; \
 	fi
 
 bench: install-dev model
