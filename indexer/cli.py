@@ -204,6 +204,87 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
                                        indent=1), encoding="utf-8")
 
 
+AccessOpt = typer.Option(None, "--access", help="the access file of hashed keys (default $INDEXER_ACCESS or access.json)")
+
+
+@app.command()
+def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
+          host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network "
+                                                     "(read-only unless a write key is set)"),
+          port: int = typer.Option(8000, help="port to listen on"), access: Optional[Path] = AccessOpt,
+          max_k: int = typer.Option(100, envvar="INDEXER_API_MAX_K", help="largest k a request may ask for"),
+          max_batch: int = typer.Option(256, envvar="INDEXER_API_MAX_BATCH", help="most questions in one /batch"),
+          max_body_kb: int = typer.Option(1024, envvar="INDEXER_API_MAX_BODY_KB", help="largest JSON request body, KB"),
+          max_upload_mb: int = typer.Option(50, envvar="INDEXER_API_MAX_UPLOAD_MB", help="largest upload request, MB"),
+          micro_batch: bool = typer.Option(True, "--micro-batch/--no-micro-batch",
+                                           help="encode concurrent /search questions together"),
+          batch_window_ms: float = typer.Option(2.0, help="how long a question waits for others to batch with")) -> None:
+    """Serve the HTTP API (OpenAPI page at /docs); keys go in `Authorization: Bearer KEY`."""
+    from .access import access_path
+    from .api import ServeSettings, serve as run
+
+    run(ServeSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
+                      model=model, host=host, port=port, max_k=max_k, max_batch=max_batch,
+                      max_body_bytes=max_body_kb << 10, max_upload_bytes=max_upload_mb << 20,
+                      micro_batch=micro_batch, batch_window_ms=batch_window_ms))
+
+
+access_app = typer.Typer(no_args_is_help=True, help="Set the keys that writes (and, optionally, reads) need.")
+app.add_typer(access_app, name="access")
+
+
+def _new_key() -> str:
+    """A key from stdin (its first line) or, at a terminal, typed twice without echo."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().strip()
+    import getpass
+
+    key = getpass.getpass("new key: ")
+    if getpass.getpass("again: ") != key:
+        raise IndexerError("the two keys differ; nothing was changed")
+    return key
+
+
+def _set_key(right: str, access: Optional[Path]) -> None:
+    from .access import access_path, set_key
+
+    path = access_path(access)
+    set_key(path, right, _new_key())
+    typer.echo(f"{right} key set in {path} (stored hashed; a running server or page applies it at once)")
+
+
+@access_app.command("set-write-key")
+def set_write_key(access: Optional[Path] = AccessOpt) -> None:
+    """Set the write key (the page's password too), from stdin or a prompt."""
+    _set_key("write", access)
+
+
+@access_app.command("set-read-key")
+def set_read_key(access: Optional[Path] = AccessOpt) -> None:
+    """Set a read key: then searching needs it (or the write key) as well."""
+    _set_key("read", access)
+
+
+@access_app.command("clear")
+def clear_key(right: str = typer.Argument(..., help="write | read"), access: Optional[Path] = AccessOpt) -> None:
+    """Remove a key (without a write key, only a server on 127.0.0.1 accepts writes)."""
+    from .access import access_path, clear_key as clear
+
+    path = access_path(access)
+    typer.echo(f"{right} key removed from {path}" if clear(path, right) else f"no {right} key in {path}")
+
+
+@access_app.command("show")
+def show_access(access: Optional[Path] = AccessOpt) -> None:
+    """Which keys are set (never the keys or their hashes)."""
+    from .access import RIGHTS, access_path, read_hashes
+
+    path = access_path(access)
+    hashes = read_hashes(path)
+    for right in RIGHTS:
+        typer.echo(f"{right} key: {'set' if right in hashes else 'not set'}  ({path})")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the app; every failure is one line on stderr and a non-zero exit."""
     try:

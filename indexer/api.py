@@ -1,0 +1,416 @@
+"""The HTTP API: `python -m indexer serve --index DIR --host 127.0.0.1 --port 8000`.
+
+A FastAPI shell over the same `Engine` as the command line; the OpenAPI page is at /docs.
+
+    POST   /search           one question    → the JSON of `indexer search --json`
+    POST   /batch            many questions  → a list of those, in order
+    GET    /documents        the indexed documents (as `indexer list --json`)
+    POST   /documents        upload files (multipart, field `files`, optional `tags`)  [write]
+    DELETE /documents/{id}   remove a document (ids may contain "/")                    [write]
+    GET    /info             what the index holds (as `indexer info --json`)
+    GET    /health           {"status": "ok"} once the model is loaded
+
+The model is loaded once. Reads are served by one Engine and writes by a second Engine on the
+same index sharing the encoder, one write at a time: readers keep answering from the committed
+generation while a write is under way and pick up the new one on their next question.
+Concurrent /search questions with the same options are encoded together (micro-batching; see
+`MicroBatcher`). Access (indexer.access): writes need the write key, or a loopback bind address
+when no write key is set; reads need the read key when one is set. Every refused request gets a
+4xx and `{"error": "one sentence"}`; nothing from a refused request reaches the index.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Awaitable, Callable, Literal, Optional
+
+import anyio
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from .access import Access, AccessError
+from .embedding import Encoder
+from .engine import DEFAULT_MODE, Engine, Result, tagged
+from .errors import IndexerError, QueryError, StoreError
+from .reading import SUPPORTED_SUFFIXES, Document, ReadError, read_upload
+from .search import MODES
+
+log = logging.getLogger("indexer.api")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What `serve` was told: where, who may do what, and the limits of a request."""
+
+    index: str
+    access: Path
+    model: Optional[str] = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_k: int = 100
+    max_batch: int = 256  # questions in one /batch request
+    max_body_bytes: int = 1 << 20  # JSON requests
+    max_upload_bytes: int = 50 << 20  # one POST /documents request, all files together
+    micro_batch: bool = True
+    batch_window_ms: float = 2.0
+
+
+class Options(BaseModel):
+    """Search options, as the CLI's `search` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(5, ge=1, description="how many passages (at most the server's --max-k, 100 by default)")
+    mode: Literal[MODES] = Field(DEFAULT_MODE, description="dense | bm25 | hybrid")  # type: ignore[valid-type]
+    where: Optional[list[str]] = Field(None, description="filters that must all hold, e.g. type=pdf, year>=2020, tag=党建")
+    doc: Optional[list[str]] = Field(None, description="search only these document ids")
+    min_score: Optional[float] = Field(None, description="drop hits scoring below this")
+    use: bool = Field(True, description="English questions: the USE cross-lingual route")
+    translate: bool = Field(True, description="English questions: BM25 over their Chinese translations")
+
+    def key(self) -> tuple:
+        """Questions whose options share this key can be answered in one Engine.query call."""
+        return (self.k, self.mode, tuple(self.where or ()), None if self.doc is None else tuple(self.doc),
+                self.min_score, self.use, self.translate)
+
+
+class SearchRequest(Options):
+    query: str = Field(..., description="the question, in any language")
+
+
+class BatchRequest(Options):
+    queries: list[str] = Field(..., min_length=1, description="the questions (at most the server's --max-batch)")
+
+
+class UploadRefused(IndexerError):
+    """An upload refused before it is read: a name with folders in it, or a type no reader takes."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def plain_name(name: str | None) -> str:
+    """An uploaded file's name, refused (400) when it is empty or has folder parts (`../../x`)."""
+    raw = str(name or "")
+    if not raw.strip() or raw in (".", "..") or "\x00" in raw or raw != PurePosixPath(raw.replace("\\", "/")).name:
+        raise UploadRefused(f"the upload name {raw!r} is not a plain file name: it may not contain folders")
+    if PurePosixPath(raw).suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise UploadRefused(f"{raw}: not a supported file type (use {', '.join(sorted(SUPPORTED_SUFFIXES))})", 415)
+    return raw
+
+
+def read_uploads(files: list[tuple[str, bytes]], tags: list[str]) -> list[Document]:
+    """Uploaded (name, bytes) → documents, read by the CLI's readers, with the tags given."""
+    docs = [tagged(doc, tags) for name, data in files for doc in read_upload(name, data)]
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.doc_id in seen:
+            raise ReadError(f"two uploaded documents have the id {doc.doc_id!r}")
+        seen.add(doc.doc_id)
+    return docs
+
+
+class MicroBatcher:
+    """Answers questions that arrive together with one Engine.query call per option set.
+
+    A question waits `window` seconds for company, then for one of `slots` engine calls to be
+    free; every question with the same options that arrived meanwhile (up to `max_size`) joins it.
+    Under load the batches grow by themselves while the engine is busy; alone, a question waits
+    `window` only. When a batch fails, its questions are answered one by one, so that each gets
+    its own error.
+    """
+
+    def __init__(self, run: Callable[[tuple, list[str]], list[Result]], window: float, slots: int = 2,
+                 max_size: int = 64) -> None:
+        self._run = run
+        self._window = window
+        self._slots = asyncio.Semaphore(slots)
+        self._max_size = max_size
+        self._pending: dict[tuple, list[tuple[str, asyncio.Future]]] = {}
+        self.batches = 0  # engine calls made, and the questions they carried
+        self.questions = 0
+
+    async def submit(self, key: tuple, query: str) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        group = self._pending.get(key)
+        if group is None:
+            group = self._pending[key] = []
+            asyncio.create_task(self._drain(key))
+        group.append((query, future))
+        return await future
+
+    async def _drain(self, key: tuple) -> None:
+        await asyncio.sleep(self._window)
+        async with self._slots:
+            group = self._pending.pop(key)
+            if len(group) > self._max_size:
+                self._pending[key] = group[self._max_size:]
+                asyncio.create_task(self._drain(key))
+                group = group[:self._max_size]
+            self.batches += 1
+            self.questions += len(group)
+            try:
+                results = await anyio.to_thread.run_sync(self._run, key, [q for q, _ in group])
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+                if len(group) == 1:
+                    group[0][1].set_exception(exc)
+                    return
+                results = None
+        if results is None:
+            for query, future in group:
+                asyncio.create_task(self._one(key, query, future))
+            return
+        for (_, future), result in zip(group, results):
+            if not future.done():
+                future.set_result(result)
+
+    async def _one(self, key: tuple, query: str, future: asyncio.Future) -> None:
+        try:
+            result = (await anyio.to_thread.run_sync(self._run, key, [query]))[0]
+        except Exception as exc:  # noqa: BLE001
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(result)
+
+
+class Service:
+    """The engines behind the API: readers (one per cross-lingual route setting, sharing the
+    encoder) and one writer, with the write lock."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.encoder = Encoder(settings.model)
+        self.access = Access(settings.access, settings.host)
+        self.writer = Engine(settings.index, encoder=self.encoder)
+        self._readers: dict[tuple[bool, bool], Engine] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.batcher = MicroBatcher(self._run_key, settings.batch_window_ms / 1000) if settings.micro_batch else None
+
+    def reader(self, use: bool = True, translate: bool = True) -> Engine:
+        """The reading engine for one setting of the cross-lingual routes."""
+        with self._lock:
+            engine = self._readers.get((use, translate))
+            if engine is None:
+                engine = Engine(self.settings.index, encoder=self.encoder)
+                engine.fusion = replace(engine.fusion, use_route=use, translate=translate)
+                self._readers[(use, translate)] = engine
+            return engine
+
+    def warm_up(self) -> None:
+        """Load the index, both encoders and the translator before the first request."""
+        engine = self.reader()
+        if engine.exists():
+            try:
+                engine.query(["预热", "warm up"], 1)
+            except IndexerError as exc:  # a damaged index: served anyway, each request says why
+                log.warning("warm-up: %s", exc)
+        else:
+            self.encoder.encode_queries(["预热"])
+
+    def check(self, options: Options, n_questions: int) -> None:
+        if options.k > self.settings.max_k:
+            raise QueryError(f"k must be at most {self.settings.max_k} (got {options.k})")
+        if n_questions > self.settings.max_batch:
+            raise QueryError(f"a batch may hold at most {self.settings.max_batch} questions (got {n_questions})")
+
+    def query(self, queries: list[str], options: Options) -> list[Result]:
+        return self._run_key(options.key(), queries)
+
+    def _run_key(self, key: tuple, queries: list[str]) -> list[Result]:
+        k, mode, where, docs, min_score, use, translate = key
+        return self.reader(use, translate).query(queries, k, docs, min_score, mode, where=list(where) or None)
+
+    async def search(self, request: SearchRequest) -> Result:
+        self.check(request, 1)
+        if self.batcher is not None:
+            return await self.batcher.submit(request.key(), request.query)
+        return (await anyio.to_thread.run_sync(self.query, [request.query], request))[0]
+
+    def add(self, docs: list[Document]) -> dict:
+        with self._write_lock:
+            reports = self.writer.add_documents(docs)
+            return {"generation": self.writer.store.generation, "documents": [asdict(r) for r in reports]}
+
+    def remove(self, doc_id: str) -> dict:
+        with self._write_lock:
+            if doc_id not in {d.doc_id for d in self.writer.documents()}:
+                raise HTTPException(404, f"no document {doc_id!r} in the index")
+            reports = self.writer.remove([doc_id])
+            return {"generation": self.writer.store.generation, "documents": [asdict(r) for r in reports]}
+
+
+# ---------------------------------------------------------------------------- errors as one sentence
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _validation_sentence(errors: list[dict]) -> str:
+    """FastAPI's list of validation errors → one sentence about the first."""
+    err = errors[0] if errors else {}
+    loc = list(err.get("loc", ()))
+    if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
+        loc = loc[1:]
+    field = ".".join(str(p) for p in loc)
+    kind, msg = err.get("type", ""), str(err.get("msg", "invalid value"))
+    if kind == "json_invalid":
+        return f"the body is not valid JSON ({(err.get('ctx') or {}).get('error', msg)})"
+    if kind == "missing":
+        return f'the request needs "{field}"' if field else "the request needs a JSON body"
+    if kind == "extra_forbidden":
+        return f'unknown field "{field}"'
+    if not field and kind in ("model_attributes_type", "dict_type", "list_type"):
+        return f"the body must be a JSON {'list' if kind == 'list_type' else 'object'}"
+    return f'"{field or "body"}": {msg[:1].lower()}{msg[1:]}'
+
+
+STATUS = ((AccessError, None), (UploadRefused, None), (QueryError, 400), (ReadError, 400), (StoreError, 409),
+          (IndexerError, 400))
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(400, _validation_sentence(list(exc.errors())))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+        if exc.status_code in (404, 405) and detail in ("Not Found", "Method Not Allowed"):
+            detail = f"no endpoint {request.method} {request.url.path} (see /docs)"
+        return _error(exc.status_code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(IndexerError)
+    async def indexer_error(_: Request, exc: IndexerError) -> JSONResponse:
+        status = next(code or exc.status for cls, code in STATUS if isinstance(exc, cls))
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _error(status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, f"the server failed unexpectedly ({type(exc).__name__}); its log says more")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its limit gets 413 before it is read in full
+    (by Content-Length when declared, else as it streams in)."""
+
+    def __init__(self, app: Any, limit_for: Callable[[dict], tuple[int, str]]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, what = self.limit_for(scope)
+        message = f"the {what} is larger than this server's limit of {limit:,} bytes"
+        declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _error(413, message)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, message)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(settings: ServeSettings, service: Service | None = None) -> FastAPI:
+    """The FastAPI app over one index; the Service (model and engines) is made at start-up."""
+    state: dict[str, Service] = {}
+
+    async def lifespan(_: FastAPI):
+        state["service"] = service or await anyio.to_thread.run_sync(Service, settings)
+        await anyio.to_thread.run_sync(state["service"].warm_up)
+        yield
+
+    app = FastAPI(title="Semantic search", version="1", lifespan=lifespan,
+                  description="Search Chinese (and any-language) documents by meaning. Writes need the "
+                              "write key (`Authorization: Bearer KEY` or `X-API-Key`), or a server on loopback.")
+    _install_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False, description="the read or write key")
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the read or write key")
+
+    def svc() -> Service:
+        return state["service"]
+
+    def need(right: str) -> Callable:
+        def check(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer),
+                  header: Optional[str] = Depends(api_key)) -> None:
+            svc().access.check(right, credentials.credentials if credentials else header)
+        return check
+
+    read, write = Depends(need("read")), Depends(need("write"))
+
+    @app.post("/search", dependencies=[read], summary="Answer one question")
+    async def search(body: SearchRequest) -> dict:
+        return (await svc().search(body)).to_json()
+
+    @app.post("/batch", dependencies=[read], summary="Answer many questions, encoded together")
+    async def batch(body: BatchRequest) -> list[dict]:
+        svc().check(body, len(body.queries))
+        results = await anyio.to_thread.run_sync(svc().query, body.queries, body)
+        return [r.to_json() for r in results]
+
+    @app.get("/documents", dependencies=[read], summary="The indexed documents")
+    async def documents() -> list[dict]:
+        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().reader().documents)]
+
+    @app.post("/documents", dependencies=[write], summary="Add or replace documents (upload)")
+    async def upload(files: list[UploadFile] = File(..., description="files, as the CLI's `add` reads them"),
+                     tags: Optional[list[str]] = Form(None, description="tags for every file (repeat, or comma-separated)")) -> dict:
+        names = [plain_name(f.filename) for f in files]  # refused before anything is read
+        uploads = [(name, await f.read()) for name, f in zip(names, files)]
+        tag_list = [t.strip() for value in tags or () for t in value.split(",") if t.strip()]
+        docs = await anyio.to_thread.run_sync(read_uploads, uploads, tag_list)
+        return await anyio.to_thread.run_sync(svc().add, docs)
+
+    @app.delete("/documents/{doc_id:path}", dependencies=[write], summary="Remove a document")
+    async def remove(doc_id: str) -> dict:
+        return await anyio.to_thread.run_sync(svc().remove, doc_id)
+
+    @app.get("/info", dependencies=[read], summary="What the index holds and how it was built")
+    async def info() -> dict:
+        return await anyio.to_thread.run_sync(svc().reader().info)
+
+    @app.get("/health", summary="Up, with the model loaded")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    def limit_for(scope: dict) -> tuple[int, str]:
+        if scope.get("method") == "POST" and scope.get("path") == "/documents":
+            return settings.max_upload_bytes, "upload"
+        return settings.max_body_bytes, "request body"
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    return app
+
+
+def serve(settings: ServeSettings) -> None:
+    """Run the API with uvicorn until interrupted (keys travel in headers, which are not logged)."""
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=5)
