@@ -347,6 +347,8 @@ def _extract(path: Path, converted: bytes | ReadError | None, *, ocr: bool) -> _
         raise converted
     if suffix in LIBREOFFICE_SUFFIXES:
         inner = _extract_converted(converted, formats.libreoffice_target(path), name)
+        if inner.text.count("\ufffd") > _MAX_CONTROL_SHARE * max(len(inner.text), 1):
+            raise ReadError(f"{name}: damaged, or not a {suffix} file (LibreOffice could only import it as text)")
         return replace(inner, reader=f"{formats.libreoffice_version()} + {inner.reader}")
     if suffix == ".docx":
         return _read_docx(path, name)
