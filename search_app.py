@@ -12,6 +12,12 @@ written by another process on its next query. Every expected failure is an `Inde
 one-line message is shown as it is. No search logic lives here.
 
 `$INDEXER_SAMPLE` overrides the file the "build" button indexes (default data/speech.txt).
+
+Access (indexer.access): the page is read-only (no build, upload, remove or rebuild controls) when
+it is bound to anything but loopback (`--server.address`) and no write key is set; with a write
+key set, the password field in the sidebar unlocks them. `--access FILE` after `--` (else
+$INDEXER_ACCESS, else access.json) names the file of hashed keys; a read key, when set, must be
+given before anything is shown.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ if str(ROOT) not in sys.path:  # `streamlit run /path/to/search_app.py` from ano
 
 import streamlit as st  # noqa: E402
 
+from indexer.access import Access, access_path  # noqa: E402
 from indexer.chunking import is_heading  # noqa: E402
 from indexer.embedding import Encoder  # noqa: E402
 from indexer.engine import Engine, Hit, Result  # noqa: E402
@@ -85,17 +92,22 @@ CSS = """
 # ---------------------------------------------------------------------------- loading (once per process)
 
 
+def page_argument(name: str, argv: list[str] | None = None) -> str | None:
+    """`--NAME VALUE` after `--` on the streamlit command line (None when absent or without a value)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(f"--{name}")
+    try:
+        args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit:  # `--NAME` without a value: fall back to the environment
+        return None
+    return getattr(args, name)
+
+
 def index_path(argv: list[str] | None = None) -> str:
     """`--index DIR` after `--` on the streamlit command line, else $INDEXER_INDEX, else indexes/default.
 
     A string, not a Path: a Milvus location (milvus://HOST:PORT/COLLECTION) is not a folder."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--index")
-    try:
-        args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    except SystemExit:  # `--index` without a value: fall back to the environment
-        args = argparse.Namespace(index=None)
-    return str(args.index or os.environ.get("INDEXER_INDEX") or DEFAULT_INDEX)
+    return str(page_argument("index", argv) or os.environ.get("INDEXER_INDEX") or DEFAULT_INDEX)
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -108,6 +120,29 @@ def get_encoder() -> Encoder:
 def get_engine(path: str) -> Engine:
     """One engine per index folder, sharing the encoder; it reloads itself when the index changes."""
     return Engine(path, encoder=get_encoder())
+
+
+@st.cache_resource(show_spinner=False)
+def get_access(path: str, bind: str) -> Access:
+    """The access rules of this server process: its keys file and its bind address."""
+    return Access(Path(path), bind)
+
+
+def page_access() -> Access:
+    return get_access(str(access_path(page_argument("access"))), st.get_option("server.address") or "")
+
+
+def can_write() -> bool:
+    """Whether this session may change the index (its password, if any, is checked every run)."""
+    return page_access().allows("write", st.session_state.get("password") or None)
+
+
+def read_only_note() -> str:
+    """Why this session cannot change the index, and what would let it."""
+    if page_access().configured("write"):
+        return "Read-only 只读: give the write password in the sidebar to add, remove, build or rebuild."
+    return ("Read-only 只读: this page is open to the network and no write password is set "
+            "(`python -m indexer access set-write-key`).")
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -325,7 +360,9 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
                                  "Each mode scores on its own scale, so the minimum score depends on it.")
 
     sb.header("Manage 管理")
-    if info and sb.button("Rebuild the index 重建索引", key="rebuild",
+    if not can_write():
+        sb.caption(read_only_note())
+    elif info and sb.button("Rebuild the index 重建索引", key="rebuild",
                           help="Re-chunk and re-embed every document from its stored text."):
         update = progress_bar(sb, "Rebuilding…")
         try:
@@ -336,7 +373,8 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
             flash("success", f"Rebuilt the index: {len(reports)} documents, "
                              f"{sum(r.chunks for r in reports)} chunks.")
             st.rerun()
-    sb.caption("Add or remove documents in the **Documents** tab.")
+    if can_write():
+        sb.caption("Add or remove documents in the **Documents** tab.")
     return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode}
 
 
@@ -351,6 +389,9 @@ def build_panel(engine: Engine, problem: str | None) -> None:
     label = f"Build the index from {sample.relative_to(ROOT) if sample.is_relative_to(ROOT) else sample}"
     if not sample.is_file():
         st.caption(f"The sample {sample} is not there; add documents in the Documents tab.")
+        return
+    if not can_write():
+        st.caption(read_only_note())
         return
     if st.button(label, type="primary", key="build", icon=":material/build:"):
         update = progress_bar(st, "Building…")
@@ -505,6 +546,9 @@ def documents_tab(engine: Engine, info: dict | None) -> None:
                       for d in records], hide_index=True, width="stretch")
     else:
         st.caption("No documents yet.")
+    if not can_write():
+        st.info(read_only_note())
+        return
 
     add, remove = st.columns([3, 2], gap="large")
     with add:
@@ -544,9 +588,27 @@ def documents_tab(engine: Engine, info: dict | None) -> None:
                 st.rerun()
 
 
+def access_gate() -> None:
+    """The sidebar's password field (when a key is set); stops the page when reading needs a key."""
+    acc = page_access()
+    password = None
+    if acc.configured("write") or acc.configured("read"):
+        st.sidebar.header("Access 权限")
+        password = st.sidebar.text_input("Password 密码", type="password", key="password",
+                                         help="The write password unlocks adding, removing and rebuilding.") or None
+        if password and not acc.rights_of(password):
+            st.sidebar.error("Wrong password 密码错误")
+        elif acc.allows("write", password):
+            st.sidebar.success("Editing unlocked 已解锁")
+    if not acc.allows("read", password):
+        st.info("This page needs a password: give it in the sidebar. 请在侧栏输入密码。")
+        st.stop()
+
+
 def main() -> None:
     st.set_page_config(page_title="语义检索 · Semantic search", page_icon=":material/search:", layout="wide")
     st.html(CSS)
+    access_gate()
     try:
         engine = get_engine(str(index_path()))
         info, problem = index_state(engine)
