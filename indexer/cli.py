@@ -17,7 +17,7 @@ from .evaluation import evaluate, read_labelled
 from .search import MODES
 from .chunking import ChunkSettings
 from .errors import IndexerError
-from .querying import read_questions, write_results
+from .querying import answer, read_questions, write_results
 
 INDEX_ENV = "INDEXER_INDEX"
 
@@ -32,6 +32,11 @@ ModeOpt = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid")
 UseOpt = typer.Option(True, "--use/--no-use", help="English questions: the USE cross-lingual route")
 TranslateOpt = typer.Option(True, "--translate/--no-translate",
                             help="English questions: search BM25 with their Chinese translations (CC-CEDICT)")
+TagOpt = typer.Option(None, "--tag", "-t", help="a tag for every document added, e.g. 2020 or 教育局 (repeatable; "
+                                                "filter on it with --where tag=…)")
+OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="recognise the text of scanned PDF pages and images (OCR)")
+WhereOpt = typer.Option(None, "--where", "-w", help="only documents where FIELD OP VALUE holds, e.g. type=pdf, "
+                                                    "year>=2020, tag=党建, folder=reports (repeatable: all must hold)")
 
 
 def _engine(index: Optional[str], model: Optional[str], settings: IndexSettings | None = None,
@@ -57,16 +62,24 @@ def _progress() -> bool:
 
 
 def _print_reports(reports, limit: int = 20) -> None:
-    """One line per document; past `limit` documents, a count per status instead."""
-    for r in reports[:limit] if len(reports) <= limit else []:
+    """One line per document; past `limit` documents, a count per status instead. Files that could
+    not be read are listed last, one line each, and make the command fail once the rest is done."""
+    done = [r for r in reports if r.status != "failed"]
+    for r in done[:limit] if len(done) <= limit else []:
         enc = f", {r.encoding}" if r.encoding else ""
         typer.echo(f"{r.status:9} {r.doc_id}  ({r.chunks} chunks{enc})")
-    if len(reports) > limit:
+    if len(done) > limit:
         counts: dict[str, list[int]] = {}
-        for r in reports:
+        for r in done:
             counts.setdefault(r.status, []).append(r.chunks)
         for status, chunks in counts.items():
             typer.echo(f"{status:9} {len(chunks)} documents ({sum(chunks)} chunks)")
+    failed = [r for r in reports if r.status == "failed"]
+    for r in failed:
+        typer.echo(f"failed    {r.error}", err=True)
+    if failed:
+        raise IndexerError(f"{len(failed)} file{'s' * (len(failed) > 1)} could not be read (listed above); "
+                           f"{'the other documents are in the index' if done else 'nothing else was read'}")
 
 
 @app.command()
@@ -81,23 +94,27 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
                                                 help="also embed every sentence with e5 and score a chunk by its best sentence "
                                                      "(better ranking of long paragraphs; about 2x the encoding)"),
           user_term: Optional[list[str]] = typer.Option(None, "--user-term", help="a word the keyword search keeps whole, e.g. 三重一大 (repeatable)"),
-          user_dict: Optional[list[Path]] = typer.Option(None, "--user-dict", help="a file of such words, one per line")) -> None:
+          user_dict: Optional[list[Path]] = typer.Option(None, "--user-dict", help="a file of such words, one per line"),
+          tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
     """(Re)build an index from scratch from PATHS."""
     settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type,
                              _user_terms(user_term, user_dict), crosslingual, sentence_vectors)
     engine = _engine(index, model, settings)
-    reports = engine.build(paths, progress=_progress())
-    _print_reports(reports)
+    reports = engine.build(paths, progress=_progress(), tags=tag or (), ocr=ocr)
     info = engine.info()
     typer.echo(f"built {info['index']}: {info['documents']} documents, {info['chunks']} chunks, {info['index_type']}")
+    _print_reports(reports)
 
 
 @app.command()
 def add(paths: list[Path] = typer.Argument(..., help="files or folders to add or replace"),
         index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
-        skip_bad_lines: bool = typer.Option(False, help="in JSONL files, skip broken lines instead of failing")) -> None:
-    """Add documents; a changed document replaces its old chunks, an unchanged one is skipped."""
-    _print_reports(_engine(index, model).add(paths, progress=_progress(), skip_bad_lines=skip_bad_lines))
+        skip_bad_lines: bool = typer.Option(False, help="in JSONL files, skip broken lines instead of failing"),
+        tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
+    """Add documents; a changed document replaces its old chunks, an unchanged one is skipped.
+    A large folder is committed as it goes: after Ctrl-C, the same command picks up the rest."""
+    _print_reports(_engine(index, model).add(paths, progress=_progress(), skip_bad_lines=skip_bad_lines,
+                                             tags=tag or (), ocr=ocr))
 
 
 @app.command()
@@ -160,9 +177,10 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
            k: int = typer.Option(5, "-k", "--top-k", help="how many passages"),
            doc: Optional[list[str]] = typer.Option(None, "--doc", help="search only these document ids"),
            min_score: Optional[float] = typer.Option(None, help="drop hits scoring below this"),
+           where: Optional[list[str]] = WhereOpt,
            mode: str = ModeOpt, use: bool = UseOpt, translate: bool = TranslateOpt, as_json: bool = JsonOpt) -> None:
     """Search the index with one question; each hit marks its answering sentence (»)."""
-    result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode)[0]
+    result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode, where)[0]
     if as_json:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     else:
@@ -174,10 +192,11 @@ def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per lin
           output: Path = typer.Option(..., "-o", "--output", help="results file, .jsonl or .csv"),
           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           k: int = typer.Option(10, "-k", "--top-k", help="passages per question"), mode: str = ModeOpt,
-          use: bool = UseOpt, translate: bool = TranslateOpt) -> None:
-    """Answer a file of questions; questions are encoded in batches."""
+          where: Optional[list[str]] = WhereOpt, use: bool = UseOpt, translate: bool = TranslateOpt) -> None:
+    """Answer a file of questions; questions are encoded in batches. A question may carry its own
+    filters (JSONL "where": [...], CSV column where: filters separated by ";")."""
     questions = read_questions(queries)
-    results = _engine(index, model, use=use, translate=translate).query([q.query for q in questions], k, mode=mode)
+    results = answer(_engine(index, model, use=use, translate=translate), questions, k, mode, where)
     write_results(output, questions, results)
     typer.echo(f"{len(questions)} questions → {output}")
 
@@ -296,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt):
-        print("interrupted; the index is unchanged", file=sys.stderr)
+        print("interrupted; the index is as last committed (nothing half-written)", file=sys.stderr)
         return 130
     except IndexerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+import sys
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Union
 
@@ -13,10 +14,12 @@ import numpy as np
 from .chunking import Chunk, ChunkSettings, chunk_document, is_heading
 from .crosslingual import USE_DIM, USE_NAME, PassageVectors, Translator, USEEncoder, is_cross_lingual
 from .embedding import Encoder
+from . import filters
 from .errors import ModelError, QueryError, StoreError
 from .keyword import Segmenter
-from .search import MODES, FusionSettings, QueryPlan, RowIndex, best_sentence, retrieve
-from .reading import Document, read_paths
+from .search import (MODES, DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored, UseRoute, best_sentence,
+                     retrieve)
+from .reading import Document, ReadError, SourceFile, iter_documents, plan_files
 from .store import store_class
 from .store.base import DocRecord, Manifest, now
 from .store.faiss_store import choose_index_type
@@ -44,6 +47,7 @@ class Hit:
     position: int
     sentence_start: int | None = None  # the answering sentence, offsets in the document like start/end
     sentence_end: int | None = None
+    why: dict = field(default_factory=dict)  # `explain`: each route's score and part of `score`, terms matched
 
     @property
     def sentence(self) -> str:
@@ -59,6 +63,16 @@ class Hit:
         return data
 
 
+def explain(result: Scored, text: str, terms: list[str]) -> dict:
+    """Why a hit ranks where it does: per route its own score (dense: cosine; bm25: BM25; use: USE
+    score) and its part of the fused score (the parts sum to the hit's score), and the question's
+    keyword terms the passage holds."""
+    lowered = text.lower()
+    return {"routes": {name: {"score": round(result.raw.get(name, 0.0), 6), "part": round(part, 6)}
+                       for name, part in result.parts.items()},
+            "matched": [t for t in dict.fromkeys(terms) if t and t.lower() in lowered]}
+
+
 @dataclass(frozen=True)
 class Result:
     """One question's answer: its ranked hits and how it was searched."""
@@ -68,21 +82,83 @@ class Result:
     terms: list[str]  # the keyword terms searched (a cross-lingual question: its Chinese translations)
     cross_lingual: bool = False  # the question took the cross-lingual route (no CJK, some Latin)
     translations: list[tuple[str, list[str]]] = field(default_factory=list)  # English part → terms kept
+    generation: str | None = None  # the committed index generation that answered
 
     def to_json(self) -> dict:
-        return {"query": self.query, "cross_lingual": self.cross_lingual, "terms": self.terms,
+        return {"query": self.query, "generation": self.generation, "cross_lingual": self.cross_lingual,
+                "terms": self.terms,
                 "translations": [{"english": e, "terms": t} for e, t in self.translations],
                 "hits": [h.to_json() for h in self.hits]}
 
 
 @dataclass(frozen=True)
 class DocReport:
-    """What an update did to one document."""
+    """What an update did to one document (or to a file that could not be read)."""
 
     doc_id: str
-    status: str  # added | replaced | unchanged | removed
+    status: str  # added | replaced | unchanged | removed | failed
     chunks: int
     encoding: str | None = None
+    error: str | None = None  # why a file failed: one line naming it
+
+
+COMMIT_CHARS = 2_000_000  # `add` commits every ~2M characters read (~90 s of encoding here): Ctrl-C keeps those
+VOLATILE_META = frozenset({"modified"})  # a file touched but unchanged is not re-written
+
+
+def tagged(doc: Document, tags: Iterable[str]) -> Document:
+    """The document with these tags added to its `tags` (kept sorted, without repeats)."""
+    tags = [str(t).strip() for t in tags if str(t).strip()]
+    if not tags:
+        return doc
+    own = doc.meta.get("tags", [])
+    own = own if isinstance(own, list) else [own]
+    return replace(doc, meta={**doc.meta, "tags": sorted({str(t) for t in own} | set(tags))})
+
+
+def _changed(record: DocRecord, doc: Document) -> bool:
+    """A document differs from its saved record in text or in what it carries (tags, title…)."""
+    def kept(meta: dict) -> dict:
+        return {k: v for k, v in meta.items() if k not in VOLATILE_META}
+    return record.content_hash != doc.content_hash or record.title != doc.title or kept(record.meta) != kept(doc.meta)
+
+
+class _FileProgress:
+    """One progress bar over the files and bytes of an update: a console bar (tqdm) or a callback
+    given the fraction of bytes done; a document batch being encoded moves it within its bytes."""
+
+    def __init__(self, progress: Progress, files: int, total: int) -> None:
+        self.files, self.total, self.done, self.read = files, max(total, 1), 0, 0
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        if progress is True:
+            from tqdm import tqdm
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, desc="adding", leave=True,
+                            postfix=f"0/{files} files", file=sys.stderr)
+
+    def file_read(self) -> None:
+        self.read += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.read}/{self.files} files", refresh=False)
+
+    def at(self, nbytes: float) -> None:
+        """Report `nbytes` of the whole done."""
+        nbytes = min(nbytes, self.total)
+        if self.bar is not None:
+            self.bar.update(max(0, round(nbytes) - self.bar.n))
+        if self.callback is not None:
+            self.callback(nbytes / self.total)
+
+    def within(self, nbytes: int) -> Callable[[float], None]:
+        """A callback for encoding the next `nbytes`: the bar moves across them as it goes."""
+        start = self.done
+        self.done += nbytes
+        return lambda fraction: self.at(start + fraction * nbytes)
+
+    def close(self) -> None:
+        self.at(self.done)
+        if self.bar is not None:
+            self.bar.close()
 
 
 @dataclass
@@ -245,15 +321,37 @@ class Engine:
 
     # ---------------------------------------------------------------- writes
 
-    def build(self, paths: Iterable[str | Path], *, progress: Progress = False) -> list[DocReport]:
-        """Index exactly these documents, from scratch; the old index stays until the new one is saved."""
-        docs = read_paths(paths)
+    def build(self, paths: Iterable[str | Path], *, progress: Progress = False, tags: Iterable[str] = (),
+              ocr: bool = True) -> list[DocReport]:
+        """Index exactly the documents of these files and folders, from scratch; the old index stays
+        until the new one is saved. A file that cannot be read is reported (status failed) and left out."""
+        docs, failed = [], []
+        for src, got in self._read(plan_files(paths), ocr=ocr):
+            if isinstance(got, ReadError):
+                failed.append(DocReport(src.doc_id, "failed", 0, error=str(got)))
+            else:
+                docs += [tagged(d, tags) for d in got]
+        if not docs:
+            raise ReadError(failed[0].error if len(failed) == 1 else f"none of the {len(failed)} files could be read")
         with self._lock, self._store_cls.lock(self.location):
             store = self._new_store()
             reports = self._upsert_all(store, docs, progress)
             store.save()
             self._store = store
-        return reports
+        return reports + failed
+
+    @staticmethod
+    def _read(files: list[SourceFile], *, skip_bad_lines: bool = False, ocr: bool = True):
+        """(file, its documents or its ReadError) for each file; a document id met twice is an
+        error of the second file."""
+        seen: dict[str, str] = {}
+        for src, got in iter_documents(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
+            clash = None if isinstance(got, ReadError) else next((d for d in got if d.doc_id in seen), None)
+            if clash is not None:
+                got = ReadError(f"{src.path}: duplicate id {clash.doc_id!r} (also in {seen[clash.doc_id]})")
+            elif not isinstance(got, ReadError):
+                seen.update((d.doc_id, d.source) for d in got)
+            yield src, got
 
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
         """Re-chunk and re-embed every indexed document from its stored text (e.g. after a model change)."""
@@ -267,13 +365,44 @@ class Engine:
             self._store = store
         return reports
 
-    def add(self, paths: Iterable[str | Path], *, progress: Progress = False, skip_bad_lines: bool = False) -> list[DocReport]:
-        """Add or replace documents; an unchanged document is left as it is (not re-embedded)."""
-        docs = read_paths(paths, skip_bad_lines=skip_bad_lines)
-        return self.add_documents(docs, progress=progress)
+    def add(self, paths: Iterable[str | Path], *, progress: Progress = False, skip_bad_lines: bool = False,
+            tags: Iterable[str] = (), ocr: bool = True) -> list[DocReport]:
+        """Add or replace the documents of these files and folders; an unchanged one is left as it is.
+
+        Files are read one by one and committed every COMMIT_CHARS characters, so an interrupted
+        add of a large folder keeps what was committed, and running it again skips those (their
+        content hashes match) and picks up the rest. A file that cannot be read is reported
+        (status failed, one line naming it) and does not stop the others. One progress bar runs over
+        the files and their bytes.
+        """
+        files = plan_files(paths)
+        bar = _FileProgress(progress, len(files), sum(f.size for f in files))
+        reports: list[DocReport] = []
+        batch: list[Document] = []
+        chars = nbytes = 0
+        try:
+            for src, got in self._read(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
+                bar.file_read()
+                nbytes += src.size
+                if isinstance(got, ReadError):
+                    reports.append(DocReport(src.doc_id, "failed", 0, error=str(got)))
+                    continue
+                batch += [tagged(d, tags) for d in got]
+                chars += sum(len(d.text) for d in got)
+                if chars >= COMMIT_CHARS:
+                    reports += self.add_documents(batch, progress=bar.within(nbytes))
+                    batch, chars, nbytes = [], 0, 0
+            if batch:
+                reports += self.add_documents(batch, progress=bar.within(nbytes))
+            bar.done = bar.total
+        finally:
+            bar.close()
+        return reports
 
     def add_documents(self, docs: list[Document], *, progress: Progress = False) -> list[DocReport]:
         """Add already-read documents (the page's uploads and pasted text come this way)."""
+        if not docs:
+            return []
         with self._lock, self._store_cls.lock(self.location):
             store = self._store_cls.load(self.location) if self.exists() else self._new_store()
             self.check_model(store.manifest)
@@ -309,7 +438,7 @@ class Engine:
         A changed document keeps the vectors of its chunks whose text did not change: only new
         text is embedded (editing one paragraph of a long document embeds one chunk)."""
         known = store.manifest.documents
-        todo = [d for d in docs if d.doc_id not in known or known[d.doc_id].content_hash != d.content_hash]
+        todo = [d for d in docs if d.doc_id not in known or _changed(known[d.doc_id], d)]
         chunked = {d.doc_id: self.chunk(d) for d in todo}
         all_chunks = [c for d in todo for c in chunked[d.doc_id]]
         replaced = {d.doc_id for d in todo if d.doc_id in known}
@@ -373,17 +502,20 @@ class Engine:
     # ---------------------------------------------------------------- reads
 
     def search(self, query: str, k: int = 5, docs: Iterable[str] | None = None,
-               min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[Hit]:
+               min_score: float | None = None, mode: str = DEFAULT_MODE,
+               where: Iterable[str] | None = None) -> list[Hit]:
         """The k best passages for one question."""
-        return self.query([query], k, docs, min_score, mode)[0].hits
+        return self.query([query], k, docs, min_score, mode, where)[0].hits
 
     def batch(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
-              min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[list[Hit]]:
+              min_score: float | None = None, mode: str = DEFAULT_MODE,
+              where: Iterable[str] | None = None) -> list[list[Hit]]:
         """Ranked passages for many questions, encoded together."""
-        return [r.hits for r in self.query(queries, k, docs, min_score, mode)]
+        return [r.hits for r in self.query(queries, k, docs, min_score, mode, where)]
 
     def query(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
-              min_score: float | None = None, mode: str = DEFAULT_MODE) -> list[Result]:
+              min_score: float | None = None, mode: str = DEFAULT_MODE,
+              where: Iterable[str] | None = None) -> list[Result]:
         """Each question's ranked passages, with the terms it was searched with and each hit's
         answering sentence. Questions are encoded together.
 
@@ -391,28 +523,34 @@ class Engine:
         A question with no CJK character and some Latin letters is cross-lingual: where the index
         keeps the USE vectors it also takes the USE route, and its English words are translated
         into the corpus's Chinese terms for BM25 (`self.fusion` switches either off).
+        `docs` (ids) and `where` (filters on the documents' metadata, indexer.filters) limit the
+        search to the documents they allow, inside every route.
         """
         if k is None or k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
         if mode not in MODES:
             raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         texts = [clean_query(q) for q in queries]
+        conditions = filters.parse(where)
         with self._lock:
             store = self.store
             if self._view is None or self._view.store is not store:
                 self._view = _StoreView(store)
             view = self._view
         self.check_model(store.manifest)
-        allowed = self._doc_filter(store, docs)
+        allowed = self._doc_filter(store, docs, conditions)
         rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
         encoding = self._encoding_pool().submit(self.encoder.encode_queries, texts) if mode != "bm25" else None
         plans, translations, use_vecs = self._plans(texts, view)  # meanwhile: keywords, USE vectors
-        vectors = encoding.result() if encoding is not None else None
-        ranked = retrieve(store, vectors, plans, k, mode, allowed, self.fusion, RowIndex(view.chunks, view.row_of, rows))
+        if encoding is not None:
+            plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         xl = store.cross_vectors()
-        return [Result(text, self._hits(store, ranked[i], min_score, view.row_of, xl, plan.terms,
+        routes = {"dense": DenseRoute(store, allowed, xl, view.row_of, self.fusion.sentence_share),
+                  "use": UseRoute(xl, view.chunks, rows), "bm25": KeywordRoute(store, allowed)}
+        ranked = retrieve(routes, plans, k, mode, self.fusion)
+        return [Result(text, self._hits(store, view, ranked[i], min_score, plan.terms,
                                         None if use_vecs is None else use_vecs[i]),
-                       plan.terms, plan.cross_lingual, translations[i])
+                       plan.terms, plan.cross_lingual, translations[i], store.generation)
                 for i, (text, plan) in enumerate(zip(texts, plans))]
 
     def _plans(self, texts: list[str], view: "_StoreView") -> tuple[list[QueryPlan], list, np.ndarray | None]:
@@ -433,31 +571,36 @@ class Engine:
         return plans, translations, use_vecs
 
     @staticmethod
-    def _doc_filter(store, docs: Iterable[str] | None) -> set[str] | None:
-        if docs is None:
-            return None
-        wanted = set(docs)
-        unknown = wanted - set(store.manifest.documents)
+    def _doc_filter(store, docs: Iterable[str] | None, conditions: list[filters.Condition]) -> set[str] | None:
+        """The documents a question may search (None: all): the ids given, that meet every filter."""
+        records = store.manifest.documents
+        wanted = None if docs is None else set(docs)
+        unknown = (wanted or set()) - set(records)
         if unknown:
             raise QueryError(f"no document {sorted(unknown)[0]!r} in the index")
+        if conditions:
+            met = filters.matching(records.values(), conditions)
+            wanted = met if wanted is None else wanted & met
         return wanted
 
     @staticmethod
-    def _hits(store, rows: list[tuple[float, Chunk]], min_score: float | None, row_of: dict[str, int],
-              xl: PassageVectors | None, terms: list[str], use_vector: np.ndarray | None) -> list[Hit]:
-        docs = store.manifest.documents
+    def _hits(store, view: "_StoreView", ranked: list[Scored], min_score: float | None, terms: list[str],
+              use_vector: np.ndarray | None) -> list[Hit]:
+        """Fused results as hits: each chunk with its answering sentence and why it ranks there."""
+        docs, xl = store.manifest.documents, store.cross_vectors()
         out = []
-        for score, c in rows:
-            if min_score is not None and score < min_score:
+        for r in ranked:
+            if min_score is not None and r.score < min_score:
                 continue
+            c = view.chunks[view.row_of[r.chunk_id]]
             if xl is not None:
-                sel = xl.sentences_of(row_of[c.chunk_id])
+                sel = xl.sentences_of(view.row_of[c.chunk_id])
                 span = best_sentence(c.text, terms, xl.spans[sel], xl.sentences[sel], use_vector)
             else:
                 span = best_sentence(c.text, terms)
             s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
-            out.append(Hit(len(out) + 1, round(score, 6), c.chunk_id, c.doc_id, docs[c.doc_id].title, c.section,
-                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end))
+            out.append(Hit(len(out) + 1, round(r.score, 6), c.chunk_id, c.doc_id, docs[c.doc_id].title, c.section,
+                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, c.text, terms)))
         return out
 
     def context(self, hit: Hit, before: int = 1, after: int = 1) -> list[Chunk]:

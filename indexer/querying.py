@@ -6,6 +6,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,34 @@ from .reading import decode_bytes
 class Question:
     qid: str
     query: str
+    where: tuple[str, ...] = ()  # this question's own filters (indexer.filters), besides the batch's
+
+
+def _filters(value: object, where: str) -> tuple[str, ...]:
+    """A question's filters: a JSON list of strings, or one string of filters separated by ";"."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(";") if part.strip())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise QueryError(f'{where}: "where" must be a list of filters or one string of them separated by ";"')
+
+
+def answer(engine, questions: list[Question], k: int = 10, mode: str | None = None,
+           where: Iterable[str] | None = None) -> list:
+    """Each question's Result (indexer.engine), in order: questions that share their filters are
+    asked together (encoded in one batch); `where` applies to every question."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for n, q in enumerate(questions):
+        groups.setdefault(q.where, []).append(n)
+    results: list = [None] * len(questions)
+    options = {"mode": mode} if mode else {}
+    for own, rows in groups.items():
+        found = engine.query([questions[n].query for n in rows], k, where=[*(where or ()), *own], **options)
+        for n, result in zip(rows, found):
+            results[n] = result
+    return results
 
 
 def read_questions(path: str | Path) -> list[Question]:
@@ -50,7 +79,7 @@ def _jsonl_questions(text: str, path: Path) -> list[Question]:
         query = row.get("query") if isinstance(row, dict) else None
         if not isinstance(query, str) or not query.strip():
             raise QueryError(f'{path}:{n}: each line needs a non-empty "query" string')
-        out.append(Question(str(row.get("id", row.get("qid", n))), query))
+        out.append(Question(str(row.get("id", row.get("qid", n))), query, _filters(row.get("where"), f"{path}:{n}")))
     return out
 
 
@@ -61,7 +90,7 @@ def _csv_questions(text: str, path: Path) -> list[Question]:
     out = []
     for n, row in enumerate(reader, 2):
         if (row.get("query") or "").strip():
-            out.append(Question(str(row.get("id") or n), row["query"]))
+            out.append(Question(str(row.get("id") or n), row["query"], _filters(row.get("where"), f"{path}:{n}")))
     return out
 
 

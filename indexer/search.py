@@ -1,19 +1,24 @@
-"""Dense, keyword and cross-lingual retrieval over a store, the fusion of ranked lists, and the
-sentence of a passage that answers.
+"""Retrieval as parts: routes that each rank chunks for a batch of questions, a planner that picks
+a question's routes, and the fusion that joins them; then the sentence of a passage that answers.
 
-Routes, per question:
-    dense   e5 vectors, inner product (the store's vector index)
+Routes (`Route.run(plans, n) → per question, chunk ids with scores, best first`):
+    dense   e5 vectors, inner product (the store's vector index); where the index keeps e5 sentence
+            vectors, a Chinese question's cosine is rescored by the chunk's best sentence
     bm25    BM25 of the question's keyword terms (jieba; for a cross-lingual question the Chinese
             terms its English words translate to)
     use     cross-lingual questions only: USE multilingual vectors, a passage scored by
             (1 - w)·cos(passage) + w·cos(its best sentence)
-`mode` picks the family: dense (dense, and use for cross-lingual questions), bm25, or hybrid (all
-that apply, fused). Hybrid fuses a question's dense and BM25 lists by their normalised scores
-(`score_fuse`); a cross-lingual question's three lists by weighted reciprocal rank (`rrf_fuse`).
+`plan_routes` picks them: mode dense (dense, and use for a cross-lingual question), bm25, or hybrid
+(all that apply). `fuse` joins a question's lists: one list stands as it is; hybrid's dense and BM25
+lists by their normalised scores (`score_fuse`); anything else (a cross-lingual question's three
+lists) by weighted reciprocal rank (`rrf_fuse`). Every result keeps each route's own score and its
+part of the fused score (the parts sum to it), so a hit can say why it ranks where it does. Results
+are chunk ids and scores throughout; the engine turns them into hits at the end.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -21,7 +26,18 @@ from .chunking import Chunk
 from .crosslingual import PassageVectors, sentence_spans, top_rows, use_scores
 
 MODES = ("dense", "bm25", "hybrid")
-Ranked = list[tuple[float, Chunk]]
+Ranked = list[tuple[str, float]]  # chunk ids with their scores, best first
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One fused result: the chunk, its fused score, each route's own score (`raw`: cosine, BM25,
+    USE) and each route's part of the fused score (`parts`, summing to `score`)."""
+
+    chunk_id: str
+    score: float
+    raw: dict[str, float]
+    parts: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,12 @@ class FusionSettings:
     xl_use_weight: float = 1.0
     xl_bm25_weight: float = 1.0
 
+    def weights(self, cross_lingual: bool) -> dict[str, float]:
+        """Each route's weight in reciprocal-rank fusion."""
+        if cross_lingual:
+            return {"dense": self.xl_dense_weight, "use": self.xl_use_weight, "bm25": self.xl_bm25_weight}
+        return {"dense": self.dense_weight, "use": self.xl_use_weight, "bm25": self.bm25_weight}
+
 
 @dataclass(frozen=True)
 class QueryPlan:
@@ -60,37 +82,125 @@ class QueryPlan:
     terms: list[str]  # keyword terms (for a cross-lingual question: its translated terms)
     cross_lingual: bool = False
     use_vector: np.ndarray | None = None  # set when the USE route runs for this question
+    vector: np.ndarray | None = None  # its e5 vector (not needed in bm25 mode)
 
 
-def rrf_fuse(rankings: list[Ranked], weights: list[float], rrf_k: int = 60) -> Ranked:
-    """Fuse ranked lists by reciprocal rank; ties keep the order of first appearance."""
-    scores: dict[str, float] = {}
-    chunks: dict[str, Chunk] = {}
-    for ranking, weight in zip(rankings, weights):
-        for rank, (_, chunk) in enumerate(ranking, start=1):
-            scores[chunk.chunk_id] = scores.get(chunk.chunk_id, 0.0) + weight / (rrf_k + rank)
-            chunks.setdefault(chunk.chunk_id, chunk)
-    order = sorted(scores, key=lambda cid: -scores[cid])
-    return [(scores[cid], chunks[cid]) for cid in order]
+# ---------------------------------------------------------------------------- fusion (pure functions)
 
 
-def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[str, float], bm25_share: float) -> Ranked:
+def rrf_fuse(rankings: dict[str, Ranked], weights: dict[str, float], rrf_k: int = 60) -> list[Scored]:
+    """Fuse ranked lists by reciprocal rank: Σ weight / (rrf_k + rank). Ties keep the order of
+    first appearance."""
+    parts: dict[str, dict[str, float]] = {}
+    raw: dict[str, dict[str, float]] = {}
+    for name, ranking in rankings.items():
+        for rank, (cid, score) in enumerate(ranking, start=1):
+            parts.setdefault(cid, {})[name] = weights[name] / (rrf_k + rank)
+            raw.setdefault(cid, {})[name] = score
+    total = {cid: sum(p.values()) for cid, p in parts.items()}
+    return [Scored(cid, total[cid], raw[cid], parts[cid]) for cid in sorted(total, key=lambda c: -total[c])]
+
+
+def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[str, float], bm25_share: float) -> list[Scored]:
     """Fuse a dense and a BM25 list by normalised scores (FusionSettings): every candidate needs its
     cosine (`dense_more` gives it for chunks only the BM25 list has); a chunk the BM25 list lacks
     scores 0 there. No BM25 hit: the dense order. Ties keep the order of first appearance."""
-    cosine = {c.chunk_id: s for s, c in dense}
+    cosine = dict(dense)
     cosine.update(dense_more)
-    keyword = {c.chunk_id: s for s, c in bm25}
-    chunks = {c.chunk_id: c for _, c in dense + bm25}
-    ids = list(chunks)
+    keyword = dict(bm25)
+    ids = list(dict.fromkeys([cid for cid, _ in dense] + [cid for cid, _ in bm25]))
+    if not ids:
+        return []
     cos = np.array([cosine[i] for i in ids], np.float64)
     kw = np.array([keyword.get(i, 0.0) for i in ids], np.float64)
-    spread = max(float(cos.max() - cos.min()), 1e-6) if len(ids) else 1.0
-    fused = (1 - bm25_share) * (cos - (cos.min() if len(ids) else 0.0)) / spread
-    if len(ids) and kw.max() > 0:
-        fused += bm25_share * kw / kw.max()
-    order = np.argsort(-fused, kind="stable")
-    return [(float(fused[i]), chunks[ids[i]]) for i in order]
+    dense_part = (1 - bm25_share) * (cos - cos.min()) / max(float(cos.max() - cos.min()), 1e-6)
+    bm25_part = bm25_share * kw / kw.max() if kw.max() > 0 else np.zeros_like(kw)
+    fused = dense_part + bm25_part
+    out = []
+    for i in np.argsort(-fused, kind="stable"):
+        raw = {"dense": float(cos[i]), **({"bm25": float(kw[i])} if ids[i] in keyword else {})}
+        out.append(Scored(ids[i], float(fused[i]), raw, {"dense": float(dense_part[i]), "bm25": float(bm25_part[i])}))
+    return out
+
+
+def single(name: str, ranking: Ranked) -> list[Scored]:
+    """One route's list as results: its own scores."""
+    return [Scored(cid, score, {name: score}, {name: score}) for cid, score in ranking]
+
+
+# ---------------------------------------------------------------------------- routes
+
+
+class Route(Protocol):
+    """One way of ranking chunks: per question (of those that take it), ids with scores, best first."""
+
+    name: str
+
+    def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]: ...
+
+
+@dataclass
+class DenseRoute:
+    """e5 vectors against the store's vector index, within the allowed documents; with e5 sentence
+    vectors, a Chinese question's cosines become `sentence_rescored`."""
+
+    store: object
+    allowed: set[str] | None = None
+    table: PassageVectors | None = None  # the sentence table, used when it has e5 sentence vectors
+    row_of: dict[str, int] | None = None
+    sentence_share: float = 0.0
+    name: str = "dense"
+
+    def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
+        if not plans:
+            return []
+        found = self.store.search(np.stack([p.vector for p in plans]), n, self.allowed)
+        out = []
+        for plan, ranked in zip(plans, found):
+            scores = self._rescored(plan, {c.chunk_id: s for s, c in ranked})
+            out.append(sorted(scores.items(), key=lambda kv: -kv[1]))
+        return out
+
+    def cosines(self, plans: list[QueryPlan], ids: list[list[str]]) -> list[dict[str, float]]:
+        """Each question's exact (rescored) cosine with the given chunks: one store call for all."""
+        if not plans:
+            return []
+        found = self.store.dense_scores(np.stack([p.vector for p in plans]), ids)
+        return [self._rescored(p, dict(zip(cids, map(float, s)))) for p, cids, s in zip(plans, ids, found)]
+
+    def _rescored(self, plan: QueryPlan, cosine: dict[str, float]) -> dict[str, float]:
+        by_sentence = (self.table is not None and self.table.dense is not None and self.sentence_share > 0
+                       and not plan.cross_lingual)
+        if not by_sentence:
+            return cosine
+        return sentence_rescored(cosine, plan.vector, self.table, self.row_of, self.sentence_share)
+
+
+@dataclass
+class KeywordRoute:
+    """BM25 of each question's terms, within the allowed documents."""
+
+    store: object
+    allowed: set[str] | None = None
+    name: str = "bm25"
+
+    def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
+        return [[(c.chunk_id, s) for s, c in self.store.keyword_search(p.terms, n, self.allowed)] for p in plans]
+
+
+@dataclass
+class UseRoute:
+    """USE vectors of cross-lingual questions against the index's USE passage and sentence table."""
+
+    table: PassageVectors
+    chunks: list[Chunk]  # in row order
+    rows: np.ndarray | None = None  # the rows the filters allow (None: all)
+    name: str = "use"
+
+    def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
+        if not plans:
+            return []
+        return use_rankings(self.table, np.stack([p.use_vector for p in plans]), self.chunks, n, self.rows)
 
 
 def use_rankings(xl: PassageVectors, query_vectors: np.ndarray, chunks: list[Chunk], k: int,
@@ -99,24 +209,7 @@ def use_rankings(xl: PassageVectors, query_vectors: np.ndarray, chunks: list[Chu
     if not len(query_vectors):
         return []
     scores = use_scores(query_vectors, xl)
-    return [[(float(s), chunks[r]) for s, r in zip(top_s, top_r)] for top_s, top_r in top_rows(scores, k, rows)]
-
-
-@dataclass(frozen=True)
-class RowIndex:
-    """The store's rows as the routes need them: chunks in row order, chunk id → row, and the rows
-    a document filter allows (None: all)."""
-
-    chunks: list[Chunk]
-    row_of: dict[str, int]
-    allowed: np.ndarray | None = None
-
-    @staticmethod
-    def of(store, doc_ids: set[str] | None = None) -> "RowIndex":
-        chunks = store.all_chunks()
-        allowed = None if doc_ids is None else np.array(
-            [i for i, c in enumerate(chunks) if c.doc_id in doc_ids], np.int64)
-        return RowIndex(chunks, {c.chunk_id: i for i, c in enumerate(chunks)}, allowed)
+    return [[(chunks[r].chunk_id, float(s)) for s, r in zip(top_s, top_r)] for top_s, top_r in top_rows(scores, k, rows)]
 
 
 def sentence_rescored(cosine: dict[str, float], query_vector: np.ndarray, table: PassageVectors,
@@ -132,60 +225,50 @@ def sentence_rescored(cosine: dict[str, float], query_vector: np.ndarray, table:
     return out
 
 
-def retrieve(store, query_vectors: np.ndarray | None, plans: list[QueryPlan], k: int, mode: str,
-             doc_ids: set[str] | None = None, fusion: FusionSettings = FusionSettings(),
-             index: RowIndex | None = None) -> list[Ranked]:
-    """The k best chunks per question under `mode` (module docstring). `index` (the store's rows,
-    made from the store when not given) serves the USE route and sentence scores. One route
-    alone returns its own scores; several are fused.
+# ---------------------------------------------------------------------------- planner and retrieval
 
-    Where the index keeps e5 sentence vectors, a Chinese (not cross-lingual) question's cosine for
-    each candidate becomes `sentence_rescored`, in dense mode and in hybrid alike.
-    """
+
+def plan_routes(plan: QueryPlan, mode: str) -> tuple[str, ...]:
+    """The routes one question takes under `mode`, in fusion order."""
+    names: tuple[str, ...] = ()
+    if mode != "bm25":
+        names += ("dense", "use") if plan.use_vector is not None else ("dense",)
+    if mode != "dense":
+        names += ("bm25",)
+    return names
+
+
+def by_score(names: tuple[str, ...], plan: QueryPlan, fusion: FusionSettings) -> bool:
+    """Whether a question's lists are fused by normalised scores (else by reciprocal rank)."""
+    return names == ("dense", "bm25") and fusion.method == "score" and not plan.cross_lingual
+
+
+def retrieve(routes: dict[str, Route], plans: list[QueryPlan], k: int, mode: str,
+             fusion: FusionSettings = FusionSettings()) -> list[list[Scored]]:
+    """The k best chunks per question under `mode` (module docstring): each route runs once for
+    the questions that take it, then each question's lists are fused."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     n = max(k, fusion.candidates)
-    index = index if index is not None else RowIndex.of(store, doc_ids)
-    table = store.cross_vectors()
-    by_sentence = table is not None and table.dense is not None and fusion.sentence_share > 0
-    dense = store.search(query_vectors, n, doc_ids) if mode != "bm25" else [None] * len(plans)
-    use_at = [i for i, p in enumerate(plans) if p.use_vector is not None and mode != "bm25"]
-    use = dict(zip(use_at, use_rankings(table, np.stack([plans[i].use_vector for i in use_at]), index.chunks, n,
-                                        index.allowed) if use_at else []))
-    keyword = [store.keyword_search(p.terms, n, doc_ids) for p in plans] if mode != "dense" else [None] * len(plans)
-    by_score = [i for i, p in enumerate(plans)
-                if mode == "hybrid" and fusion.method == "score" and not p.cross_lingual]
-    seen = {i: {c.chunk_id for _, c in dense[i]} for i in by_score}
-    missing = {i: [c.chunk_id for _, c in keyword[i] if c.chunk_id not in seen[i]] for i in by_score}
-    found = store.dense_scores(query_vectors[by_score], [missing[i] for i in by_score]) if by_score else []
-    more = {i: dict(zip(missing[i], map(float, scores))) for i, scores in zip(by_score, found)}
-    if by_sentence:
-        for i, plan in enumerate(plans):
-            if dense[i] is None or plan.cross_lingual:
-                continue
-            chunk_of = {c.chunk_id: c for _, c in dense[i]}
-            scored = sentence_rescored({c.chunk_id: s for s, c in dense[i]}, query_vectors[i], table, index.row_of,
-                                       fusion.sentence_share)
-            dense[i] = sorted(((scored[cid], chunk_of[cid]) for cid in chunk_of), key=lambda sc: -sc[0])
-            if i in more:
-                more[i] = sentence_rescored(more[i], query_vectors[i], table, index.row_of, fusion.sentence_share)
+    taken = [plan_routes(p, mode) for p in plans]
+    lists: list[dict[str, Ranked]] = [{} for _ in plans]
+    for name, route in routes.items():
+        who = [i for i, names in enumerate(taken) if name in names]
+        for i, ranked in zip(who, route.run([plans[i] for i in who], n)):
+            lists[i][name] = ranked
+    scored = [i for i, names in enumerate(taken) if by_score(names, plans[i], fusion)]
+    missing = [[cid for cid, _ in lists[i]["bm25"] if cid not in dict(lists[i]["dense"])] for i in scored]
+    more = dict(zip(scored, routes["dense"].cosines([plans[i] for i in scored], missing))) if scored else {}
     out = []
     for i, plan in enumerate(plans):
+        got = {name: lists[i][name] for name in taken[i]}
         if i in more:
-            out.append(score_fuse(dense[i], keyword[i], more[i], fusion.bm25_share)[:k])
-            continue
-        routes: list[tuple[Ranked, float]] = []
-        xl = plan.cross_lingual
-        if dense[i] is not None:
-            routes.append((dense[i], fusion.xl_dense_weight if xl else fusion.dense_weight))
-        if i in use:
-            routes.append((use[i], fusion.xl_use_weight))
-        if keyword[i] is not None:
-            routes.append((keyword[i], fusion.xl_bm25_weight if xl else fusion.bm25_weight))
-        if len(routes) == 1:
-            out.append(routes[0][0][:k])
+            fused = score_fuse(got["dense"], got["bm25"], more[i], fusion.bm25_share)
+        elif len(got) == 1:
+            fused = single(*next(iter(got.items())))
         else:
-            out.append(rrf_fuse([r for r, _ in routes], [w for _, w in routes], fusion.rrf_k)[:k])
+            fused = rrf_fuse(got, fusion.weights(plan.cross_lingual), fusion.rrf_k)
+        out.append(fused[:k])
     return out
 
 

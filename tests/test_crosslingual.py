@@ -207,7 +207,9 @@ def routes(speech_index, encoder):
         from indexer.search import use_rankings
 
         store = engine.store
-        return use_rankings(store.cross_vectors(), engine.xl_encoder.encode_queries(questions), store.all_chunks(), N)
+        chunks = {c.chunk_id: c for c in store.all_chunks()}
+        ranked = use_rankings(store.cross_vectors(), engine.xl_encoder.encode_queries(questions), store.all_chunks(), N)
+        return [[(score, chunks[cid]) for cid, score in ranking] for ranking in ranked]
 
     return {"e5": route("dense", use_route=False), "use": use_only, "bm25": route("bm25"), "fused": route("hybrid")}
 

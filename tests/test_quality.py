@@ -32,35 +32,29 @@ def test_eval_arithmetic_by_hand():
 
 
 def test_rrf_fusion_by_hand():
-    class C:
-        def __init__(self, cid):
-            self.chunk_id = cid
-
-    a, b, c = C("a"), C("b"), C("c")
-    fused = rrf_fuse([[(0.9, a), (0.8, b)], [(5.0, b), (1.0, c)]], [1.0, 1.0], rrf_k=60)
-    assert [ch.chunk_id for _, ch in fused] == ["b", "a", "c"]
-    assert fused[0][0] == pytest.approx(1 / 62 + 1 / 61)
-
-
-class _C:
-    def __init__(self, cid):
-        self.chunk_id = cid
+    fused = rrf_fuse({"dense": [("a", 0.9), ("b", 0.8)], "bm25": [("b", 5.0), ("c", 1.0)]},
+                     {"dense": 1.0, "bm25": 1.0}, rrf_k=60)
+    assert [r.chunk_id for r in fused] == ["b", "a", "c"]
+    assert fused[0].score == pytest.approx(1 / 62 + 1 / 61) == sum(fused[0].parts.values())
+    assert fused[0].raw == {"dense": 0.8, "bm25": 5.0} and fused[2].raw == {"bm25": 1.0}
 
 
 def test_score_fusion_by_hand():
-    a, b, c = _C("a"), _C("b"), _C("c")
-    dense = [(0.90, a), (0.80, b)]  # cosine: a first
-    bm25 = [(10.0, b), (1.0, c)]  # BM25: b far ahead of c; a has no term
+    dense = [("a", 0.90), ("b", 0.80)]  # cosine: a first
+    bm25 = [("b", 10.0), ("c", 1.0)]  # BM25: b far ahead of c; a has no term
     fused = score_fuse(dense, bm25, {"c": 0.70}, bm25_share=0.45)
     # a: 0.55·(0.9-0.7)/0.2 = 0.55; b: 0.55·0.5 + 0.45·1 = 0.725; c: 0 + 0.45·0.1 = 0.045
-    assert [ch.chunk_id for _, ch in fused] == ["b", "a", "c"]
-    assert [s for s, _ in fused] == pytest.approx([0.725, 0.55, 0.045])
+    assert [r.chunk_id for r in fused] == ["b", "a", "c"]
+    assert [r.score for r in fused] == pytest.approx([0.725, 0.55, 0.045])
+    assert [sum(r.parts.values()) for r in fused] == pytest.approx([0.725, 0.55, 0.045])
+    assert fused[0].parts == pytest.approx({"dense": 0.275, "bm25": 0.45}) and fused[2].raw == {"dense": 0.70, "bm25": 1.0}
     # BM25 far ahead wins; BM25 barely ahead does not: rank fusion cannot tell the two apart
-    close = score_fuse(dense, [(10.0, b), (9.0, a)], {}, bm25_share=0.45)
-    assert [ch.chunk_id for _, ch in close] == ["a", "b"]
-    assert [ch.chunk_id for _, ch in rrf_fuse([dense, [(10.0, b), (9.0, a)]], [1.0, 2.0], 10)] == ["b", "a"]
+    close = score_fuse(dense, [("b", 10.0), ("a", 9.0)], {}, bm25_share=0.45)
+    assert [r.chunk_id for r in close] == ["a", "b"]
+    rank = rrf_fuse({"dense": dense, "bm25": [("b", 10.0), ("a", 9.0)]}, {"dense": 1.0, "bm25": 2.0}, 10)
+    assert [r.chunk_id for r in rank] == ["b", "a"]
     # no BM25 hit at all: the dense order, scaled
-    assert [ch.chunk_id for _, ch in score_fuse(dense, [], {}, 0.45)] == ["a", "b"]
+    assert [r.chunk_id for r in score_fuse(dense, [], {}, 0.45)] == ["a", "b"]
 
 
 def test_hybrid_is_at_least_as_good_as_either_route_on_the_speech(speech_engine):
