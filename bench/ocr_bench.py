@@ -14,6 +14,7 @@ import io
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -146,6 +147,11 @@ def run(pages: int = 4, log=print) -> dict:
         result[name] = {"pages_per_s": round(pages / seconds, 2), "accuracy": round(char_accuracy(reference, texts[0]), 4)}
         log(f"{name}: {result[name]}")
     return result
+
+
+def section(args) -> dict:
+    """bench.run's `ocr` section (progress lines on stderr)."""
+    return run(pages=2 if args.quick else 4, log=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def print_table(res: dict) -> None:

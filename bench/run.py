@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from .common import fmt_table, system_info
+from .ocr_bench import print_table as print_ocr, section as section_ocr  # noqa: F401 - found by name below
 
-SECTIONS = ("build", "query", "routes", "backends", "faiss")
+SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr")
 
 
 def log(msg: str) -> None:
