@@ -39,6 +39,7 @@ ROW_SEPARATOR = "\n\n\n"  # two blank lines: the chunker's "detached block" boun
 _CELL_SEPARATOR = "；"
 _HEADER_SEPARATOR = "："
 _CSV_DELIMITERS = ",\t;|"
+_HEADER_SEARCH_ROWS = 10
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 _profile_dir: str | None = None
 _version: str | None = None
@@ -60,12 +61,12 @@ def table_text(sheets: Iterable[tuple[str | None, list[list[str]]]]) -> str:
 
 
 def _row_lines(rows: list[list[str]]) -> list[str]:
-    """Each row after the first (the header) as "header：value；…"; a lone row as its values."""
-    if len(rows) == 1:
-        return [_CELL_SEPARATOR.join(cell for cell in rows[0] if cell)]
-    header = rows[0]
-    lines = []
-    for row in rows[1:]:
+    """Rows after the header as "header：value；…"; title rows above the header (and a lone row)
+    as their values."""
+    start = _header_index(rows)
+    lines = [_CELL_SEPARATOR.join(cell for cell in row if cell) for row in rows[: start + (len(rows) == start + 1)]]
+    header = rows[start]
+    for row in rows[start + 1 :]:
         parts = [
             f"{header[i] if i < len(header) and header[i] else f'第{i + 1}列'}{_HEADER_SEPARATOR}{value}"
             for i, value in enumerate(row)
@@ -73,6 +74,13 @@ def _row_lines(rows: list[list[str]]) -> list[str]:
         ]
         lines.append(_CELL_SEPARATOR.join(parts))
     return lines
+
+
+def _header_index(rows: list[list[str]]) -> int:
+    """The header row: the first of the top rows with over half as many cells as the fullest
+    (a sheet often opens with a one-cell title such as "2024年学校名单" above its headers)."""
+    top = [sum(1 for cell in row if cell) for row in rows[:_HEADER_SEARCH_ROWS]]
+    return next(index for index, filled in enumerate(top) if 2 * filled > max(top))
 
 
 def _cell_text(value: object) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -162,8 +163,6 @@ def read_upload(name: str, data: bytes, *, ocr: bool = True) -> list[Document]:
     Only the name's last part is kept; an empty or hidden name, or an unsupported suffix, is a
     ReadError. Documents get source "upload:<name>", and errors name the upload, not a temp path.
     """
-    import tempfile
-
     clean = upload_name(name)
     with tempfile.TemporaryDirectory(prefix="indexer-upload-") as tmp:
         path = Path(tmp, clean)
@@ -173,6 +172,26 @@ def read_upload(name: str, data: bytes, *, ocr: bool = True) -> list[Document]:
         except ReadError as error:
             raise ReadError(str(error).replace(str(path), clean)) from error
     return [replace(doc, source=f"upload:{clean}") for doc in docs]
+
+
+def read_uploads(files: list[tuple[str, bytes]], tags: Iterable[str] = (), *, ocr: bool = True) -> list[Document]:
+    """Uploaded files (name, bytes) → documents (`read_upload`), with these tags; two documents
+    with one id are a ReadError."""
+    if not files:
+        raise ReadError("no files uploaded")
+    docs = [tagged(doc, tags) for name, data in files for doc in read_upload(name, data, ocr=ocr)]
+    _check_unique_ids(docs, {})
+    return docs
+
+
+def tagged(doc: Document, tags: Iterable[str]) -> Document:
+    """The document with these tags added to its `tags` (kept sorted, without repeats)."""
+    tags = [str(t).strip() for t in tags if str(t).strip()]
+    if not tags:
+        return doc
+    own = doc.meta.get("tags", [])
+    own = own if isinstance(own, list) else [own]
+    return replace(doc, meta={**doc.meta, "tags": sorted({str(t) for t in own} | set(tags))})
 
 
 def upload_name(name: str) -> str:
