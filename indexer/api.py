@@ -207,15 +207,15 @@ class Service:
             return engine
 
     def warm_up(self) -> None:
-        """Load the index, both encoders and the translator before the first request."""
+        """Load the index, the encoders (the documents' backend too: the first upload would
+        otherwise load it while readers wait for the CPU) and the translator before the first request."""
         engine = self.reader()
+        self.encoder.encode_documents(["预热"])
         if engine.exists():
             try:
                 engine.query(["预热", "warm up"], 1)
             except IndexerError as exc:  # a damaged index: served anyway, each request says why
                 log.warning("warm-up: %s", exc)
-        else:
-            self.encoder.encode_queries(["预热"])
 
     def check(self, options: Options, n_questions: int) -> None:
         if options.k > self.settings.max_k:

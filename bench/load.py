@@ -1,0 +1,287 @@
+"""Load on the HTTP API (`python -m indexer serve`), from a bounded asyncio + httpx generator on 127.0.0.1.
+
+    python -m bench.load                         # 50 clients x 60 s, micro-batching on and off
+    python -m bench.run --only load              # the same, as a section of bench.run
+
+Two servers are started, micro-batching on and off, each on a private copy of the speech index,
+and measured in turn: first one client asking questions back to back (`--single-seconds`) on
+each, then `--clients` clients for `--seconds` on each while a writer adds a document (three paragraphs of the speech under a new id)
+and removes it again, one write every `--write-every` seconds. The questions are a fixed mix:
+Chinese (tests/data/speech_qa_zh.jsonl) and English (speech_qa_en.jsonl) questions to /search,
+and /batch requests of `--batch-size` of both. Beside them, in this process on the same index:
+`Engine.search` one question at a time and `Engine.batch` (no HTTP).
+
+Every answer names the generation it came from; the writer records each committed generation's
+documents, and every hit of every answer must be a document of its generation (a removed
+document, or one not yet committed, would show up here as `uncommitted`).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .common import fmt_table, ms, pct, system_info
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+SPEECH = ROOT / "data" / "speech.txt"
+K = 5
+
+
+def questions(name: str) -> list[str]:
+    return [json.loads(line)["query"] for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass
+class Tally:
+    """Latencies and errors of the requests of one phase, and every answer's generation and hit documents."""
+
+    latencies: list[float] = field(default_factory=list)
+    questions: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    answers: list[tuple[str, frozenset[str], float, float]] = field(default_factory=list)  # gen, docs, sent, done
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def row(self, what: str, seconds: float) -> dict:
+        n = len(self.latencies)
+        return {"what": what, "requests": n, "requests_per_s": round(n / seconds, 2),
+                "questions_per_s": round(self.questions / seconds, 2), "p50_ms": ms(pct(self.latencies, 50)),
+                "p95_ms": ms(pct(self.latencies, 95)), "p99_ms": ms(pct(self.latencies, 99)),
+                "errors": sum(self.errors.values()), "error_kinds": dict(self.errors)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def api_server(index: Path, micro_batch: bool, log: Path, timeout: float = 300):
+    """`python -m indexer serve` on 127.0.0.1 and a free port; yields its URL; always stopped."""
+    port = free_port()
+    access = log.with_suffix(".access.json")  # none: loopback writes need no key
+    cmd = [sys.executable, "-m", "indexer", "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port),
+           "--access", str(access), "--micro-batch" if micro_batch else "--no-micro-batch"]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API server did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Load:
+    """The request mix: a client's next request is a Chinese or English /search, or a /batch."""
+
+    def __init__(self, zh: list[str], en: list[str], batch_size: int, mix: tuple[float, float, float]) -> None:
+        self.zh, self.en, self.batch_size, self.mix = zh, en, batch_size, mix
+
+    def request(self, rng: random.Random) -> tuple[str, dict, int]:
+        kind = rng.choices(("zh", "en", "batch"), weights=self.mix)[0]
+        if kind == "batch":
+            qs = [rng.choice(self.zh if i % 2 else self.en) for i in range(self.batch_size)]
+            return "/batch", {"queries": qs, "k": K}, len(qs)
+        return "/search", {"query": rng.choice(self.zh if kind == "zh" else self.en), "k": K}, 1
+
+
+async def client(http: httpx.AsyncClient, load: Load, rng: random.Random, until: float, tally: Tally) -> None:
+    while time.perf_counter() < until:
+        path, body, n = load.request(rng)
+        sent = time.perf_counter()
+        try:
+            resp = await http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            tally.error(type(exc).__name__)
+            continue
+        done = time.perf_counter()
+        if resp.status_code != 200:
+            tally.error(f"HTTP {resp.status_code}")
+            continue
+        tally.latencies.append(done - sent)
+        tally.questions += n
+        data = resp.json()
+        for result in data if isinstance(data, list) else [data]:
+            tally.answers.append((result["generation"], frozenset(h["doc_id"] for h in result["hits"]), sent, done))
+
+
+async def writer(http: httpx.AsyncClient, paragraphs: list[str], every: float, until: float, rng: random.Random,
+                 committed: dict[str, frozenset[str]], spans: list[tuple[float, float]], errors: dict[str, int]) -> int:
+    """Every `every` seconds: add a document (three speech paragraphs under a new id), or remove the
+    one added before; record each committed generation's documents and when each write ran."""
+    docs = set(next(iter(committed.values())))
+    added, writes = None, 0
+    while time.perf_counter() + every < until:
+        await asyncio.sleep(every)
+        start = time.perf_counter()
+        if added is None:
+            name = f"load-{writes}.txt"
+            text = "\n".join(rng.sample(paragraphs, 3)) + "\n"
+            resp = await http.post("/documents", files={"files": (name, text.encode("utf-8"), "text/plain")})
+            change = {name}
+        else:
+            resp = await http.delete(f"/documents/{added}")
+            change = {added}
+        spans.append((start, time.perf_counter()))
+        if resp.status_code != 200:
+            errors[f"write HTTP {resp.status_code}"] = errors.get(f"write HTTP {resp.status_code}", 0) + 1
+            continue
+        docs = docs | change if added is None else docs - change
+        added = None if added else next(iter(change))
+        committed[resp.json()["generation"]] = frozenset(docs)
+        writes += 1
+    return writes
+
+
+async def phase(url: str, load: Load, clients: int, seconds: float, seed: int, write_every: float | None,
+                paragraphs: list[str]) -> dict:
+    """`clients` clients for `seconds` (and the writer, if `write_every`); the row of figures."""
+    limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        gen = (await http.get("/info")).json()["generation"]
+        committed = {gen: frozenset(d["doc_id"] for d in (await http.get("/documents")).json())}
+        tally, spans, write_errors = Tally(), [], {}
+        start = time.perf_counter()
+        until = start + seconds
+        tasks = [client(http, load, random.Random(seed * 1000 + i), until, tally) for i in range(clients)]
+        if write_every:
+            tasks.append(writer(http, paragraphs, write_every, until, random.Random(seed), committed, spans, write_errors))
+        done = await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    row = tally.row(f"{clients} client{'s' * (clients > 1)}" + (", writes every %gs" % write_every if write_every else ""),
+                    elapsed)
+    if write_every:
+        during = [a for a in tally.answers if any(a[2] < e and a[3] > s for s, e in spans)]
+        bad = [a for a in tally.answers if a[0] not in committed or not a[1] <= committed[a[0]]]
+        row.update(writes=done[-1], write_errors=sum(write_errors.values()), generations=len(committed),
+                   answers=len(tally.answers), answers_during_writes=len(during), uncommitted=len(bad))
+        row["errors"] += row["write_errors"]
+    return row
+
+
+def in_process(index: Path, zh: list[str], en: list[str], seconds: float, batch: int) -> list[dict]:
+    """Engine.search one question at a time, and Engine.batch, in this process (no HTTP)."""
+    from indexer.engine import Engine
+
+    engine = Engine(index)
+    mixed = [q for pair in zip(zh, en) for q in pair]
+    engine.batch(mixed[:8], k=K)  # load the store, encoders and translator
+    rows = []
+    for what, size in (("Engine.search, one question at a time (in process)", 1),
+                       (f"Engine.batch of {batch} (in process)", batch)):
+        lat, n, start, i = [], 0, time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            qs = [mixed[(i + j) % len(mixed)] for j in range(size)]
+            i += size
+            t = time.perf_counter()
+            engine.batch(qs, k=K)
+            lat.append(time.perf_counter() - t)
+            n += size
+        elapsed = time.perf_counter() - start
+        rows.append({"what": what, "requests": len(lat), "requests_per_s": round(len(lat) / elapsed, 2),
+                     "questions_per_s": round(n / elapsed, 2), "p50_ms": ms(pct(lat, 50)), "p95_ms": ms(pct(lat, 95)),
+                     "p99_ms": ms(pct(lat, 99)), "errors": 0})
+    return rows
+
+
+def run(clients: int = 50, seconds: float = 60, single_seconds: float = 20, write_every: float = 3.0,
+        batch_size: int = 8, mix: tuple[float, float, float] = (0.45, 0.35, 0.2), seed: int = 0,
+        in_process_seconds: float = 15, log=print) -> dict:
+    """The whole load section: in-process references, then per micro-batching setting one client
+    and `clients` clients with the writer."""
+    from indexer.engine import Engine
+
+    zh, en = questions("speech_qa_zh.jsonl"), questions("speech_qa_en.jsonl")
+    paragraphs = [p for p in SPEECH.read_text(encoding="utf-8").split("\n") if len(p) > 60]
+    load = Load(zh, en, batch_size, mix)
+    out = {"clients": clients, "seconds": seconds, "single_seconds": single_seconds, "write_every_s": write_every,
+           "batch_size": batch_size, "mix_zh_en_batch": list(mix), "questions_zh": len(zh), "questions_en": len(en),
+           "k": K, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        base = Path(tmp) / "speech"
+        log("load: building the speech index")
+        Engine(base).build([SPEECH])
+        out["index_chunks"] = Engine(base).info()["chunks"]
+        log("load: Engine.search and Engine.batch in process")
+        out["rows"] += in_process(base, zh, en, in_process_seconds, 64)
+        with contextlib.ExitStack() as stack:  # both servers up at once, phases side by side
+            urls = {}
+            for micro in (True, False):
+                index = Path(tmp) / f"index-{micro}"
+                shutil.copytree(base, index)
+                urls[micro] = stack.enter_context(api_server(index, micro, Path(tmp) / f"server-{micro}.log"))
+            for n, secs, every in ((1, single_seconds, None), (clients, seconds, write_every)):
+                for micro, url in urls.items():
+                    label = f"micro-batching {'on' if micro else 'off'}"
+                    log(f"load: {label}, {n} client(s) for {secs:g} s" + (f", a write every {every:g} s" if every else ""))
+                    row = asyncio.run(phase(url, load, n, secs, seed, every, paragraphs))
+                    out["rows"].append({**row, "what": f"HTTP, {row['what']}, {label}"})
+                    log(f"load:   {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                        f"errors {row['errors']}" + (f", uncommitted answers {row['uncommitted']}" if every else ""))
+    return out
+
+
+def print_load(res: dict) -> None:
+    print(f"\n### HTTP API under load ({res['clients']} clients x {res['seconds']:g} s; requests: "
+          f"{res['mix_zh_en_batch'][0]:.0%} Chinese /search, {res['mix_zh_en_batch'][1]:.0%} English /search, "
+          f"{res['mix_zh_en_batch'][2]:.0%} /batch of {res['batch_size']}; k={res['k']}; speech index, "
+          f"{res['index_chunks']} chunks; a write every {res['write_every_s']:g} s)\n")
+    print(fmt_table(res["rows"], [("what", "what"), ("requests_per_s", "requests/s"), ("questions_per_s", "questions/s"),
+                                  ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("errors", "errors"),
+                                  ("writes", "writes"), ("answers_during_writes", "answers during writes"),
+                                  ("uncommitted", "from an uncommitted index")]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Load on the HTTP API, on 127.0.0.1 (see the module docstring).")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--single-seconds", type=float, default=20)
+    ap.add_argument("--write-every", type=float, default=3.0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--out", default="bench/results/load.json")
+    args = ap.parse_args(argv)
+    res = run(args.clients, args.seconds, args.single_seconds, args.write_every, args.batch_size,
+              log=lambda m: print(m, file=sys.stderr, flush=True))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"system": system_info(), "load": res}, ensure_ascii=False, indent=1))
+    print_load(res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
