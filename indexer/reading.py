@@ -131,8 +131,8 @@ def iter_documents(
     first_source: dict[str, str] = {}
     for index, file in enumerate(files):
         try:
-            if _needs_libreoffice(file.path) and file.path not in converted:
-                converted.update(_convert_ahead(files[index:]))
+            if _needs_libreoffice(file.path) and file.path not in converted and file.size <= max_document_bytes():
+                converted.update(_convert_ahead(files[index:], converted))
             docs = _read_source(file, converted.pop(file.path, None), skip_bad_lines=skip_bad_lines, ocr=ocr)
             _check_unique_ids(docs, first_source)
         except ReadError as error:
@@ -334,11 +334,13 @@ def _needs_libreoffice(path: Path) -> bool:
     return path.suffix.lower() in LIBREOFFICE_SUFFIXES
 
 
-def _convert_ahead(files: list[SourceFile]) -> dict[Path, bytes | ReadError]:
-    """Convert the next files LibreOffice reads (up to a batch, within the size limit) in one go."""
+def _convert_ahead(files: list[SourceFile], done: dict[Path, object]) -> dict[Path, bytes | ReadError]:
+    """Convert the next files LibreOffice reads (up to a batch, within the size limit, not done yet)
+    in one go."""
     from .formats import LIBREOFFICE_BATCH, convert_with_libreoffice
 
-    batch = [f.path for f in files if _needs_libreoffice(f.path) and f.size <= max_document_bytes()]
+    batch = [f.path for f in files
+             if _needs_libreoffice(f.path) and f.size <= max_document_bytes() and f.path not in done]
     return convert_with_libreoffice(batch[:LIBREOFFICE_BATCH]) if batch else {}
 
 

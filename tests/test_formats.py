@@ -315,8 +315,11 @@ def test_libreoffice_files_are_converted_in_one_call(archive, tmp_path, monkeypa
     folder.mkdir()
     for n in range(4):
         shutil.copy(archive / "notices" / "notice.doc", folder / f"n{n}.doc")
-    docs = read_paths([folder])
-    assert len(docs) == 4 and all(NOTICE[1] in doc.text for doc in docs)
+    (folder / "n9.doc").write_bytes(b"\xd0\xcf\x11\xe0" * 10_000)
+    monkeypatch.setenv("INDEXER_MAX_DOC_MB", "0.03")  # 30 kB: n9.doc (40 kB) is over, the real ones are not
+    results = list(iter_documents(plan_files([folder])))
+    assert [type(got) for _, got in results] == [list] * 4 + [ReadError]
+    assert all(NOTICE[1] in docs[0].text for _, docs in results[:4]) and "over the" in str(results[4][1])
     assert sum("--convert-to" in command for command in calls) == 1
 
 
