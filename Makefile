@@ -64,7 +64,7 @@ office:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$MISSING >/dev/null; \
 	fi
 
-bench: install-dev model
+bench: install-dev model browser  # browser: the CJK font the ocr section renders its pages with
 	$(PY) -m bench.run
 
 clean:

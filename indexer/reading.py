@@ -331,6 +331,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _needs_libreoffice(path: Path) -> bool:
+    """True for the formats LibreOffice converts before they are read."""
     return path.suffix.lower() in LIBREOFFICE_SUFFIXES
 
 
