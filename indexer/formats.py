@@ -61,19 +61,26 @@ def table_text(sheets: Iterable[tuple[str | None, list[list[str]]]]) -> str:
 
 
 def _row_lines(rows: list[list[str]]) -> list[str]:
-    """Rows after the header as "header：value；…"; title rows above the header (and a lone row)
-    as their values."""
+    """Rows under the header as "header：value；…"; title rows above it as their values."""
     start = _header_index(rows)
-    lines = [_CELL_SEPARATOR.join(cell for cell in row if cell) for row in rows[: start + (len(rows) == start + 1)]]
+    if start == len(rows) - 1:  # nothing under the header: every row is a plain line
+        return [_values(row) for row in rows]
     header = rows[start]
-    for row in rows[start + 1 :]:
-        parts = [
-            f"{header[i] if i < len(header) and header[i] else f'第{i + 1}列'}{_HEADER_SEPARATOR}{value}"
-            for i, value in enumerate(row)
-            if value
-        ]
-        lines.append(_CELL_SEPARATOR.join(parts))
-    return lines
+    return [_values(row) for row in rows[:start]] + [_with_headers(header, row) for row in rows[start + 1 :]]
+
+
+def _values(row: list[str]) -> str:
+    """A row's filled cells joined by "；"."""
+    return _CELL_SEPARATOR.join(cell for cell in row if cell)
+
+
+def _with_headers(header: list[str], row: list[str]) -> str:
+    """A row's filled cells, each after its column header (第N列 when the header cell is empty)."""
+    return _CELL_SEPARATOR.join(
+        f"{header[i] if i < len(header) and header[i] else f'第{i + 1}列'}{_HEADER_SEPARATOR}{value}"
+        for i, value in enumerate(row)
+        if value
+    )
 
 
 def _header_index(rows: list[list[str]]) -> int:
