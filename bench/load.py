@@ -1,11 +1,10 @@
 """Load on the HTTP API (`python -m indexer serve`), from a bounded asyncio + httpx generator on 127.0.0.1.
 
-    python -m bench.load                         # 50 clients x 60 s, micro-batching on and off
+    python -m bench.load                         # 50 clients x 60 s
     python -m bench.run --only load              # the same, as a section of bench.run
 
-Two servers are started, micro-batching on and off, each on a private copy of the speech index,
-and measured in turn: first one client asking questions back to back (`--single-seconds`) on
-each, then `--clients` clients for `--seconds` on each while a writer adds a document (three paragraphs of the speech under a new id)
+A server is started on a private copy of the speech index; first one client asks questions back
+to back (`--single-seconds`), then `--clients` clients ask for `--seconds` while a writer adds a document (three paragraphs of the speech under a new id)
 and removes it again, one write every `--write-every` seconds. The questions are a fixed mix:
 Chinese (tests/data/speech_qa_zh.jsonl) and English (speech_qa_en.jsonl) questions to /search,
 and /batch requests of `--batch-size` of both. Beside them, in this process on the same index:
@@ -23,7 +22,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -74,12 +72,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def api_server(index: Path, micro_batch: bool, log: Path, timeout: float = 300):
+def api_server(index: Path, log: Path, timeout: float = 300):
     """`python -m indexer serve` on 127.0.0.1 and a free port; yields its URL; always stopped."""
     port = free_port()
     access = log.with_suffix(".access.json")  # none: loopback writes need no key
     cmd = [sys.executable, "-m", "indexer", "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port),
-           "--access", str(access), "--micro-batch" if micro_batch else "--no-micro-batch"]
+           "--access", str(access)]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -221,8 +219,7 @@ def in_process(index: Path, zh: list[str], en: list[str], seconds: float, batch:
 def run(clients: int = 50, seconds: float = 60, single_seconds: float = 20, write_every: float = 3.0,
         batch_size: int = 8, mix: tuple[float, float, float] = (0.45, 0.35, 0.2), seed: int = 0,
         in_process_seconds: float = 15, log=print) -> dict:
-    """The whole load section: in-process references, then per micro-batching setting one client
-    and `clients` clients with the writer."""
+    """The whole load section: in-process references, then one client and `clients` clients with the writer."""
     from indexer.engine import Engine
 
     zh, en = questions("speech_qa_zh.jsonl"), questions("speech_qa_en.jsonl")
@@ -238,20 +235,13 @@ def run(clients: int = 50, seconds: float = 60, single_seconds: float = 20, writ
         out["index_chunks"] = Engine(base).info()["chunks"]
         log("load: Engine.search and Engine.batch in process")
         out["rows"] += in_process(base, zh, en, in_process_seconds, 64)
-        with contextlib.ExitStack() as stack:  # both servers up at once, phases side by side
-            urls = {}
-            for micro in (True, False):
-                index = Path(tmp) / f"index-{micro}"
-                shutil.copytree(base, index)
-                urls[micro] = stack.enter_context(api_server(index, micro, Path(tmp) / f"server-{micro}.log"))
+        with api_server(base, Path(tmp) / "server.log") as url:
             for n, secs, every in ((1, single_seconds, None), (clients, seconds, write_every)):
-                for micro, url in urls.items():
-                    label = f"micro-batching {'on' if micro else 'off'}"
-                    log(f"load: {label}, {n} client(s) for {secs:g} s" + (f", a write every {every:g} s" if every else ""))
-                    row = asyncio.run(phase(url, load, n, secs, seed, every, paragraphs))
-                    out["rows"].append({**row, "what": f"HTTP, {row['what']}, {label}"})
-                    log(f"load:   {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-                        f"errors {row['errors']}" + (f", uncommitted answers {row['uncommitted']}" if every else ""))
+                log(f"load: {n} client(s) for {secs:g} s" + (f", a write every {every:g} s" if every else ""))
+                row = asyncio.run(phase(url, load, n, secs, seed, every, paragraphs))
+                out["rows"].append({**row, "what": f"HTTP, {row['what']}"})
+                log(f"load:   {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+                    f"errors {row['errors']}" + (f", uncommitted answers {row['uncommitted']}" if every else ""))
     return out
 
 

@@ -9,7 +9,7 @@ of a 10k build), query (single-query latency and batch throughput on the speech 
 (an English question's latency per cross-lingual route),
 backends (encoder backends of indexer/backends.py side by side: speed, cosine to fp32, eval),
 faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest size),
-load (the HTTP API under 50 concurrent clients and a writer, micro-batching on and off: bench/load.py).
+load (the HTTP API under 50 concurrent clients and a writer, beside one client and Engine.batch: bench/load.py).
 Every speed is measured beside its reference in the same run; compare ratios across machines.
 """
 from __future__ import annotations

@@ -12,15 +12,15 @@ A FastAPI shell over the same `Engine` as the command line; the OpenAPI page is 
 
 The model is loaded once. Reads are served by one Engine and writes by a second Engine on the
 same index sharing the encoder, one write at a time: readers keep answering from the committed
-generation while a write is under way and pick up the new one on their next question.
-Concurrent /search questions with the same options are encoded together (micro-batching; see
-`MicroBatcher`). Access (indexer.access): writes need the write key, or a loopback bind address
+generation while a write is under way and pick up the new one on their next question. Each
+request runs in a worker thread (the encoders release the GIL, so concurrent questions overlap);
+micro-batching concurrent questions into one Engine.query call was measured slower under load
+and left out (README, "Serving a team"). Access (indexer.access): writes need the write key, or a loopback bind address
 when no write key is set; reads need the read key when one is set. Every refused request gets a
 4xx and `{"error": "one sentence"}`; nothing from a refused request reaches the index.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -58,8 +58,6 @@ class ServeSettings:
     max_batch: int = 256  # questions in one /batch request
     max_body_bytes: int = 1 << 20  # JSON requests
     max_upload_bytes: int = 50 << 20  # one POST /documents request, all files together
-    micro_batch: bool = True
-    batch_window_ms: float = 2.0
 
 
 class Options(BaseModel):
@@ -73,11 +71,6 @@ class Options(BaseModel):
     min_score: Optional[float] = Field(None, description="drop hits scoring below this")
     use: bool = Field(True, description="English questions: the USE cross-lingual route")
     translate: bool = Field(True, description="English questions: BM25 over their Chinese translations")
-
-    def key(self) -> tuple:
-        """Questions whose options share this key can be answered in one Engine.query call."""
-        return (self.k, self.mode, tuple(self.where or ()), None if self.doc is None else tuple(self.doc),
-                self.min_score, self.use, self.translate)
 
 
 class SearchRequest(Options):
@@ -117,71 +110,6 @@ def read_uploads(files: list[tuple[str, bytes]], tags: list[str]) -> list[Docume
     return docs
 
 
-class MicroBatcher:
-    """Answers questions that arrive together with one Engine.query call per option set.
-
-    A question waits `window` seconds for company, then for one of `slots` engine calls to be
-    free; every question with the same options that arrived meanwhile (up to `max_size`) joins it.
-    Under load the batches grow by themselves while the engine is busy; alone, a question waits
-    `window` only. When a batch fails, its questions are answered one by one, so that each gets
-    its own error.
-    """
-
-    def __init__(self, run: Callable[[tuple, list[str]], list[Result]], window: float, slots: int = 2,
-                 max_size: int = 64) -> None:
-        self._run = run
-        self._window = window
-        self._slots = asyncio.Semaphore(slots)
-        self._max_size = max_size
-        self._pending: dict[tuple, list[tuple[str, asyncio.Future]]] = {}
-        self.batches = 0  # engine calls made, and the questions they carried
-        self.questions = 0
-
-    async def submit(self, key: tuple, query: str) -> Result:
-        future = asyncio.get_running_loop().create_future()
-        group = self._pending.get(key)
-        if group is None:
-            group = self._pending[key] = []
-            asyncio.create_task(self._drain(key))
-        group.append((query, future))
-        return await future
-
-    async def _drain(self, key: tuple) -> None:
-        await asyncio.sleep(self._window)
-        async with self._slots:
-            group = self._pending.pop(key)
-            if len(group) > self._max_size:
-                self._pending[key] = group[self._max_size:]
-                asyncio.create_task(self._drain(key))
-                group = group[:self._max_size]
-            self.batches += 1
-            self.questions += len(group)
-            try:
-                results = await anyio.to_thread.run_sync(self._run, key, [q for q, _ in group])
-            except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
-                if len(group) == 1:
-                    group[0][1].set_exception(exc)
-                    return
-                results = None
-        if results is None:
-            for query, future in group:
-                asyncio.create_task(self._one(key, query, future))
-            return
-        for (_, future), result in zip(group, results):
-            if not future.done():
-                future.set_result(result)
-
-    async def _one(self, key: tuple, query: str, future: asyncio.Future) -> None:
-        try:
-            result = (await anyio.to_thread.run_sync(self._run, key, [query]))[0]
-        except Exception as exc:  # noqa: BLE001
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(result)
-
-
 class Service:
     """The engines behind the API: readers (one per cross-lingual route setting, sharing the
     encoder) and one writer, with the write lock."""
@@ -194,7 +122,6 @@ class Service:
         self._readers: dict[tuple[bool, bool], Engine] = {}
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self.batcher = MicroBatcher(self._run_key, settings.batch_window_ms / 1000) if settings.micro_batch else None
 
     def reader(self, use: bool = True, translate: bool = True) -> Engine:
         """The reading engine for one setting of the cross-lingual routes."""
@@ -224,17 +151,10 @@ class Service:
             raise QueryError(f"a batch may hold at most {self.settings.max_batch} questions (got {n_questions})")
 
     def query(self, queries: list[str], options: Options) -> list[Result]:
-        return self._run_key(options.key(), queries)
-
-    def _run_key(self, key: tuple, queries: list[str]) -> list[Result]:
-        k, mode, where, docs, min_score, use, translate = key
-        return self.reader(use, translate).query(queries, k, docs, min_score, mode, where=list(where) or None)
-
-    async def search(self, request: SearchRequest) -> Result:
-        self.check(request, 1)
-        if self.batcher is not None:
-            return await self.batcher.submit(request.key(), request.query)
-        return (await anyio.to_thread.run_sync(self.query, [request.query], request))[0]
+        """Check the request's limits, then answer its questions in one Engine.query call."""
+        self.check(options, len(queries))
+        return self.reader(options.use, options.translate).query(queries, options.k, options.doc, options.min_score,
+                                                                 options.mode, where=options.where)
 
     def add(self, docs: list[Document]) -> dict:
         with self._write_lock:
@@ -366,11 +286,10 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
 
     @app.post("/search", dependencies=[read], summary="Answer one question")
     async def search(body: SearchRequest) -> dict:
-        return (await svc().search(body)).to_json()
+        return (await anyio.to_thread.run_sync(svc().query, [body.query], body))[0].to_json()
 
     @app.post("/batch", dependencies=[read], summary="Answer many questions, encoded together")
     async def batch(body: BatchRequest) -> list[dict]:
-        svc().check(body, len(body.queries))
         results = await anyio.to_thread.run_sync(svc().query, body.queries, body)
         return [r.to_json() for r in results]
 

@@ -234,18 +234,14 @@ def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           max_k: int = typer.Option(100, envvar="INDEXER_API_MAX_K", help="largest k a request may ask for"),
           max_batch: int = typer.Option(256, envvar="INDEXER_API_MAX_BATCH", help="most questions in one /batch"),
           max_body_kb: int = typer.Option(1024, envvar="INDEXER_API_MAX_BODY_KB", help="largest JSON request body, KB"),
-          max_upload_mb: int = typer.Option(50, envvar="INDEXER_API_MAX_UPLOAD_MB", help="largest upload request, MB"),
-          micro_batch: bool = typer.Option(True, "--micro-batch/--no-micro-batch",
-                                           help="encode concurrent /search questions together"),
-          batch_window_ms: float = typer.Option(2.0, help="how long a question waits for others to batch with")) -> None:
+          max_upload_mb: int = typer.Option(50, envvar="INDEXER_API_MAX_UPLOAD_MB", help="largest upload request, MB")) -> None:
     """Serve the HTTP API (OpenAPI page at /docs); keys go in `Authorization: Bearer KEY`."""
     from .access import access_path
     from .api import ServeSettings, serve as run
 
     run(ServeSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
                       model=model, host=host, port=port, max_k=max_k, max_batch=max_batch,
-                      max_body_bytes=max_body_kb << 10, max_upload_bytes=max_upload_mb << 20,
-                      micro_batch=micro_batch, batch_window_ms=batch_window_ms))
+                      max_body_bytes=max_body_kb << 10, max_upload_bytes=max_upload_mb << 20))
 
 
 access_app = typer.Typer(no_args_is_help=True, help="Set the keys that writes (and, optionally, reads) need.")
