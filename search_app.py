@@ -22,15 +22,15 @@ given before anything is shown.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import html
 import inspect
 import json
 import os
+import re
 import sys
 import tempfile
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Callable
 
@@ -47,11 +47,11 @@ from indexer.engine import Engine, Hit, Result  # noqa: E402
 from indexer.errors import IndexerError  # noqa: E402
 from indexer.highlight import highlight_spans, query_terms, to_html  # noqa: E402
 from indexer.querying import Question, read_questions, write_results  # noqa: E402
-from indexer.reading import Document, ReadError, normalise_newlines, read_file  # noqa: E402
+from indexer.reading import SUPPORTED_SUFFIXES, Document, ReadError, normalise_newlines, read_uploads  # noqa: E402
 
 DEFAULT_INDEX = ROOT / "indexes" / "default"
 SAMPLE = Path(os.environ.get("INDEXER_SAMPLE") or ROOT / "data" / "speech.txt")
-DOC_TYPES = ("txt", "md", "docx", "pdf", "jsonl")
+DOC_TYPES = sorted(suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES)
 QUESTION_TYPES = ("txt", "csv", "jsonl")
 try:  # the engine's retrieval modes, when it has them (see mode_kwargs)
     from indexer.search import MODES
@@ -158,39 +158,6 @@ def mode_kwargs(fn: Callable, mode: str | None) -> dict:
 
 
 # ---------------------------------------------------------------------------- inputs → documents/questions
-
-
-def documents_from_uploads(files: list[tuple[str, bytes]]) -> list[Document]:
-    """Uploaded files (name, bytes) → documents, read exactly as the command line reads files.
-
-    A document's id is the file's name (a .jsonl file's lines carry their own ids); any problem is
-    a ReadError naming the uploaded file.
-    """
-    if not files:
-        raise ReadError("no files uploaded")
-    docs: list[Document] = []
-    with tempfile.TemporaryDirectory(prefix="upload-") as tmp:
-        for n, (name, data) in enumerate(files):
-            name = Path(str(name).replace("\\", "/")).name or f"upload-{n}"
-            if Path(name).suffix.lower().lstrip(".") not in DOC_TYPES:
-                raise ReadError(f"{name}: not a supported file (use {', '.join('.' + t for t in DOC_TYPES)})")
-            folder = Path(tmp) / str(n)
-            folder.mkdir()
-            path = folder / name
-            path.write_bytes(data)
-            try:
-                read = read_file(path)
-            except IndexerError as exc:
-                raise type(exc)(str(exc).replace(str(path), name)) from exc
-            except Exception as exc:  # noqa: BLE001 - a damaged .docx/.pdf: one line, never a traceback
-                raise ReadError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from exc
-            docs.extend(dataclasses.replace(d, source=f"upload:{name}") for d in read)
-    seen: set[str] = set()
-    for doc in docs:
-        if doc.doc_id in seen:
-            raise ReadError(f"two uploaded documents have the id {doc.doc_id!r}")
-        seen.add(doc.doc_id)
-    return docs
 
 
 def document_from_paste(title: str, text: str) -> Document:
@@ -352,6 +319,7 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
     chosen = sb.multiselect("Search in 文档筛选", list(docs), key="docs", placeholder="All documents",
                             format_func=lambda d: d if not docs[d].title or docs[d].title == Path(d).stem
                             else f"{docs[d].title} ({d})")
+    where = filters_panel(sb, list(docs.values()))
     mode = None
     if _accepts(Engine.search, "mode"):
         default = inspect.signature(Engine.search).parameters["mode"].default
@@ -375,7 +343,39 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
             st.rerun()
     if can_write():
         sb.caption("Add or remove documents in the **Documents** tab.")
-    return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode}
+    return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode, "where": where}
+
+
+def tags_from(text: str) -> list[str]:
+    """Tags typed in one box, separated by commas, semicolons or spaces (，、 too)."""
+    return [t for t in re.split(r"[,;，；、\s]+", str(text or "")) if t]
+
+
+def filters_panel(sb, records: list) -> list[str]:
+    """Filters on what the documents carry (indexer.filters): type, tag, date, and any other
+    `FIELD OP VALUE`; returns them as filter expressions, which the engine applies inside the search."""
+    types = sorted({str(r.meta["type"]) for r in records if r.meta.get("type")})
+    tags = sorted({str(t) for r in records for t in (r.meta.get("tags") or [])})
+    box = sb.expander("Filters 筛选", expanded=bool(st.session_state.get("f_types") or st.session_state.get("f_tags")))
+    where = []
+    chosen = box.multiselect("Type 类型", types, key="f_types", placeholder="All types")
+    if chosen:
+        where.append("type=" + "|".join(chosen))
+    picked = box.multiselect("Tag 标签", tags, key="f_tags", placeholder="Any tag")
+    if picked:
+        where.append("tag=" + "|".join(picked))
+    start, end = box.columns(2)
+    span = {"value": None, "format": "YYYY-MM-DD", "min_value": date(1900, 1, 1), "max_value": date(2100, 12, 31)}
+    since = start.date_input("From 起", key="f_from", **span)  # archives reach back decades, not the default 10 years
+    until = end.date_input("To 止", key="f_to", **span)
+    if since:
+        where.append(f"date>={since.isoformat()}")
+    if until:
+        where.append(f"date<={until.isoformat()}")
+    more = box.text_input("More 更多", key="f_more", placeholder="department=教育局; folder=2021",
+                          help="FIELD OP VALUE, separated by ; — operators = != > >= < <= ~ (contains). "
+                               "A document's date is its own date field, else its file's modified date.")
+    return where + [part.strip() for part in more.split(";") if part.strip()]
 
 
 def build_panel(engine: Engine, problem: str | None) -> None:
@@ -425,7 +425,7 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         return
     try:
         result = engine.query([query], settings["k"], settings["docs"], settings["min_score"],
-                              **mode_kwargs(engine.query, settings["mode"]))[0]
+                              where=settings["where"], **mode_kwargs(engine.query, settings["mode"]))[0]
     except IndexerError as exc:
         st.warning(str(exc))
         return
@@ -501,7 +501,8 @@ def batch_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         else:
             with st.spinner(f"Searching {len(questions)} questions…"):
                 results = engine.query([q.query for q in questions], settings["k"], settings["docs"],
-                                       settings["min_score"], **mode_kwargs(engine.query, settings["mode"]))
+                                       settings["min_score"], where=settings["where"],
+                                       **mode_kwargs(engine.query, settings["mode"]))
             st.session_state._batch = (key, results)
     except IndexerError as exc:
         st.warning(str(exc))
@@ -541,8 +542,9 @@ def documents_tab(engine: Engine, info: dict | None) -> None:
     records = engine.documents() if info else []
     st.subheader(f"In the index 已收录 ({len(records)})")
     if records:
-        st.dataframe([{"id": d.doc_id, "title": d.title, "chunks": d.chunks, "characters": d.chars,
-                       "encoding": d.encoding or "", "source": d.source, "added": when(d.added)}
+        st.dataframe([{"id": d.doc_id, "title": d.title, "type": d.meta.get("type", ""),
+                       "tags": "、".join(d.meta.get("tags") or []), "chunks": d.chunks, "characters": d.chars,
+                       "read by": d.meta.get("reader") or d.encoding or "", "source": d.source, "added": when(d.added)}
                       for d in records], hide_index=True, width="stretch")
     else:
         st.caption("No documents yet.")
@@ -553,11 +555,14 @@ def documents_tab(engine: Engine, info: dict | None) -> None:
     add, remove = st.columns([3, 2], gap="large")
     with add:
         st.subheader("Add 添加")
-        files = st.file_uploader("Upload files (.txt .md .docx .pdf .jsonl)", type=list(DOC_TYPES),
+        files = st.file_uploader("Upload files (Word, WPS, Excel, PowerPoint, PDF incl. scans, web pages, images, text)",
+                                 type=DOC_TYPES,
                                  accept_multiple_files=True, key=f"doc_files_{st.session_state.get('upload_round', 0)}")
+        st.text_input("Tags 标签", key="upload_tags", placeholder="2020, 教育局",
+                      help="Tags for the uploaded files; filter on them in the sidebar.")
         if st.button("Add the uploaded files", key="add_files", disabled=not files, type="primary"):
             try:
-                docs = documents_from_uploads([(f.name, f.getvalue()) for f in files])
+                docs = read_uploads([(f.name, f.getvalue()) for f in files], tags_from(st.session_state.upload_tags))
             except IndexerError as exc:
                 st.error(str(exc))
             else:

@@ -19,7 +19,7 @@ from .errors import ModelError, QueryError, StoreError
 from .keyword import Segmenter
 from .search import (MODES, DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored, UseRoute, best_sentence,
                      retrieve)
-from .reading import Document, ReadError, SourceFile, iter_documents, plan_files
+from .reading import Document, ReadError, iter_documents, plan_files, tagged
 from .store import store_class
 from .store.base import DocRecord, Manifest, now
 from .store.faiss_store import choose_index_type
@@ -104,16 +104,6 @@ class DocReport:
 
 COMMIT_CHARS = 2_000_000  # `add` commits every ~2M characters read (~90 s of encoding here): Ctrl-C keeps those
 VOLATILE_META = frozenset({"modified"})  # a file touched but unchanged is not re-written
-
-
-def tagged(doc: Document, tags: Iterable[str]) -> Document:
-    """The document with these tags added to its `tags` (kept sorted, without repeats)."""
-    tags = [str(t).strip() for t in tags if str(t).strip()]
-    if not tags:
-        return doc
-    own = doc.meta.get("tags", [])
-    own = own if isinstance(own, list) else [own]
-    return replace(doc, meta={**doc.meta, "tags": sorted({str(t) for t in own} | set(tags))})
 
 
 def _changed(record: DocRecord, doc: Document) -> bool:
@@ -326,7 +316,7 @@ class Engine:
         """Index exactly the documents of these files and folders, from scratch; the old index stays
         until the new one is saved. A file that cannot be read is reported (status failed) and left out."""
         docs, failed = [], []
-        for src, got in self._read(plan_files(paths), ocr=ocr):
+        for src, got in iter_documents(plan_files(paths), ocr=ocr):
             if isinstance(got, ReadError):
                 failed.append(DocReport(src.doc_id, "failed", 0, error=str(got)))
             else:
@@ -339,19 +329,6 @@ class Engine:
             store.save()
             self._store = store
         return reports + failed
-
-    @staticmethod
-    def _read(files: list[SourceFile], *, skip_bad_lines: bool = False, ocr: bool = True):
-        """(file, its documents or its ReadError) for each file; a document id met twice is an
-        error of the second file."""
-        seen: dict[str, str] = {}
-        for src, got in iter_documents(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
-            clash = None if isinstance(got, ReadError) else next((d for d in got if d.doc_id in seen), None)
-            if clash is not None:
-                got = ReadError(f"{src.path}: duplicate id {clash.doc_id!r} (also in {seen[clash.doc_id]})")
-            elif not isinstance(got, ReadError):
-                seen.update((d.doc_id, d.source) for d in got)
-            yield src, got
 
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
         """Re-chunk and re-embed every indexed document from its stored text (e.g. after a model change)."""
@@ -381,7 +358,7 @@ class Engine:
         batch: list[Document] = []
         chars = nbytes = 0
         try:
-            for src, got in self._read(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
+            for src, got in iter_documents(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
                 bar.file_read()
                 nbytes += src.size
                 if isinstance(got, ReadError):

@@ -11,8 +11,8 @@ Fields are a document's metadata (its file's `type`, `size`, `modified`, `folder
     date    its `date` field, else the file's modified date (YYYY-MM-DD)
     added   when it was added to the index
 Operators: `=` and `!=` (on `folder`: the folder or any folder inside it; on a list field: any
-element), `>` `>=` `<` `<=` (numbers as numbers, anything else as text, so ISO dates compare
-right: `date>=2020-03`), and `~` (contains, ignoring case).
+element; `type=pdf|docx`: any of the values), `>` `>=` `<` `<=` (numbers as numbers, anything
+else as text, so ISO dates compare right: `date>=2020-03`), and `~` (contains, ignoring case).
 """
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ def fields(doc) -> dict[str, object]:
     meta = dict(doc.meta)
     out: dict[str, object] = {str(k).lower(): v for k, v in meta.items()}
     out.update(id=doc.doc_id, title=doc.title or out.get("title", ""), added=doc.added)
-    dated = meta.get("date") or meta.get("modified") or ""
-    out.setdefault("date", str(dated)[:10])
-    year = meta.get("year") or (_YEAR.search(str(dated)).group(1) if _YEAR.search(str(dated)) else None)
+    dated = str(meta.get("date") or meta.get("modified") or "")
+    if dated:  # a document without a date meets no date filter
+        out.setdefault("date", dated[:10])
+    year = meta.get("year") or (_YEAR.search(dated).group(1) if _YEAR.search(dated) else None)
     if year is not None:
         out["year"] = year
     tags = out.get("tags", [])
@@ -79,6 +80,9 @@ def _holds(value: object, cond: Condition) -> bool:
     if isinstance(value, (list, tuple)):
         hit = any(_holds(v, Condition(cond.field, "=" if cond.op == "!=" else cond.op, cond.value)) for v in value)
         return not hit if cond.op == "!=" else hit
+    if cond.op in ("=", "!=") and "|" in cond.value:
+        hit = any(_holds(value, Condition(cond.field, "=", v)) for v in cond.value.split("|") if v)
+        return hit if cond.op == "=" else not hit
     text = str(value)
     if cond.op == "~":
         return cond.value.lower() in text.lower()

@@ -29,6 +29,7 @@ DEFAULT_MAX_DOC_MB = 20  # embedding 20 MB of Chinese takes about an hour on 2 c
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".text"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
+MIN_PDF_PAGE_CHARS = 10  # a PDF page with a shorter text layer (a scan's typed "- 3 -") is also recognised
 # read by LibreOffice into .docx/.xlsx/.pptx first (indexer/formats.py LIBREOFFICE_TARGETS)
 LIBREOFFICE_SUFFIXES = frozenset({".doc", ".wps", ".rtf", ".odt", ".xls", ".et", ".ods", ".ppt", ".dps", ".odp"})
 SUPPORTED_SUFFIXES = (
@@ -531,19 +532,20 @@ def _table_lines(table: Table) -> Iterator[str]:
 
 
 def _read_pdf(path: Path, *, ocr: bool) -> _Extract:
-    """A PDF's text layer, pages joined by newlines; pages without one are recognised by OCR."""
+    """A PDF's text layer, pages joined by newlines; pages with (next to) no text layer, such as a
+    scan with a typed page number, are recognised by OCR, and the longer of the two is kept."""
     from .ocr import ocr_enabled, recognise_pdf_pages
 
     pages, title = _pdf_pages(path)
-    blank = [index for index, page in enumerate(pages) if not page.strip()]
+    scanned = [index for index, page in enumerate(pages) if len("".join(page.split())) < MIN_PDF_PAGE_CHARS]
     reader = "pypdf"
-    if blank and ocr_enabled(ocr):
-        for index, text in zip(blank, recognise_pdf_pages(path, blank)):
-            pages[index] = text
-        reader = f"pypdf + rapidocr ({len(blank)} of {len(pages)} pages)"
+    if scanned and ocr_enabled(ocr):
+        for index, text in zip(scanned, recognise_pdf_pages(path, scanned)):
+            pages[index] = max(pages[index], text, key=lambda page: len(page.strip()))
+        reader = f"pypdf + rapidocr ({len(scanned)} of {len(pages)} pages)"
     text = "\n".join(pages)
     if not text.strip():
-        why = "OCR found no text either" if blank and ocr_enabled(ocr) else "scanned?"
+        why = "OCR found no text either" if scanned and ocr_enabled(ocr) else "scanned?"
         raise ReadError(f"{path}: has no text layer ({why})")
     return _Extract(text, title, reader)
 

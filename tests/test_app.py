@@ -5,8 +5,10 @@ model once for the whole session (st.cache_resource) and one engine per index fo
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import datetime
 import json
 import re
 import shutil
@@ -70,6 +72,27 @@ def app_index(speech_index, tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture(autouse=True)
+def loopback():
+    """The page as `make run` serves it, on 127.0.0.1, where writes need no password
+    (tests/test_access.py covers a page open to the network)."""
+    with served_on("127.0.0.1"):
+        yield
+
+
+@contextlib.contextmanager
+def served_on(address: str):
+    """The page as a server bound to `address` would run it (AppTest runs it in this process)."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        yield
+    finally:
+        config.set_option("server.address", before)
+
+
 # ---------------------------------------------------------------------------- searching
 
 
@@ -102,7 +125,7 @@ def test_question_shows_the_minban_passage_first(app_index):
     assert "<mark>" in first and "<mark>党组织</mark>" in first
     head = heads(at)[0]
     assert head.startswith("#1") and "speech" in head and MINBAN_SECTION in head
-    assert len(passages(at)) == 5 == len(at.expander)
+    assert len(passages(at)) == 5 == len([e for e in at.expander if e.label.startswith("Context")])
     context = text_of(at.expander[0].markdown[0].value)
     assert MINBAN in context and len(context) > len(text_of(first))  # the paragraphs around it
 
@@ -209,23 +232,46 @@ def test_bad_upload_gives_one_line(app_index):
 
 def test_upload_handler_reads_like_the_command_line():
     import search_app
+    from indexer.reading import read_uploads
 
-    docs = search_app.documents_from_uploads([
+    docs = read_uploads([
         ("dir/notice.txt", "关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。".encode("gb18030")),
         ("more.jsonl", '{"id": "a", "text": "第一篇", "title": "甲"}\n{"id": "b", "text": "第二篇"}\n'.encode()),
-    ])
+    ], search_app.tags_from("2020，教育局 通知"))
     assert [(d.doc_id, d.title) for d in docs] == [("notice.txt", "notice"), ("a", "甲"), ("b", "more")]
     assert docs[0].encoding == "gb18030" and docs[0].source == "upload:notice.txt"
-    assert "足球" in docs[0].text
+    assert "足球" in docs[0].text and all(d.meta["tags"] == ["2020", "教育局", "通知"] for d in docs)
     for files, message in [([("x.exe", b"MZ")], "x.exe: not a supported file"),
                            ([("empty.txt", b"  \n")], "empty.txt: empty document"),
-                           ([("a.txt", b"one"), ("b/a.txt", b"two")], "two uploaded documents have the id 'a.txt'"),
+                           ([("a.txt", b"one"), ("b/a.txt", b"two")], "upload:a.txt: duplicate id 'a.txt'"),
                            ([], "no files uploaded")]:
         with pytest.raises(ReadError) as err:
-            search_app.documents_from_uploads(files)
+            read_uploads(files)
         assert str(err.value).startswith(message) and "/tmp" not in str(err.value)
     doc = search_app.document_from_paste("  My  notes ", "line one\r\nline two")
     assert (doc.doc_id, doc.title, doc.text) == ("My notes", "My notes", "line one\nline two")
+
+
+def test_sidebar_filters_by_type_tag_and_date(app_index):
+    """Uploads with tags, then the sidebar's type, tag and date filters narrow the results."""
+    at = run_app()
+    at.file_uploader(key="doc_files_0").set_value([
+        ("minban.md", "# 民办学校\n民办学校要建立党组织，党组织书记由上级党组织选派。".encode(), "text/markdown"),
+        ("notice.txt", "民办学校党组织建设通知：各校年内完成党组织组建。".encode(), "text/plain")])
+    at.text_input(key="upload_tags").set_value("党建，2026")
+    at.run()
+    at.button(key="add_files").click().run()
+    no_exception(at)
+    at.text_input(key="query").set_value("民办学校怎样建立党组织？").run()
+    assert any("speech" in h for h in heads(at))
+    at.sidebar.multiselect(key="f_types").set_value(["md"]).run()
+    assert heads(at) and all("minban" in h for h in heads(at))
+    at.sidebar.multiselect(key="f_types").set_value([]).run()
+    at.sidebar.multiselect(key="f_tags").set_value(["党建"]).run()
+    assert heads(at) and all("minban" in h or "notice" in h for h in heads(at))
+    at.sidebar.date_input(key="f_to").set_value(datetime.date(2001, 1, 1)).run()
+    assert not heads(at) and any("No passage" in i.value for i in at.info)
+    no_exception(at)
 
 
 def test_missing_index_offers_to_build_it(tmp_path, monkeypatch):

@@ -43,6 +43,8 @@ RECORDS = [
 @pytest.mark.parametrize("expr, expected", [
     ("type=pdf", {"a.pdf"}),
     ("type!=pdf", {"b.docx", "c.txt"}),
+    ("type=pdf|docx", {"a.pdf", "b.docx"}),  # any of the values
+    ("tag!=教育局|党建", {"c.txt"}),
     ("size>800", {"a.pdf"}),
     ("size>=800", {"a.pdf", "b.docx"}),
     ("size<800", {"c.txt"}),
