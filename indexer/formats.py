@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ _CSV_DELIMITERS = ",\t;|"
 _HEADER_SEARCH_ROWS = 10
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 _profile_dir: str | None = None
+_soffice_lock = threading.Lock()  # one soffice at a time per process: they would share its profile
 _version: str | None = None
 
 Read = tuple[str, str, str]  # text, declared title ("" if none), reader name
@@ -215,7 +217,7 @@ def convert_with_libreoffice(paths: list[Path]) -> dict[Path, bytes | ReadError]
     except ReadError as error:
         return {path: ReadError(f"{path}: {error}") for path in paths}
     results: dict[Path, bytes | ReadError] = {}
-    with tempfile.TemporaryDirectory(prefix="indexer-convert-") as tmp:
+    with _soffice_lock, tempfile.TemporaryDirectory(prefix="indexer-convert-") as tmp:
         for target in sorted({libreoffice_target(path) for path in paths}):
             group = [path for path in paths if libreoffice_target(path) == target]
             results.update(_convert_group(soffice, group, target, Path(tmp, target)))
