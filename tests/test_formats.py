@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import docx
@@ -353,6 +354,14 @@ def test_upload_is_read_by_its_base_name(archive):
     assert "# 校园安全工作回顾" in docs[0].text
     [from_doc] = read_upload("../../notice.doc", (archive / "notices" / "notice.doc").read_bytes())
     assert from_doc.doc_id == "notice.doc" and NOTICE[1] in from_doc.text
+
+
+def test_uploads_read_from_several_threads_at_once(archive):
+    """The page and the API read uploads on many threads; LibreOffice runs must not collide."""
+    data = (archive / "notices" / "notice.doc").read_bytes()
+    with ThreadPoolExecutor(3) as pool:
+        texts = list(pool.map(lambda n: read_upload(f"n{n}.doc", data)[0].text, range(3)))
+    assert all(NOTICE[1] in text for text in texts)
 
 
 @pytest.mark.parametrize(("name", "message"), [
