@@ -37,9 +37,9 @@ from starlette.exceptions import HTTPException
 
 from .access import Access, AccessError
 from .embedding import Encoder
-from .engine import DEFAULT_MODE, Engine, Result, tagged
+from .engine import DEFAULT_MODE, Engine, Result
 from .errors import IndexerError, QueryError, StoreError
-from .reading import SUPPORTED_SUFFIXES, Document, ReadError, read_upload
+from .reading import SUPPORTED_SUFFIXES, Document, ReadError, read_uploads
 from .search import MODES
 
 log = logging.getLogger("indexer.api")
@@ -97,17 +97,6 @@ def plain_name(name: str | None) -> str:
     if PurePosixPath(raw).suffix.lower() not in SUPPORTED_SUFFIXES:
         raise UploadRefused(f"{raw}: not a supported file type (use {', '.join(sorted(SUPPORTED_SUFFIXES))})", 415)
     return raw
-
-
-def read_uploads(files: list[tuple[str, bytes]], tags: list[str]) -> list[Document]:
-    """Uploaded (name, bytes) → documents, read by the CLI's readers, with the tags given."""
-    docs = [tagged(doc, tags) for name, data in files for doc in read_upload(name, data)]
-    seen: set[str] = set()
-    for doc in docs:
-        if doc.doc_id in seen:
-            raise ReadError(f"two uploaded documents have the id {doc.doc_id!r}")
-        seen.add(doc.doc_id)
-    return docs
 
 
 class Service:
