@@ -3,9 +3,11 @@ the legacy and OpenDocument formats (.doc .wps .rtf .odt → .docx; .xls .et .od
 .ppt .dps .odp → .pptx).
 
 Each reader returns (text, declared title or "", reader name). Tables give one line per row that
-keeps its column headers ("学校：一中；人数：1200"), with two blank lines between rows so the
-chunker never groups more than a short run of rows: a passage never splits a row unless the row
-alone is longer than a passage. Sheets and slides are sections: a `# 标题` line.
+keeps its column headers ("学校：一中，人数：1200"), with two blank lines between rows so the
+chunker never groups more than a short run of rows. Cells are joined by "，", which the chunker
+cuts at only inside a sentence too long for a passage ("；" would make every cell a sentence, and
+a long row after short ones could then be cut between its cells): a passage never splits a row
+unless the row alone is longer than a passage (or holds sentence ends of its own). Sheets and slides are sections: a `# 标题` line.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ LIBREOFFICE_TIMEOUT_ENV = "INDEXER_LIBREOFFICE_TIMEOUT"
 _BASE_TIMEOUT_S = 60.0
 _TIMEOUT_PER_FILE_S = 20.0
 ROW_SEPARATOR = "\n\n\n"  # two blank lines: the chunker's "detached block" boundary
-_CELL_SEPARATOR = "；"
+_CELL_SEPARATOR = "，"
 _HEADER_SEPARATOR = "："
 _CSV_DELIMITERS = ",\t;|"
 _HEADER_SEARCH_ROWS = 10
@@ -63,7 +65,7 @@ def table_text(sheets: Iterable[tuple[str | None, list[list[str]]]]) -> str:
 
 
 def _row_lines(rows: list[list[str]]) -> list[str]:
-    """Rows under the header as "header：value；…"; title rows above it as their values."""
+    """Rows under the header as "header：value，…"; title rows above it as their values."""
     start = _header_index(rows)
     if start == len(rows) - 1:  # nothing under the header: every row is a plain line
         return [_values(row) for row in rows]
@@ -72,7 +74,7 @@ def _row_lines(rows: list[list[str]]) -> list[str]:
 
 
 def _values(row: list[str]) -> str:
-    """A row's filled cells joined by "；"."""
+    """A row's filled cells joined by "，"."""
     return _CELL_SEPARATOR.join(cell for cell in row if cell)
 
 
