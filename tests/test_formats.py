@@ -125,11 +125,11 @@ def archive(tmp_path_factory) -> Path:
     (root / "notices" / "notice.docx").unlink()
     shutil.copy(doc, root / "notices" / "wps-notice.wps")  # a Word-binary file under WPS's suffix
     xls_source = make_xlsx(root / "legacy-schools.xlsx")
-    soffice_convert(xls_source, "xls", profile)
+    shutil.copy(soffice_convert(xls_source, "xls", profile), root / "et-schools.et")  # Excel binary as WPS saves it
     xls_source.unlink()
     make_xlsx(root / "schools.xlsx")
     ppt_source = make_pptx(root / "legacy-report.pptx")
-    soffice_convert(ppt_source, "ppt", profile)
+    shutil.copy(soffice_convert(ppt_source, "ppt", profile), root / "dps-report.dps")  # PowerPoint binary, WPS suffix
     ppt_source.unlink()
     make_pptx(root / "report.pptx")
     (root / "swim.html").write_bytes(page_html())
@@ -168,9 +168,9 @@ def test_spreadsheet_rows_keep_their_headers_and_sheets_are_sections(documents):
     assert "项目：图书采购，金额（万元）：45.5" in doc.text.split("\n")
     assert "二〇二四年经费预算" in doc.text.split("\n")  # a title row above the headers stays a line
     assert doc.title == "全市学校统计" and doc.meta["reader"] == "openpyxl"
-    legacy = documents["legacy-schools.xls"]
-    assert "学校：第三中学，区县：南山区，学生人数：1530，备注：寄宿制" in legacy.text.split("\n")
-    assert legacy.meta["reader"].endswith("+ openpyxl")
+    for legacy in (documents["legacy-schools.xls"], documents["et-schools.et"]):
+        assert "学校：第三中学，区县：南山区，学生人数：1530，备注：寄宿制" in legacy.text.split("\n")
+        assert legacy.meta["reader"].endswith("+ openpyxl")
     csv_doc = documents["schools.csv"]
     assert "学校：第三中学，区县：南山区，学生人数：1530，备注：寄宿制" in csv_doc.text.split("\n")
     assert csv_doc.meta["reader"] == "csv" and "# " not in csv_doc.text
@@ -207,9 +207,9 @@ def test_slides_are_sections_with_their_notes(documents):
     assert first < lines.index("全年开展消防演练十二次，覆盖全体师生。") < lines.index("备注：演讲时强调演练的覆盖面。") < second
     assert lines[second + 1] == "下一步将在所有寄宿制学校安装智能烟感报警器。"
     assert doc.title == "安全工作汇报" and doc.meta["reader"] == "python-pptx"
-    legacy = documents["legacy-report.ppt"]
-    assert "# 校园安全工作回顾" in legacy.text and "备注：演讲时强调演练的覆盖面。" in legacy.text
-    assert legacy.meta["reader"].endswith("+ python-pptx")
+    for legacy in (documents["legacy-report.ppt"], documents["dps-report.dps"]):
+        assert "# 校园安全工作回顾" in legacy.text and "备注：演讲时强调演练的覆盖面。" in legacy.text
+        assert legacy.meta["reader"].endswith("+ python-pptx")
 
 
 def test_web_page_keeps_the_main_text_not_the_navigation(documents, tmp_path):
@@ -255,8 +255,8 @@ def test_questions_find_every_format(archive, encoder, tmp_path):
     engine.build([archive])
     questions = {
         "校长是学校安全第一责任人吗": {"notices/notice.doc", "notices/wps-notice.wps"},
-        "第三中学有多少学生": {"schools.xlsx", "legacy-schools.xls", "schools.csv"},
-        "全年开展了几次消防演练": {"report.pptx", "legacy-report.ppt"},
+        "第三中学有多少学生": {"schools.xlsx", "legacy-schools.xls", "et-schools.et", "schools.csv"},
+        "全年开展了几次消防演练": {"report.pptx", "legacy-report.ppt", "dps-report.dps"},
         "暑假游泳安全要注意什么": {"swim.html"},
         "义务教育招生报名时间是什么时候": {"scans/admissions.pdf"},
         "告知书要交给谁": {"scans/letter.png"},
