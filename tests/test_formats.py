@@ -121,8 +121,11 @@ def archive(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("archive")
     profile = tmp_path_factory.mktemp("lo-profile")
     (root / "notices").mkdir()
-    doc = soffice_convert(make_docx(root / "notices" / "notice.docx"), "doc", profile)
-    (root / "notices" / "notice.docx").unlink()
+    source = make_docx(root / "notices" / "notice.docx")
+    doc = soffice_convert(source, "doc", profile)
+    for other in ("rtf", "odt"):
+        soffice_convert(source, other, profile)
+    source.unlink()
     shutil.copy(doc, root / "notices" / "wps-notice.wps")  # a Word-binary file under WPS's suffix
     xls_source = make_xlsx(root / "legacy-schools.xlsx")
     shutil.copy(soffice_convert(xls_source, "xls", profile), root / "et-schools.et")  # Excel binary as WPS saves it
@@ -150,13 +153,13 @@ def documents(archive) -> dict[str, object]:
 # ---------------------------------------------------------------------------- each format
 
 
-def test_legacy_doc_and_wps_keep_chinese_text_table_rows_and_title(documents):
-    for doc_id in ("notices/notice.doc", "notices/wps-notice.wps"):
+def test_legacy_doc_wps_rtf_odt_keep_chinese_text_table_rows_and_title(documents):
+    for doc_id in ("notices/notice.doc", "notices/wps-notice.wps", "notices/notice.rtf", "notices/notice.odt"):
         doc = documents[doc_id]
         for line in NOTICE:
             assert line in doc.text
         assert "学校\t人数\n第一中学\t1200" in doc.text
-        assert doc.title == NOTICE_TITLE
+        assert doc.title == NOTICE_TITLE, doc_id
         assert doc.meta["reader"].startswith("libreoffice 7.") and doc.meta["reader"].endswith("+ python-docx")
 
 
@@ -254,7 +257,8 @@ def test_questions_find_every_format(archive, encoder, tmp_path):
     engine = Engine(tmp_path / "ix", encoder=encoder)
     engine.build([archive])
     questions = {
-        "校长是学校安全第一责任人吗": {"notices/notice.doc", "notices/wps-notice.wps"},
+        "校长是学校安全第一责任人吗": {f"notices/{name}" for name in ("notice.doc", "wps-notice.wps", "notice.rtf",
+                                                                  "notice.odt")},
         "第三中学有多少学生": {"schools.xlsx", "legacy-schools.xls", "et-schools.et", "schools.csv"},
         "全年开展了几次消防演练": {"report.pptx", "legacy-report.ppt", "dps-report.dps"},
         "暑假游泳安全要注意什么": {"swim.html"},
