@@ -30,10 +30,13 @@ from typing import Any, Awaitable, Callable, Literal, Optional
 import anyio
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from .access import Access, AccessError
 from .embedding import Encoder
@@ -79,6 +82,18 @@ class SearchRequest(Options):
 
 class BatchRequest(Options):
     queries: list[str] = Field(..., min_length=1, description="the questions (at most the server's --max-batch)")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a 4xx (or 5xx) status and one sentence."""
+
+    error: str
+
+
+ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
+    (400, "a bad request: malformed JSON, a missing question, k out of range, a bad filter…"),
+    (401, "no key, where one is needed"), (403, "a wrong key, or a write to a read-only server"),
+    (413, "a body or upload over the server's limit"))}
 
 
 class UploadRefused(IndexerError):
@@ -246,6 +261,38 @@ class BodyLimit:
 # ---------------------------------------------------------------------------- the app
 
 
+DOCS_ASSETS = "/docs-assets"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """The OpenAPI page at /docs with Swagger UI served from this server (the swagger-ui-py wheel
+    ships it), not from a CDN: an intranet without internet access still gets the page. The schema
+    drops FastAPI's 422 validation answers: this API answers 400 with ErrorBody instead."""
+    import swagger_ui
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=Path(swagger_ui.__file__).parent / "static"), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} · API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
 def create_app(settings: ServeSettings, service: Service | None = None) -> FastAPI:
     """The FastAPI app over one index; the Service (model and engines) is made at start-up."""
     state: dict[str, Service] = {}
@@ -255,10 +302,11 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
         await anyio.to_thread.run_sync(state["service"].warm_up)
         yield
 
-    app = FastAPI(title="Semantic search", version="1", lifespan=lifespan,
+    app = FastAPI(title="Semantic search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, responses=ERRORS,
                   description="Search Chinese (and any-language) documents by meaning. Writes need the "
                               "write key (`Authorization: Bearer KEY` or `X-API-Key`), or a server on loopback.")
     _install_error_handlers(app)
+    _install_docs(app)
     bearer = HTTPBearer(auto_error=False, description="the read or write key")
     api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the read or write key")
 

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from conftest import ROOT
+from test_browser import browser_page, chromium  # noqa: F401 - chromium is a fixture
 
 QUESTION = "私立学校怎样建立党组织？"
 ENGLISH = "How are young cadres trained?"
@@ -31,6 +32,7 @@ PANDA = ("成都大熊猫繁育研究基地的饲养员每天清晨给大熊猫�
 PANDA_QUESTION = "大熊猫每天吃什么？"
 WRITE_KEY = "write-key-7Qm2-correct-horse"
 READ_KEY = "read-key-9Zx4-battery-staple"
+OUT = ROOT / "test-output" / "api"
 START_TIMEOUT = 180  # seconds: the server loads the model before it answers /health
 LIMITS = ["--max-k", "50", "--max-batch", "8", "--max-body-kb", "64", "--max-upload-mb", "1"]
 
@@ -196,6 +198,25 @@ def test_info_health_and_the_openapi_page(api):
     assert "swagger" in api.get("/docs").text.lower()
     paths = api.get("/openapi.json").json()["paths"]
     assert {"/search", "/batch", "/documents", "/documents/{doc_id}", "/info", "/health"} <= set(paths)
+    answers = paths["/search"]["post"]["responses"]
+    assert "422" not in answers and answers["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_the_openapi_page_renders_from_this_server_alone(api, chromium):
+    """/docs in a real browser: Swagger UI comes from the server itself, not a CDN (an intranet
+    has no internet), lists every endpoint and offers to send a key."""
+    from playwright.sync_api import expect
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    fetched: list[str] = []
+    with browser_page(chromium) as page:
+        page.on("request", lambda request: fetched.append(request.url))
+        page.goto(f"{api.base_url}/docs", wait_until="domcontentloaded")
+        expect(page.locator(".opblock-summary-path").filter(has_text="/search").first).to_be_visible(timeout=60_000)
+        assert page.locator(".opblock").count() == 7
+        expect(page.get_by_role("button", name="Authorize")).to_be_visible()
+        page.screenshot(path=str(OUT / "docs.png"), full_page=True)
+    assert fetched and all(url.startswith((str(api.base_url), "data:")) for url in fetched), fetched
 
 
 # ---------------------------------------------------------------------------- bad requests
