@@ -1,6 +1,7 @@
 """Access on the page, in a real browser: the page served on 0.0.0.0 (reached through 127.0.0.1;
 the rule is about the bind address) shows no write controls while no write key is set, asks for
-the password once one is, refuses a wrong one, and unlocks adding and removing with the right one.
+the password once one is, refuses a wrong one, and unlocks adding and removing with the right one;
+with a read key set, it shows nothing until a key is given, and the read key does not write.
 
 Screenshots go to test-output/access/ (look at them: the Chinese must render).
 """
@@ -12,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from test_api import WRITE_KEY, free_port, running, set_key
+from test_api import READ_KEY, WRITE_KEY, free_port, running, set_key
 from test_browser import APP, QUESTION, RESULT_TIMEOUT, ask, browser_page, chromium, settle  # noqa: F401 - chromium is a fixture
 
 OUT = ROOT / "test-output" / "access"
@@ -54,7 +55,7 @@ def test_page_open_to_the_network_is_read_only_until_the_password_is_given(open_
         page.goto(url, wait_until="domcontentloaded")
         expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
         ask(page, QUESTION)  # reading needs no key
-        expect(page.locator(".passage").first).to_contain_text("民办学校", timeout=RESULT_TIMEOUT)
+        expect(page.locator(".passage").filter(has_text="民办学校").first).to_be_visible(timeout=RESULT_TIMEOUT)
         expect(page.get_by_text("this page is open to the network").first).to_be_visible()
         assert page.get_by_label("Password 密码", exact=True).count() == 0  # no key set: nothing to unlock with
         assert write_controls(page) == 0
@@ -89,4 +90,19 @@ def test_page_open_to_the_network_is_read_only_until_the_password_is_given(open_
         expect(page.get_by_text("In the index 已收录 (2)")).to_be_visible()
         settle(page)
         page.screenshot(path=str(OUT / "unlocked.png"), full_page=True)
-    assert WRITE_KEY not in (OUT / "server.log").read_text(errors="replace")
+
+        assert set_key(access, "read", READ_KEY).returncode == 0  # now even reading needs a key
+        page.reload(wait_until="domcontentloaded")
+        expect(page.get_by_text("This page needs a password")).to_be_visible(timeout=RESULT_TIMEOUT)
+        assert page.get_by_role("textbox", name="Question 问题").count() == 0
+        assert page.get_by_text("Chunks 段落").count() == 0  # nor anything about the index
+        password = page.get_by_label("Password 密码", exact=True)
+        password.fill(READ_KEY)
+        password.press("Enter")
+        ask(page, QUESTION)
+        expect(page.locator(".passage").filter(has_text="民办学校").first).to_be_visible(timeout=RESULT_TIMEOUT)
+        open_documents_tab(page)
+        assert write_controls(page) == 0  # the read key does not write
+        page.screenshot(path=str(OUT / "read-key.png"), full_page=True)
+    log = (OUT / "server.log").read_text(errors="replace")
+    assert WRITE_KEY not in log and READ_KEY not in log
