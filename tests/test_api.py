@@ -141,7 +141,7 @@ def test_search_returns_the_json_of_the_command_line(api, encoder):
         assert g["score"] == pytest.approx(w["score"], abs=1e-4)
         assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in w.items() if k != "score"}
     assert got["terms"] == want["terms"] and got["generation"] == api.get("/info").json()["generation"]
-    assert "民办学校" in got["hits"][0]["text"] and got["hits"][0]["sentence"]["text"]
+    assert any("民办学校" in h["text"] for h in got["hits"]) and all(h["sentence"]["text"] for h in got["hits"])
 
 
 def test_batch_answers_each_question_in_order(api):
@@ -149,7 +149,7 @@ def test_batch_answers_each_question_in_order(api):
     assert resp.status_code == 200, resp.text
     en, zh = resp.json()
     assert en["query"] == ENGLISH and en["cross_lingual"] and en["translations"] and len(en["hits"]) == 2
-    assert zh["query"] == QUESTION and not zh["cross_lingual"] and "民办学校" in zh["hits"][0]["text"]
+    assert zh["query"] == QUESTION and not zh["cross_lingual"] and any("民办学校" in h["text"] for h in zh["hits"])
 
 
 def test_search_options_mode_document_filter_min_score_and_routes(api):
