@@ -43,7 +43,7 @@ import streamlit as st  # noqa: E402
 from indexer.access import Access, access_path  # noqa: E402
 from indexer.chunking import is_heading  # noqa: E402
 from indexer.embedding import Encoder  # noqa: E402
-from indexer.engine import Engine, Hit, Result  # noqa: E402
+from indexer.engine import GROUPS, DocHit, Engine, Hit, Result  # noqa: E402
 from indexer.errors import IndexerError  # noqa: E402
 from indexer.highlight import highlight_spans, query_terms, to_html  # noqa: E402
 from indexer.querying import Question, read_questions, write_results  # noqa: E402
@@ -85,6 +85,13 @@ CSS = """
 .terms .term b { color: #3a78c2; font-weight: 600; }
 .context .ctx-around { opacity: .65; }
 .context .ctx-hit { border-left: 3px solid #f0b400; padding-left: .6rem; margin: .35rem 0; }
+.why { font-size: .82rem; opacity: .8; margin: -.1rem 0 .25rem 0; }
+.why .part { font-family: monospace; background: rgba(120, 120, 120, .12); border-radius: .25rem; padding: 0 .3rem; margin-right: .3rem; }
+.doc-head { display: flex; gap: .35rem .9rem; align-items: baseline; font-size: 1.1rem; margin: .2rem 0 .35rem 0; }
+.doc-head .rank { font-weight: 700; }
+.doc-head .score { font-family: monospace; background: rgba(70, 130, 200, .15); border-radius: .3rem; padding: 0 .35rem; font-size: .95rem; }
+.doc-head .title { font-weight: 600; }
+.doc-head .id { opacity: .65; font-size: .9rem; }
 </style>
 """
 
@@ -312,20 +319,24 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
     sb.header("Settings 设置")
     k = sb.slider("Results 结果数", 1, 30, 5, key="k")
     min_score = sb.slider("Minimum score 最低分", 0.0, 1.0, 0.0, 0.01, key="min_score",
-                          help="Passages scoring below this are not shown (0 shows all).")
+                          help="Passages scoring below this are not shown (0 shows all). Hybrid scores mean the "
+                               "same on every question: about 0.4 and up, the index answers it.")
     docs = {d.doc_id: d for d in engine.documents()} if info else {}
     if "docs" in st.session_state:  # a removed document leaves the filter
         st.session_state.docs = [d for d in st.session_state.docs if d in docs]
     chosen = sb.multiselect("Search in 文档筛选", list(docs), key="docs", placeholder="All documents",
                             format_func=lambda d: d if not docs[d].title or docs[d].title == Path(d).stem
                             else f"{docs[d].title} ({d})")
+    group = sb.radio("Show 显示", GROUPS, key="group", horizontal=True,
+                     format_func=lambda g: {"passages": "passages 段落", "documents": "documents 文档"}[g],
+                     help="documents: whole documents ranked by their best passage, each with its best passages.")
     where = filters_panel(sb, list(docs.values()))
     mode = None
     if _accepts(Engine.search, "mode"):
         default = inspect.signature(Engine.search).parameters["mode"].default
         mode = sb.selectbox("Mode 检索方式", MODES, key="mode", index=MODES.index(default) if default in MODES else 0,
-                            help="dense: by meaning (cosine score) · bm25: by words · hybrid: both, fused by rank. "
-                                 "Each mode scores on its own scale, so the minimum score depends on it.")
+                            help="dense: by meaning (cosine score) · bm25: by words (BM25 score) · hybrid: both, "
+                                 "0–1, each hit showing its parts. Each mode scores on its own scale.")
 
     sb.header("Manage 管理")
     if not can_write():
@@ -343,7 +354,8 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None) -> dict:
             st.rerun()
     if can_write():
         sb.caption("Add or remove documents in the **Documents** tab.")
-    return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode, "where": where}
+    return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode, "where": where,
+            "group": group}
 
 
 def tags_from(text: str) -> list[str]:
@@ -425,7 +437,8 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         return
     try:
         result = engine.query([query], settings["k"], settings["docs"], settings["min_score"],
-                              where=settings["where"], **mode_kwargs(engine.query, settings["mode"]))[0]
+                              where=settings["where"], group=settings["group"],
+                              **mode_kwargs(engine.query, settings["mode"]))[0]
     except IndexerError as exc:
         st.warning(str(exc))
         return
@@ -438,10 +451,40 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
     # a cross-lingual question is marked by its Chinese translations, others by their own words
     terms = result.terms if result.cross_lingual else query_terms(query)
     found = [t for t in terms if any(highlight_spans(h.text, [t]) for h in hits)]
-    st.caption(f"{len(hits)} passages, ranked by meaning · the answering sentence is underlined in green · "
+    counted = (f"{len(result.documents)} documents with their best passages" if result.documents is not None
+               else f"{len(hits)} passages")
+    st.caption(f"{counted}, ranked by meaning and words (each shows its score's parts) · the answering sentence is "
+               "underlined in green · "
                + (f"marked: {'、'.join(found)}" if found else "none of the question's words occur in them literally"))
-    for hit in hits:
+    for doc in result.documents or []:
+        show_document(engine, doc, terms)
+    for hit in hits if result.documents is None else []:
         show_hit(engine, hit, terms)
+
+
+ROUTE_NAMES = {"dense": "meaning 语义 (cosine)", "bm25": "words 关键词 (BM25)", "use": "cross-lingual 跨语言 (USE)"}
+
+
+def why_html(hit: Hit) -> str:
+    """Why a hit ranks where it does: each route's own score and its part of the fused score, and
+    the question's terms the passage holds."""
+    routes = hit.why.get("routes", {})
+    parts = "".join(f'<span class="part" title="{esc(ROUTE_NAMES.get(name, name))}">{esc(name)} {r["score"]:.3g}'
+                    f' → {r["part"]:.3f}</span>' for name, r in routes.items())
+    matched = "、".join(hit.why.get("matched", [])[:12])
+    return (f'<div class="why">{parts}= {hit.score:.3f}' + (f" · matched 命中: {esc(matched)}" if matched else "")
+            + "</div>")
+
+
+def show_document(engine: Engine, doc: DocHit, terms: list[str]) -> None:
+    """A ranked document: its score and title, then its best passages."""
+    with st.container(border=True):
+        st.markdown(f'<div class="doc-head"><span class="rank">#{doc.rank}</span>'
+                    f'<span class="score" title="its best passage\'s score">{doc.score:.4g}</span>'
+                    f'<span class="title">{esc(doc.title or doc.doc_id)}</span><span class="id">{esc(doc.doc_id)}</span></div>',
+                    unsafe_allow_html=True)
+        for hit in doc.hits:
+            show_hit(engine, hit, terms)
 
 
 def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
@@ -452,7 +495,7 @@ def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
             f'<div class="hit-head"><span class="rank">#{hit.rank}</span>'
             f'<span class="score" title="score">{hit.score:.4g}</span>'
             f'<span class="doc">{esc(hit.title or hit.doc_id)}</span>'
-            f'<span class="section">{esc(section) if section else ""}</span></div>',
+            f'<span class="section">{esc(section) if section else ""}</span></div>' + why_html(hit),
             unsafe_allow_html=True)
         st.markdown(f'<div class="passage">{marked(body, terms, sentence_in(hit, body_start, len(body)))}</div>',
                     unsafe_allow_html=True)

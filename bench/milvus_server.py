@@ -183,23 +183,26 @@ class MilvusServer:
         self.stop()
 
 
-def copy_into(folder: Path, location: str):
-    """Put a folder index's documents into a Milvus location as they are: the same chunks, vectors,
-    keyword terms and cross-lingual vectors, no re-embedding (so the two stores hold identical data).
-    The BM25 route is the location's default (INDEXER_MILVUS_BM25). Returns the saved MilvusStore."""
+def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
+    """Put a folder index's documents into another location (Milvus, or another folder) as they are:
+    the same chunks, vectors and cross-lingual vectors, no re-embedding (so the two stores hold
+    identical data), and keyword terms cut under the index's keyword settings or `keyword` (e.g. the
+    legacy analyzer, whose terms the server's own BM25 reproduces). The BM25 route is the location's
+    default (INDEXER_MILVUS_BM25). Returns the saved store."""
     from collections import defaultdict
 
     import numpy as np
 
     from indexer.keyword import Segmenter
     from indexer.store.base import Manifest
+    from indexer.store import store_class
     from indexer.store.faiss_store import FaissStore
-    from indexer.store.milvus_store import MilvusStore
 
     src = FaissStore.load(folder)
-    manifest = Manifest.from_json({**src.manifest.to_json(), "documents": {}})
-    dst = MilvusStore(location, manifest)
-    segmenter = Segmenter(tuple(src.manifest.keyword.get("user_terms", ())))
+    manifest = Manifest.from_json({**src.manifest.to_json(), "documents": {},
+                                   "keyword": src.manifest.keyword if keyword is None else keyword})
+    dst = store_class(str(location))(str(location) if "://" in str(location) else Path(location), manifest)
+    segmenter = Segmenter.of(manifest.keyword)
     chunks, vectors, xl = src.all_chunks(), src.vectors(), src.cross_vectors()
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(chunks):

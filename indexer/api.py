@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from .access import Access, AccessError
 from .embedding import Encoder
-from .engine import DEFAULT_MODE, Engine, Result
+from .engine import DEFAULT_MODE, GROUPS, Engine, Result
 from .errors import IndexerError, QueryError, StoreError
 from .reading import SUPPORTED_SUFFIXES, Document, ReadError, read_uploads
 from .search import MODES
@@ -74,6 +74,8 @@ class Options(BaseModel):
     min_score: Optional[float] = Field(None, description="drop hits scoring below this")
     use: bool = Field(True, description="English questions: the USE cross-lingual route")
     translate: bool = Field(True, description="English questions: BM25 over their Chinese translations")
+    group: Literal[GROUPS] = Field("passages", description="passages | documents: whole documents ranked by "  # type: ignore[valid-type]
+                                                           "their best passage, each with its best passages")
 
 
 class SearchRequest(Options):
@@ -115,32 +117,21 @@ def plain_name(name: str | None) -> str:
 
 
 class Service:
-    """The engines behind the API: readers (one per cross-lingual route setting, sharing the
-    encoder) and one writer, with the write lock."""
+    """The engines behind the API: one reader and one writer sharing the encoder, and the write
+    lock (readers keep answering from the committed index while a write runs)."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.encoder = Encoder(settings.model)
         self.access = Access(settings.access, settings.host)
         self.writer = Engine(settings.index, encoder=self.encoder)
-        self._readers: dict[tuple[bool, bool], Engine] = {}
-        self._lock = threading.Lock()
+        self.reader = Engine(settings.index, encoder=self.encoder)
         self._write_lock = threading.Lock()
-
-    def reader(self, use: bool = True, translate: bool = True) -> Engine:
-        """The reading engine for one setting of the cross-lingual routes."""
-        with self._lock:
-            engine = self._readers.get((use, translate))
-            if engine is None:
-                engine = Engine(self.settings.index, encoder=self.encoder)
-                engine.fusion = replace(engine.fusion, use_route=use, translate=translate)
-                self._readers[(use, translate)] = engine
-            return engine
 
     def warm_up(self) -> None:
         """Load the index, the encoders (the documents' backend too: the first upload would
         otherwise load it while readers wait for the CPU) and the translator before the first request."""
-        engine = self.reader()
+        engine = self.reader
         self.encoder.encode_documents(["预热"])
         if engine.exists():
             try:
@@ -157,8 +148,9 @@ class Service:
     def query(self, queries: list[str], options: Options) -> list[Result]:
         """Check the request's limits, then answer its questions in one Engine.query call."""
         self.check(options, len(queries))
-        return self.reader(options.use, options.translate).query(queries, options.k, options.doc, options.min_score,
-                                                                 options.mode, where=options.where)
+        fusion = replace(self.reader.fusion, use_route=options.use, translate=options.translate)
+        return self.reader.query(queries, options.k, options.doc, options.min_score, options.mode,
+                                 where=options.where, group=options.group, fusion=fusion)
 
     def add(self, docs: list[Document]) -> dict:
         with self._write_lock:
@@ -332,7 +324,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
 
     @app.get("/documents", dependencies=[read], summary="The indexed documents")
     async def documents() -> list[dict]:
-        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().reader().documents)]
+        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().reader.documents)]
 
     @app.post("/documents", dependencies=[write], summary="Add or replace documents (upload)")
     async def upload(files: list[UploadFile] = File(..., description="files, as the CLI's `add` reads them"),
@@ -349,7 +341,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
 
     @app.get("/info", dependencies=[read], summary="What the index holds and how it was built")
     async def info() -> dict:
-        return await anyio.to_thread.run_sync(svc().reader().info)
+        return await anyio.to_thread.run_sync(svc().reader.info)
 
     @app.get("/health", summary="Up, with the model loaded")
     async def health() -> dict:

@@ -17,6 +17,7 @@ from .evaluation import evaluate, read_labelled
 from .search import MODES
 from .chunking import ChunkSettings
 from .errors import IndexerError
+from .keyword import read_synonyms
 from .querying import answer, read_questions, write_results
 
 INDEX_ENV = "INDEXER_INDEX"
@@ -35,6 +36,8 @@ TranslateOpt = typer.Option(True, "--translate/--no-translate",
 TagOpt = typer.Option(None, "--tag", "-t", help="a tag for every document added, e.g. 2020 or 教育局 (repeatable; "
                                                 "filter on it with --where tag=…)")
 OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="recognise the text of scanned PDF pages and images (OCR)")
+GroupOpt = typer.Option("passages", "--group", help="passages | documents: rank whole documents by their "
+                                                      "passages, each shown with its best passages")
 WhereOpt = typer.Option(None, "--where", "-w", help="only documents where FIELD OP VALUE holds, e.g. type=pdf, "
                                                     "year>=2020, tag=党建, folder=reports (repeatable: all must hold)")
 
@@ -57,6 +60,18 @@ def _user_terms(words: Optional[list[str]], files: Optional[list[Path]]) -> tupl
     return tuple(dict.fromkeys(terms))
 
 
+def _synonyms(path: Optional[Path]) -> tuple[tuple[str, ...], ...]:
+    """Synonym groups from a UTF-8 file (indexer.keyword.read_synonyms)."""
+    if path is None:
+        return ()
+    if not path.is_file():
+        raise IndexerError(f"{path}: no such synonyms file")
+    groups = read_synonyms(path.read_text(encoding="utf-8-sig").splitlines())
+    if not groups:
+        raise IndexerError(f"{path}: no synonym groups (one group per line, two or more words each)")
+    return groups
+
+
 def _progress() -> bool:
     return sys.stderr.isatty()
 
@@ -75,6 +90,8 @@ def _print_reports(reports, limit: int = 20) -> None:
         for status, chunks in counts.items():
             typer.echo(f"{status:9} {len(chunks)} documents ({sum(chunks)} chunks)")
     failed = [r for r in reports if r.status == "failed"]
+    if len(failed) == 1 and not done:
+        raise IndexerError(failed[0].error)  # the one file given: its one line
     for r in failed:
         typer.echo(f"failed    {r.error}", err=True)
     if failed:
@@ -95,10 +112,13 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
                                                      "(better ranking of long paragraphs; about 2x the encoding)"),
           user_term: Optional[list[str]] = typer.Option(None, "--user-term", help="a word the keyword search keeps whole, e.g. 三重一大 (repeatable)"),
           user_dict: Optional[list[Path]] = typer.Option(None, "--user-dict", help="a file of such words, one per line"),
+          synonyms: Optional[Path] = typer.Option(None, "--synonyms", help="a file of synonym groups, one per line "
+                                                  "(民办学校 私立学校 民校): a question's keyword search takes each "
+                                                  "word with its group; kept with the index"),
           tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
     """(Re)build an index from scratch from PATHS."""
     settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type,
-                             _user_terms(user_term, user_dict), crosslingual, sentence_vectors)
+                             _user_terms(user_term, user_dict), crosslingual, sentence_vectors, _synonyms(synonyms))
     engine = _engine(index, model, settings)
     reports = engine.build(paths, progress=_progress(), tags=tag or (), ocr=ocr)
     info = engine.info()
@@ -162,13 +182,29 @@ def _print_result(result: Result) -> None:
         typer.echo("translated: " + "; ".join(f"{e} → {' '.join(t)}" for e, t in result.translations))
     if not result.hits:
         typer.echo("no results")
+    if result.documents is not None:
+        for d in result.documents:
+            typer.echo(f"{d.rank:2}. {d.score:.4f}  {d.doc_id}" + (f"  {d.title}" if d.title else ""))
+            for h in d.hits:
+                _print_hit(h, f"    › {h.section or '(no section)'}", "      ")
+        return
     for h in result.hits:
         where = f"{h.doc_id} › {h.section}" if h.section else h.doc_id
-        typer.echo(f"{h.rank:2}. {h.score:.4f}  {where}  [{h.chunk_id}, chars {h.start}–{h.end}]")
-        typer.echo(f"    {h.text}")
-        if h.sentence:
-            typer.echo(f"    » {h.sentence}  [chars {h.sentence_start}–{h.sentence_end}]")
-        typer.echo("")
+        _print_hit(h, f"{h.rank:2}. {h.score:.4f}  {where}", "    ")
+
+
+def _print_hit(h, head: str, indent: str) -> None:
+    """A passage: where it is, its text, its answering sentence (») and why it ranks there."""
+    typer.echo(f"{head}  [{h.chunk_id}, chars {h.start}–{h.end}]")
+    typer.echo(f"{indent}{h.text}")
+    if h.sentence:
+        typer.echo(f"{indent}» {h.sentence}  [chars {h.sentence_start}–{h.sentence_end}]")
+    routes = h.why.get("routes", {})
+    if routes:
+        parts = " + ".join(f"{name} {r['score']:.4g} → {r['part']:.3f}" for name, r in routes.items())
+        matched = "、".join(h.why.get("matched", []))
+        typer.echo(f"{indent}why: {parts} = {h.score:.4f}" + (f"; terms matched: {matched}" if matched else ""))
+    typer.echo("")
 
 
 @app.command()
@@ -177,10 +213,12 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
            k: int = typer.Option(5, "-k", "--top-k", help="how many passages"),
            doc: Optional[list[str]] = typer.Option(None, "--doc", help="search only these document ids"),
            min_score: Optional[float] = typer.Option(None, help="drop hits scoring below this"),
-           where: Optional[list[str]] = WhereOpt,
+           where: Optional[list[str]] = WhereOpt, group: str = GroupOpt,
            mode: str = ModeOpt, use: bool = UseOpt, translate: bool = TranslateOpt, as_json: bool = JsonOpt) -> None:
-    """Search the index with one question; each hit marks its answering sentence (»)."""
-    result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode, where)[0]
+    """Search the index with one question; each hit marks its answering sentence (») and says why it
+    ranks there. Quoted phrases ("三重一大") must occur in a hit; -word excludes a word."""
+    result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode, where,
+                                                                        group)[0]
     if as_json:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     else:
@@ -192,11 +230,12 @@ def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per lin
           output: Path = typer.Option(..., "-o", "--output", help="results file, .jsonl or .csv"),
           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           k: int = typer.Option(10, "-k", "--top-k", help="passages per question"), mode: str = ModeOpt,
-          where: Optional[list[str]] = WhereOpt, use: bool = UseOpt, translate: bool = TranslateOpt) -> None:
+          where: Optional[list[str]] = WhereOpt, group: str = GroupOpt,
+          use: bool = UseOpt, translate: bool = TranslateOpt) -> None:
     """Answer a file of questions; questions are encoded in batches. A question may carry its own
     filters (JSONL "where": [...], CSV column where: filters separated by ";")."""
     questions = read_questions(queries)
-    results = answer(_engine(index, model, use=use, translate=translate), questions, k, mode, where)
+    results = answer(_engine(index, model, use=use, translate=translate), questions, k, mode, where, group)
     write_results(output, questions, results)
     typer.echo(f"{len(questions)} questions → {output}")
 
@@ -207,12 +246,14 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
                  mode: str = typer.Option(DEFAULT_MODE, "--mode", help="dense | bm25 | hybrid | all"),
                  k: int = typer.Option(10, "-k", help="depth for Recall and MRR"),
                  use: bool = UseOpt, translate: bool = TranslateOpt,
+                 group: str = typer.Option("auto", "--group", help="auto | passages | documents: auto scores documents "
+                                                                  "when every label is a document id"),
                  json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures here")) -> None:
     """Score retrieval on labelled questions: Hit@1, Hit@3, Recall@k, MRR@k."""
     labels = read_labelled(labelled)
     engine = _engine(index, model, use=use, translate=translate)
     modes = list(MODES) if mode == "all" else [mode]
-    rows = {m: evaluate(engine, labels, m, k) for m in modes}
+    rows = {m: evaluate(engine, labels, m, k, group) for m in modes}
     keys = [key for key in next(iter(rows.values())) if key != "n"]
     typer.echo(f"{labelled} ({len(labels)} questions, index {engine.shown})")
     typer.echo(f"{'mode':8}" + "".join(f"{key:>11}" for key in keys))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import sys
@@ -16,9 +17,10 @@ from .crosslingual import USE_DIM, USE_NAME, PassageVectors, Translator, USEEnco
 from .embedding import Encoder
 from . import filters
 from .errors import ModelError, QueryError, StoreError
-from .keyword import Segmenter
+from .keyword import Analyzer, Segmenter, with_synonyms
+from .querytext import ParsedQuery, holds, parse_query
 from .search import (MODES, DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored, UseRoute, best_sentence,
-                     retrieve)
+                     group_documents, retrieve)
 from .reading import Document, ReadError, iter_documents, plan_files, tagged
 from .store import store_class
 from .store.base import DocRecord, Manifest, now
@@ -27,6 +29,8 @@ from .store.faiss_store import choose_index_type
 Progress = Union[bool, Callable[[float], None]]  # a console bar, or a callback given the fraction done
 DEFAULT_INDEX = Path("indexes/default")
 DEFAULT_MODE = "hybrid"  # measured better than dense and bm25 alone (README)
+GROUPS = ("passages", "documents")
+DOC_POOL = 10  # grouped by documents: the best k × 10 passages are grouped into k documents
 MAX_QUERY_CHARS = 2000  # the model reads ~512 tokens; longer questions are cut here, visibly
 
 
@@ -74,21 +78,38 @@ def explain(result: Scored, text: str, terms: list[str]) -> dict:
 
 
 @dataclass(frozen=True)
+class DocHit:
+    """One ranked document (`group="documents"`): its score and its best passages."""
+
+    rank: int
+    score: float
+    doc_id: str
+    title: str
+    hits: list[Hit]  # its best passages, best first (their rank is within the document)
+
+    def to_json(self) -> dict:
+        return {"rank": self.rank, "score": self.score, "doc_id": self.doc_id, "title": self.title,
+                "passages": [h.to_json() for h in self.hits]}
+
+
+@dataclass(frozen=True)
 class Result:
-    """One question's answer: its ranked hits and how it was searched."""
+    """One question's answer: its ranked hits (or documents) and how it was searched."""
 
     query: str
-    hits: list[Hit]
+    hits: list[Hit]  # ranked passages; grouped by documents: each document's passages in document order
     terms: list[str]  # the keyword terms searched (a cross-lingual question: its Chinese translations)
     cross_lingual: bool = False  # the question took the cross-lingual route (no CJK, some Latin)
     translations: list[tuple[str, list[str]]] = field(default_factory=list)  # English part → terms kept
     generation: str | None = None  # the committed index generation that answered
+    documents: list[DocHit] | None = None  # set when the results are grouped by documents
 
     def to_json(self) -> dict:
-        return {"query": self.query, "generation": self.generation, "cross_lingual": self.cross_lingual,
-                "terms": self.terms,
-                "translations": [{"english": e, "terms": t} for e, t in self.translations],
-                "hits": [h.to_json() for h in self.hits]}
+        out = {"query": self.query, "generation": self.generation, "cross_lingual": self.cross_lingual,
+               "terms": self.terms, "translations": [{"english": e, "terms": t} for e, t in self.translations]}
+        if self.documents is not None:
+            return {**out, "group": "documents", "documents": [d.to_json() for d in self.documents]}
+        return {**out, "hits": [h.to_json() for h in self.hits]}
 
 
 @dataclass(frozen=True)
@@ -160,6 +181,13 @@ class IndexSettings:
     user_terms: tuple[str, ...] = ()  # words the keyword segmenter keeps whole
     crosslingual: bool = True  # keep the USE index for English questions (costs build time; README)
     sentence_vectors: bool = False  # also an e5 vector per sentence: better ranking, ~2x the encoding (README)
+    synonyms: tuple[tuple[str, ...], ...] = ()  # groups of words a question's keyword search treats as one
+    analyzer: Analyzer = field(default_factory=Analyzer)  # how text becomes keyword terms (indexer.keyword)
+
+    def keyword(self) -> dict:
+        """The keyword settings as the manifest keeps them."""
+        return {"user_terms": list(self.user_terms), "analyzer": self.analyzer.to_json(),
+                **({"synonyms": [list(g) for g in self.synonyms]} if self.synonyms else {})}
 
 
 USE_COST, SENTENCE_COST = 0.9, 2.0  # encoding time of the USE table and of e5 sentence vectors, per unit of e5 passages
@@ -180,6 +208,12 @@ def _part(progress: Progress, lo: float, hi: float) -> Progress:
     if not callable(progress):
         return progress
     return lambda fraction: progress(lo + (hi - lo) * fraction)
+
+
+@functools.lru_cache(maxsize=8)
+def _segmenter(keyword: str) -> Segmenter:
+    """One segmenter per keyword settings (JSON): loading jieba's dictionary takes a second."""
+    return Segmenter.of(json.loads(keyword))
 
 
 def passage_text(chunk: Chunk, min_chars: int = ChunkSettings.min_chars) -> str:
@@ -211,10 +245,24 @@ class _StoreView:
         self.store = store
         self.chunks: list[Chunk] = store.all_chunks()
         self.row_of = {c.chunk_id: i for i, c in enumerate(self.chunks)}
+        self._folded: list[str] | None = None
 
     @functools.cached_property
     def translator(self) -> Translator:
         return Translator(self.store.vocabulary())
+
+    def scope(self, parsed: ParsedQuery, allowed: set[str] | None, fold: Callable[[str], str]) -> frozenset[str] | None:
+        """The chunks (of the allowed documents) that hold a question's phrases and none of its
+        exclusions, both compared in the index's script (`fold`: a Simplified phrase finds its
+        Traditional text); None when it has neither. The folded texts are made on the first such
+        question and kept with this view."""
+        if not parsed.constrained:
+            return None
+        if self._folded is None:
+            self._folded = [fold(c.text) for c in self.chunks]
+        wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
+        return frozenset(c.chunk_id for c, text in zip(self.chunks, self._folded)
+                         if (allowed is None or c.doc_id in allowed) and holds(text, wanted))
 
 
 class Engine:
@@ -235,7 +283,6 @@ class Engine:
         self._model = model
         self._store = None
         self._lock = threading.RLock()  # one Engine may serve many threads (the page's sessions)
-        self._segmenter: Segmenter | None = None
         self._xl_encoder: USEEncoder | None = None
         self._view: _StoreView | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -268,10 +315,8 @@ class Engine:
 
     @property
     def segmenter(self) -> Segmenter:
-        """The keyword segmenter, with the index's user terms."""
-        if self._segmenter is None or self._segmenter.user_terms != self.settings.user_terms:
-            self._segmenter = Segmenter(self.settings.user_terms)
-        return self._segmenter
+        """The keyword segmenter of the index's keyword settings (user terms, synonyms, analyzer)."""
+        return _segmenter(json.dumps(self.settings.keyword(), sort_keys=True, ensure_ascii=False))
 
     @property
     def store(self):
@@ -305,7 +350,7 @@ class Engine:
         choose_index_type(self.settings.index_type, 0)  # validate early
         manifest = Manifest(model=self.encoder.name, dim=self.encoder.dim,
                             chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
-                            keyword={"user_terms": list(self.settings.user_terms)},
+                            keyword=self.settings.keyword(),
                             crosslingual=self._table_settings())
         return self._store_cls(self.location, manifest)
 
@@ -407,7 +452,9 @@ class Engine:
         """Chunk new documents the way the index was built."""
         self.settings = IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type,
                                       tuple(manifest.keyword.get("user_terms", ())), bool(manifest.crosslingual),
-                                      bool(manifest.crosslingual.get("e5_sentences")))
+                                      bool(manifest.crosslingual.get("e5_sentences")),
+                                      tuple(tuple(g) for g in manifest.keyword.get("synonyms", ())),
+                                      Analyzer.of(manifest.keyword))
 
     def _upsert_all(self, store, docs: list[Document], progress: Progress) -> list[DocReport]:
         """Chunk the new and changed documents, embed them in one pass, and put them in the store.
@@ -492,23 +539,30 @@ class Engine:
 
     def query(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
               min_score: float | None = None, mode: str = DEFAULT_MODE,
-              where: Iterable[str] | None = None) -> list[Result]:
+              where: Iterable[str] | None = None, group: str = "passages",
+              fusion: FusionSettings | None = None) -> list[Result]:
         """Each question's ranked passages, with the terms it was searched with and each hit's
         answering sentence. Questions are encoded together.
 
         mode: dense (embeddings), bm25 (keywords) or hybrid (both, fused: indexer.search).
         A question with no CJK character and some Latin letters is cross-lingual: where the index
         keeps the USE vectors it also takes the USE route, and its English words are translated
-        into the corpus's Chinese terms for BM25 (`self.fusion` switches either off).
+        into the corpus's Chinese terms for BM25 (`fusion`, default `self.fusion`, switches either off).
         `docs` (ids) and `where` (filters on the documents' metadata, indexer.filters) limit the
-        search to the documents they allow, inside every route.
+        search to the documents they allow, inside every route; a question's quoted phrases and
+        `-word` exclusions (indexer.querytext) limit it to the passages that hold them.
+        group="documents" ranks documents by their passages' evidence (search.group_documents),
+        each with its best passages; k then counts documents and min_score applies to them.
         """
         if k is None or k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
         if mode not in MODES:
             raise QueryError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if group not in GROUPS:
+            raise QueryError(f"unknown grouping {group!r}; choose one of {', '.join(GROUPS)}")
         texts = [clean_query(q) for q in queries]
         conditions = filters.parse(where)
+        fusion = fusion or self.fusion
         with self._lock:
             store = self.store
             if self._view is None or self._view.store is not store:
@@ -517,20 +571,38 @@ class Engine:
         self.check_model(store.manifest)
         allowed = self._doc_filter(store, docs, conditions)
         rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
-        encoding = self._encoding_pool().submit(self.encoder.encode_queries, texts) if mode != "bm25" else None
-        plans, translations, use_vecs = self._plans(texts, view)  # meanwhile: keywords, USE vectors
+        parsed = [parse_query(t) for t in texts]
+        asked = [p.text for p in parsed]  # what the routes read: no quotes, no exclusions
+        encoding = self._encoding_pool().submit(self.encoder.encode_queries, asked) if mode != "bm25" else None
+        plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
+        fold = self.segmenter.fold
+        plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
+                         scope=view.scope(p, allowed, fold)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         xl = store.cross_vectors()
-        routes = {"dense": DenseRoute(store, allowed, xl, view.row_of, self.fusion.sentence_share),
-                  "use": UseRoute(xl, view.chunks, rows), "bm25": KeywordRoute(store, allowed)}
-        ranked = retrieve(routes, plans, k, mode, self.fusion)
-        return [Result(text, self._hits(store, view, ranked[i], min_score, plan.terms,
-                                        None if use_vecs is None else use_vecs[i]),
-                       plan.terms, plan.cross_lingual, translations[i], store.generation)
-                for i, (text, plan) in enumerate(zip(texts, plans))]
+        routes = {"dense": DenseRoute(store, allowed, xl, view.row_of, fusion.sentence_share),
+                  "use": UseRoute(xl, view, rows), "bm25": KeywordRoute(store, allowed, view)}
+        by_doc = group == "documents"
+        ranked = retrieve(routes, plans, max(k * DOC_POOL, fusion.candidates) if by_doc else k, mode, fusion)
+        out = []
+        for i, (text, plan) in enumerate(zip(texts, plans)):
+            use_vector = None if use_vecs is None else use_vecs[i]
+            if not by_doc:
+                hits = self._hits(store, view, ranked[i], min_score, plan.terms, use_vector)
+                out.append(Result(text, hits, plan.terms, plan.cross_lingual, translations[i], store.generation))
+                continue
+            grouped = group_documents(ranked[i], lambda cid: view.chunks[view.row_of[cid]].doc_id, k,
+                                      fusion.doc_weights)
+            found = [DocHit(n, round(d.score, 6), d.doc_id, store.manifest.documents[d.doc_id].title,
+                            self._hits(store, view, d.chunks, None, plan.terms, use_vector))
+                     for n, d in enumerate((d for d in grouped if min_score is None or d.score >= min_score), 1)]
+            out.append(Result(text, [h for d in found for h in d.hits], plan.terms, plan.cross_lingual,
+                              translations[i], store.generation, found))
+        return out
 
-    def _plans(self, texts: list[str], view: "_StoreView") -> tuple[list[QueryPlan], list, np.ndarray | None]:
+    def _plans(self, texts: list[str], view: "_StoreView",
+               fusion: FusionSettings) -> tuple[list[QueryPlan], list, np.ndarray | None]:
         """Per question: its keyword terms (translated for a cross-lingual question), its language,
         and its USE vector where the USE route runs; the translations; every question's USE
         vector (which also picks the answering sentences), None when the index keeps no USE vectors."""
@@ -538,12 +610,13 @@ class Engine:
         terms = self.segmenter.terms_many(texts)
         translations: list[list[tuple[str, list[str]]]] = [[] for _ in texts]
         for i, text in enumerate(texts):
-            if cross[i] and self.fusion.translate:
+            if cross[i] and fusion.translate:
                 translations[i] = view.translator.explain(text)
                 terms[i] = list(dict.fromkeys(t for _, part in translations[i] for t in part)) or terms[i]
+            terms[i] = with_synonyms(terms[i], self.settings.synonyms)
         use_vecs = self.xl_encoder.encode_queries(texts) if view.store.cross_vectors() is not None else None
         plans = [QueryPlan(terms[i], cross[i],
-                           use_vecs[i] if use_vecs is not None and cross[i] and self.fusion.use_route else None)
+                           use_vecs[i] if use_vecs is not None and cross[i] and fusion.use_route else None)
                  for i in range(len(texts))]
         return plans, translations, use_vecs
 
@@ -560,24 +633,26 @@ class Engine:
             wanted = met if wanted is None else wanted & met
         return wanted
 
-    @staticmethod
-    def _hits(store, view: "_StoreView", ranked: list[Scored], min_score: float | None, terms: list[str],
+    def _hits(self, store, view: "_StoreView", ranked: list[Scored], min_score: float | None, terms: list[str],
               use_vector: np.ndarray | None) -> list[Hit]:
-        """Fused results as hits: each chunk with its answering sentence and why it ranks there."""
+        """Fused results as hits: each chunk with its answering sentence and why it ranks there
+        (terms are matched in the text folded to the index's script; offsets are the original's)."""
         docs, xl = store.manifest.documents, store.cross_vectors()
         out = []
         for r in ranked:
             if min_score is not None and r.score < min_score:
                 continue
             c = view.chunks[view.row_of[r.chunk_id]]
+            folded = self.segmenter.fold(c.text)
+            folded = folded if len(folded) == len(c.text) else c.text
             if xl is not None:
                 sel = xl.sentences_of(view.row_of[c.chunk_id])
-                span = best_sentence(c.text, terms, xl.spans[sel], xl.sentences[sel], use_vector)
+                span = best_sentence(folded, terms, xl.spans[sel], xl.sentences[sel], use_vector)
             else:
-                span = best_sentence(c.text, terms)
+                span = best_sentence(folded, terms)
             s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
             out.append(Hit(len(out) + 1, round(r.score, 6), c.chunk_id, c.doc_id, docs[c.doc_id].title, c.section,
-                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, c.text, terms)))
+                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, folded, terms)))
         return out
 
     def context(self, hit: Hit, before: int = 1, after: int = 1) -> list[Chunk]:

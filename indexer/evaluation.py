@@ -71,8 +71,19 @@ def metrics(matrices: list[np.ndarray], k: int = 10) -> dict[str, float]:
             f"recall@{k}": float(np.mean(recall)), f"mrr@{k}": float(np.mean(mrr))}
 
 
-def evaluate(engine, labels: list[Labelled], mode: str, k: int = 10) -> dict[str, float]:
-    """Run every labelled question through `engine.batch` under `mode` and score the rankings."""
-    results = engine.batch([label.query for label in labels], k, mode=mode)
-    ranked = [[(h.doc_id, h.text) for h in hits] for hits in results]
+def by_documents(engine, labels: list[Labelled]) -> bool:
+    """Whether every label names an indexed document (then questions are scored on documents)."""
+    ids = {d.doc_id for d in engine.documents()}
+    return all(item in ids for label in labels for item in label.relevant)
+
+
+def evaluate(engine, labels: list[Labelled], mode: str, k: int = 10, group: str = "auto") -> dict[str, float]:
+    """Run every labelled question through the engine under `mode` and score the rankings: of
+    documents when `group` is "documents" (or "auto" and the labels are document ids), else of
+    passages (a passage is relevant when its document id or a labelled substring matches)."""
+    docs = group == "documents" or (group == "auto" and by_documents(engine, labels))
+    results = engine.query([label.query for label in labels], k, mode=mode,
+                           group="documents" if docs else "passages")
+    ranked = [[(d.doc_id, "") for d in r.documents] if docs else [(h.doc_id, h.text) for h in r.hits]
+              for r in results]
     return metrics(relevance_matrix(ranked, labels), k)

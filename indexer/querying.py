@@ -33,7 +33,7 @@ def _filters(value: object, where: str) -> tuple[str, ...]:
 
 
 def answer(engine, questions: list[Question], k: int = 10, mode: str | None = None,
-           where: Iterable[str] | None = None) -> list:
+           where: Iterable[str] | None = None, group: str = "passages") -> list:
     """Each question's Result (indexer.engine), in order: questions that share their filters are
     asked together (encoded in one batch); `where` applies to every question."""
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -42,7 +42,8 @@ def answer(engine, questions: list[Question], k: int = 10, mode: str | None = No
     results: list = [None] * len(questions)
     options = {"mode": mode} if mode else {}
     for own, rows in groups.items():
-        found = engine.query([questions[n].query for n in rows], k, where=[*(where or ()), *own], **options)
+        found = engine.query([questions[n].query for n in rows], k, where=[*(where or ()), *own], group=group,
+                             **options)
         for n, result in zip(rows, found):
             results[n] = result
     return results

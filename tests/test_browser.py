@@ -179,3 +179,38 @@ def test_page_in_a_real_browser(speech_index, tmp_path, chromium):
         assert page.locator(".passage .answer").count() == 5  # every hit shows its answering sentence
         assert page.locator(".passage mark").count() > 0  # the translated terms are marked
         page.screenshot(path=str(OUT / "search-en.png"), full_page=True)
+
+
+def test_documents_and_score_breakdown_in_a_real_browser(encoder, tmp_path, chromium):
+    """Each hit shows its score's parts (cosine and BM25, summing to the score, and the terms
+    matched); "documents" ranks whole documents, each with its best passages."""
+    from playwright.sync_api import expect
+
+    from indexer.engine import Engine
+
+    notices = tmp_path / "notices"
+    notices.mkdir()
+    (notices / "民办学校通知.txt").write_text("关于民办学校党组织建设的通知\n各民办学校要在年内建立党组织。\n"
+                                       "党组织书记由上级党组织选派。", encoding="utf-8")
+    (notices / "民辦學校報告.txt").write_text("民辦學校黨建工作報告\n全市民辦學校黨組織覆蓋率達到百分之百。", encoding="utf-8")
+    index = tmp_path / "index"
+    Engine(index, encoder=encoder).build([ROOT / "data" / "speech.txt", *sorted(notices.iterdir())])
+    OUT.mkdir(parents=True, exist_ok=True)
+    with serve(index, OUT / "server-documents.log") as url, browser_page(chromium) as page:
+        page.goto(url, wait_until="domcontentloaded")
+        page.set_viewport_size({"width": 1440, "height": 2200})
+        expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
+        ask(page, QUESTION)
+        why = page.locator(".why").first
+        expect(why).to_contain_text("bm25", timeout=RESULT_TIMEOUT)
+        parts = why.inner_text()
+        assert "dense" in parts and "matched" in parts and "党组织" in parts
+        page.get_by_text("documents 文档").click()
+        heads = page.locator(".doc-head")
+        expect(heads.first).to_be_visible(timeout=RESULT_TIMEOUT)
+        settle(page)
+        titles = heads.all_inner_texts()
+        assert len(titles) == 3 and all(t.startswith(f"#{n}") for n, t in enumerate(titles, 1))
+        assert any("民辦學校報告" in t for t in titles)  # a Traditional document found by a Simplified question
+        assert page.locator(".passage").count() >= 4  # each document with its best passages
+        page.screenshot(path=str(OUT / "documents.png"), full_page=True)

@@ -204,12 +204,13 @@ def routes(speech_index, encoder):
     engine = Engine(speech_index, encoder=encoder)
 
     def use_only(questions):
-        from indexer.search import use_rankings
+        from indexer.engine import _StoreView
+        from indexer.search import QueryPlan, UseRoute
 
-        store = engine.store
-        chunks = {c.chunk_id: c for c in store.all_chunks()}
-        ranked = use_rankings(store.cross_vectors(), engine.xl_encoder.encode_queries(questions), store.all_chunks(), N)
-        return [[(score, chunks[cid]) for cid, score in ranking] for ranking in ranked]
+        view = _StoreView(engine.store)
+        plans = [QueryPlan([], True, v) for v in engine.xl_encoder.encode_queries(questions)]
+        ranked = UseRoute(engine.store.cross_vectors(), view).run(plans, N)
+        return [[(score, view.chunks[view.row_of[cid]]) for cid, score in ranking] for ranking in ranked]
 
     return {"e5": route("dense", use_route=False), "use": use_only, "bm25": route("bm25"), "fused": route("hybrid")}
 

@@ -306,4 +306,4 @@ def test_changed_document_embeds_only_its_changed_chunks(speech_engine, speech_t
     fresh.build([folder / "speech.txt"])
     got = speech_engine.search(QUESTION, k=3)
     assert [h.chunk_id for h in got] == [h.chunk_id for h in fresh.search(QUESTION, k=3)]
-    assert "今年继续认真贯彻" in got[0].text
+    assert any("今年继续认真贯彻" in h.text for h in got)  # the edited passage is found in its new words

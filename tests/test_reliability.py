@@ -109,7 +109,7 @@ def test_missing_path_and_folder_without_documents(tmp_path, capsys):
     code, _, err = cli(capsys, "build", tmp_path / "nope.txt", "--index", tmp_path / "ix")
     one_line_error(code, err, "no such file")
     (tmp_path / "folder").mkdir()
-    (tmp_path / "folder" / "picture.png").write_bytes(_png())
+    (tmp_path / "folder" / "picture.gif").write_bytes(_png())
     code, _, err = cli(capsys, "build", tmp_path / "folder", "--index", tmp_path / "ix")
     one_line_error(code, err, "no readable files")
     assert not (tmp_path / "ix").exists()

@@ -106,6 +106,9 @@ class Store(Protocol):
         """A saved document's chunks with their vectors and cross-lingual vectors, row-aligned
         (what an update reuses for the chunks whose text did not change)."""
 
+    def keyword_ceiling(self, query_terms: list[str]) -> float | None:
+        """Σ idf of the query's terms (None where the BM25 is not the project's): BM25's ceiling."""
+
     def vocabulary(self) -> frozenset[str]:
         """Every keyword term of the indexed chunks."""
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..chunking import Chunk
 from ..crosslingual import PassageVectors
 from ..errors import StoreError
-from ..keyword import KeywordIndex
+from ..keyword import Analyzer, KeywordIndex
 from .atomic import current_generation, new_generation, writer_lock
 from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, empty_table, now
 
@@ -188,11 +188,16 @@ class FaissStore:
 
     def _keyword_index(self) -> KeywordIndex:
         if self._keyword is None:
-            self._keyword = KeywordIndex(self._terms)
+            analyzer = Analyzer.of(self.manifest.keyword)
+            self._keyword = KeywordIndex(self._terms, analyzer.k1, analyzer.b)
         return self._keyword
 
     def vocabulary(self) -> frozenset[str]:
         return self._keyword_index().vocabulary
+
+    def keyword_ceiling(self, query_terms: list[str]) -> float | None:
+        """The query's BM25 ceiling (KeywordIndex.ceiling)."""
+        return self._keyword_index().ceiling(query_terms)
 
     def cross_vectors(self) -> PassageVectors | None:
         return self._xl

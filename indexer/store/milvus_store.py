@@ -71,7 +71,7 @@ from filelock import FileLock, Timeout
 from ..chunking import Chunk
 from ..crosslingual import PassageVectors
 from ..errors import StoreError
-from ..keyword import STOPWORDS, KeywordIndex, Segmenter
+from ..keyword import LEGACY, STOPWORDS, Analyzer, KeywordIndex, Segmenter
 from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, empty_table, now
 from .faiss_store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, choose_index_type
 
@@ -611,8 +611,14 @@ class MilvusStore:
 
     def _keyword_index(self) -> KeywordIndex:
         if self._keyword is None:
-            self._keyword = KeywordIndex(self._terms_of_rows())
+            analyzer = Analyzer.of(self.manifest.keyword)
+            self._keyword = KeywordIndex(self._terms_of_rows(), analyzer.k1, analyzer.b)
         return self._keyword
+
+    def keyword_ceiling(self, query_terms: list[str]) -> float | None:
+        """The query's BM25 ceiling (KeywordIndex.ceiling) on the project's BM25; None on the server's,
+        whose statistics stay on the server."""
+        return None if self._server_bm25 else self._keyword_index().ceiling(query_terms)
 
     def vocabulary(self) -> frozenset[str]:
         """Every keyword term of the chunks (the project's jieba terms, whichever BM25 scores them)."""
@@ -637,7 +643,7 @@ class MilvusStore:
     def segmenter(self) -> Segmenter:
         """The project's segmenter with the index's user terms (for query_text), made on first need."""
         if self._segmenter is None:
-            self._segmenter = Segmenter(tuple(self.manifest.keyword.get("user_terms", ())))
+            self._segmenter = Segmenter.of(self.manifest.keyword)
         return self._segmenter
 
     def _server_keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None) -> list[tuple[float, Chunk]]:
@@ -884,6 +890,11 @@ class MilvusStore:
             raise StoreError(f"{BM25_ENV}={wanted!r} is not a BM25 route; use auto, local or server")
         if wanted == "local":
             return {"route": "local", "chosen": "local"}
+        if Analyzer.of(self.manifest.keyword) != LEGACY:  # the server's analyzer is jieba alone, unfolded
+            if wanted == "server":
+                raise StoreError(f"{BM25_ENV}=server needs the server's own analyzer, plain jieba words; this index "
+                                 "folds scripts and adds bigrams and codes (the project's BM25): use auto or local")
+            return {"route": "local", "chosen": "the index's analyzer"}
         version = client.get_server_version(timeout=CALL_TIMEOUT)
         if server_has_bm25(version):
             return {"route": "server", "server": version, "k1": BM25_K1, "b": BM25_B,

@@ -1,0 +1,47 @@
+"""What a question asks beyond its words: quoted phrases that must occur in a hit, and `-词`
+exclusions that must not.
+
+    "三重一大" 怎样落实        → the hit holds 三重一大 (straight, curly or corner quotes)
+    民办学校 党建 -幼儿园       → the hit does not hold 幼儿园 (a minus after a space or at the start;
+                                 the hyphen inside PPR-9087 is part of the word)
+
+The routes read the question without its quotes and exclusions; the phrases and exclusions
+become the question's scope, the chunks it may return (`scope_of`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PHRASE = re.compile(r'"([^"]+)"|“([^”]+)”|「([^」]+)」|『([^』]+)』|‘([^’]+)’')
+_EXCLUDED = re.compile(r"(?:^|(?<=\s))[-－]([^\s\"“”「」『』]+)")
+
+
+@dataclass(frozen=True)
+class ParsedQuery:
+    """A question split into the text the routes read, its phrases and its exclusions."""
+
+    text: str
+    phrases: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self.phrases or self.excluded)
+
+
+def parse_query(question: str) -> ParsedQuery:
+    """Split out quoted phrases (kept in the text, without their quotes) and `-word` exclusions
+    (dropped from the text). A question of nothing but exclusions keeps its text as typed."""
+    phrases = tuple(dict.fromkeys(next(g for g in m.groups() if g).strip() for m in _PHRASE.finditer(question)))
+    unquoted = _PHRASE.sub(lambda m: " " + next(g for g in m.groups() if g) + " ", question)
+    excluded = tuple(dict.fromkeys(m.group(1) for m in _EXCLUDED.finditer(unquoted)))
+    text = " ".join(_EXCLUDED.sub(" ", unquoted).split())
+    return ParsedQuery(text or question.strip(), tuple(p for p in phrases if p), excluded)
+
+
+def holds(text: str, parsed: ParsedQuery) -> bool:
+    """Whether a passage holds every phrase and none of the excluded words (case ignored)."""
+    lowered = text.lower()
+    return (all(p.lower() in lowered for p in parsed.phrases)
+            and not any(x.lower() in lowered for x in parsed.excluded))
