@@ -1,8 +1,14 @@
 """Shared fixtures: the real model (loaded once per session) and the sample speech."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,3 +51,45 @@ def speech_engine(speech_index, encoder, tmp_path):
     path = tmp_path / "index"
     shutil.copytree(speech_index, path)
     return Engine(path, encoder=encoder)
+
+
+START_TIMEOUT = 180  # seconds: a server imports torch and loads the model before it answers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(cmd: list[str], health: str, log: Path, env: dict | None = None):
+    """Run `cmd` (a server: the page or the API) in its own process group until `health` answers
+    200; yields the process; always stopped afterwards, the whole group."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[2:4]} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(health, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{health} did not answer in {START_TIMEOUT}s:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.25)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)

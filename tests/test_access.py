@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-from test_api import READ_KEY, WRITE_KEY, free_port, running, set_key
+from conftest import ROOT, free_port, running
+from test_api import READ_KEY, WRITE_KEY, set_key
 from test_browser import APP, QUESTION, RESULT_TIMEOUT, ask, browser_page, chromium, settle  # noqa: F401 - chromium is a fixture
 
 OUT = ROOT / "test-output" / "access"

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port, running
 from test_browser import browser_page, chromium  # noqa: F401 - chromium is a fixture
 
 QUESTION = "私立学校怎样建立党组织？"
@@ -33,45 +29,7 @@ PANDA_QUESTION = "大熊猫每天吃什么？"
 WRITE_KEY = "write-key-7Qm2-correct-horse"
 READ_KEY = "read-key-9Zx4-battery-staple"
 OUT = ROOT / "test-output" / "api"
-START_TIMEOUT = 180  # seconds: the server loads the model before it answers /health
 LIMITS = ["--max-k", "50", "--max-batch", "8", "--max-body-kb", "64", "--max-upload-mb", "1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(cmd: list[str], health: str, log: Path, env: dict | None = None):
-    """Run `cmd` in its own process group until `health` answers 200; always stopped afterwards."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{cmd[2:4]} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(health, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{health} did not answer in {START_TIMEOUT}s:\n{log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.25)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
 
 
 @contextlib.contextmanager

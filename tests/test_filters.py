@@ -7,11 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT, SPEECH
+from conftest import ROOT
 from indexer import engine as engine_module
 from indexer import filters
 from indexer.errors import QueryError
