@@ -10,6 +10,7 @@ import codecs
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -554,6 +555,7 @@ def _pdf_pages(path: Path) -> tuple[list[str], str]:
     """The extracted text of every page, and the /Title the PDF declares ("" if none)."""
     from pypdf import PdfReader  # imported lazily: only needed for .pdf input
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings ("EOF marker not found") would cut the progress bar
     try:
         reader = PdfReader(str(path))
         if reader.is_encrypted and not reader.decrypt(""):
