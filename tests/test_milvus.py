@@ -466,7 +466,7 @@ def test_bm25_route_is_chosen_by_the_server_and_shown(tmp_path, monkeypatch):
     assert server.keyword_backend.startswith("server BM25 (Milvus milvus_lite-3.2.2")
     monkeypatch.setenv(BM25_ENV, "local")
     local = build(location + "?collection=local")
-    assert local.keyword_backend == "local BM25 (bm25s) over jieba terms stored in Milvus (INDEXER_MILVUS_BM25=local at build)"
+    assert local.keyword_backend == "local BM25 (bm25s) over the keyword terms stored in Milvus (INDEXER_MILVUS_BM25=local at build)"
     monkeypatch.setenv(BM25_ENV, "bm42")
     with pytest.raises(StoreError, match="not a BM25 route; use auto, local or server"):
         build(location + "?collection=bad")
@@ -540,7 +540,8 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     print(f"{name} ({len(queries)} questions, {len(local)} chunks) hybrid: milvus {mine} folder {theirs}")
     for key, value in theirs.items():
         assert abs(mine[key] - value) <= 0.02, (key, mine, theirs)
-    assert milvus.keyword_backend == "local BM25 (bm25s) over jieba terms stored in Milvus (Milvus v2.3.5-lite has no BM25)"
+    assert milvus.keyword_backend == ("local BM25 (bm25s) over the keyword terms stored in Milvus (the index's analyzer "
+                                      "folds scripts and adds bigrams and codes: the server's cannot)")
 
 
 def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_index, same):
@@ -554,7 +555,7 @@ def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_
     assert milvus.search(QUESTION, k=1)[0].section.startswith("四、")
     info = milvus.info()
     assert info["index_type"] == "flat" and info["chunks"] == len(local.store) and info["generation"] == "gen-000001"
-    assert info["keyword_backend"].startswith("local BM25") and "has no BM25" in info["keyword_backend"]
+    assert info["keyword_backend"].startswith("local BM25") and "the index's analyzer" in info["keyword_backend"]
     assert info["crosslingual"] == local.info()["crosslingual"] and milvus.check() == []
     assert [c.chunk_id for c in milvus.store.chunks_of("speech.txt")] == \
         [c.chunk_id for c in local.store.chunks_of("speech.txt")]

@@ -374,9 +374,11 @@ class MilvusStore:
         """Which BM25 answers keyword search (shown by `info`)."""
         if self._server_bm25:
             return f"server BM25 (Milvus {self._keyword_state.get('server')} full-text search, jieba analyzer)"
-        text = "local BM25 (bm25s) over jieba terms stored in Milvus"
+        text = "local BM25 (bm25s) over the keyword terms stored in Milvus"
         if self._keyword_state.get("chosen") == "local":
             text += f" ({BM25_ENV}=local at build)"
+        elif self._keyword_state.get("chosen") == "analyzer":
+            text += " (the index's analyzer folds scripts and adds bigrams and codes: the server's cannot)"
         elif self._keyword_state.get("server"):
             text += f" (Milvus {self._keyword_state['server']} has no BM25)"
         return text
@@ -894,7 +896,7 @@ class MilvusStore:
             if wanted == "server":
                 raise StoreError(f"{BM25_ENV}=server needs the server's own analyzer, plain jieba words; this index "
                                  "folds scripts and adds bigrams and codes (the project's BM25): use auto or local")
-            return {"route": "local", "chosen": "the index's analyzer"}
+            return {"route": "local", "chosen": "analyzer"}
         version = client.get_server_version(timeout=CALL_TIMEOUT)
         if server_has_bm25(version):
             return {"route": "server", "server": version, "k1": BM25_K1, "b": BM25_B,
