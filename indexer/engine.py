@@ -674,6 +674,7 @@ class Engine:
             "index_type": store.index_kind, "index_type_setting": m.index_type, "chunking": m.chunking,
             "created": m.created, "updated": m.updated,
             "keyword_backend": getattr(store, "keyword_backend", "local BM25 (bm25s)"),
+            "analyzer": Analyzer.of(m.keyword).to_json(),
             "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
                              f"{len(store.cross_vectors().owner)} sentences)") if m.crosslingual else "off",
             "sentence_vectors": bool(m.crosslingual.get("e5_sentences")),
