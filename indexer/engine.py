@@ -245,7 +245,7 @@ class _StoreView:
         self.store = store
         self.chunks: list[Chunk] = store.all_chunks()
         self.row_of = {c.chunk_id: i for i, c in enumerate(self.chunks)}
-        self._folded: list[str] | None = None
+        self._folded: dict[int, str] = {}
 
     @functools.cached_property
     def translator(self) -> Translator:
@@ -258,11 +258,19 @@ class _StoreView:
         question and kept with this view."""
         if not parsed.constrained:
             return None
-        if self._folded is None:
-            self._folded = [fold(c.text) for c in self.chunks]
         wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
-        return frozenset(c.chunk_id for c, text in zip(self.chunks, self._folded)
-                         if (allowed is None or c.doc_id in allowed) and holds(text, wanted))
+        return frozenset(c.chunk_id for row, c in enumerate(self.chunks)
+                         if (allowed is None or c.doc_id in allowed) and holds(self.folded(row, fold), wanted))
+
+    def folded(self, row: int, fold: Callable[[str], str]) -> str:
+        """A chunk's text in the index's script, folded once per loaded generation. OpenCC's t2s
+        maps character for character; were a length to change, the original text stands."""
+        text = self._folded.get(row)
+        if text is None:
+            original = self.chunks[row].text
+            text = fold(original)
+            self._folded[row] = text = text if len(text) == len(original) else original
+        return text
 
 
 class Engine:
@@ -540,7 +548,7 @@ class Engine:
     def query(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
               min_score: float | None = None, mode: str = DEFAULT_MODE,
               where: Iterable[str] | None = None, group: str = "passages",
-              fusion: FusionSettings | None = None) -> list[Result]:
+              fusion: FusionSettings | None = None, sentences: bool = True) -> list[Result]:
         """Each question's ranked passages, with the terms it was searched with and each hit's
         answering sentence. Questions are encoded together.
 
@@ -553,6 +561,7 @@ class Engine:
         `-word` exclusions (indexer.querytext) limit it to the passages that hold them.
         group="documents" ranks documents by their passages' evidence (search.group_documents),
         each with its best passages; k then counts documents and min_score applies to them.
+        sentences=False leaves out the answering sentences (what `eval` needs no sentence for).
         """
         if k is None or k < 1:
             raise QueryError(f"k must be at least 1 (got {k})")
@@ -589,13 +598,13 @@ class Engine:
         for i, (text, plan) in enumerate(zip(texts, plans)):
             use_vector = None if use_vecs is None else use_vecs[i]
             if not by_doc:
-                hits = self._hits(store, view, ranked[i], min_score, plan.terms, use_vector)
+                hits = self._hits(store, view, ranked[i], min_score, plan.terms, use_vector, sentences)
                 out.append(Result(text, hits, plan.terms, plan.cross_lingual, translations[i], store.generation))
                 continue
             grouped = group_documents(ranked[i], lambda cid: view.chunks[view.row_of[cid]].doc_id, k,
                                       fusion.doc_weights)
             found = [DocHit(n, round(d.score, 6), d.doc_id, store.manifest.documents[d.doc_id].title,
-                            self._hits(store, view, d.chunks, None, plan.terms, use_vector))
+                            self._hits(store, view, d.chunks, None, plan.terms, use_vector, sentences))
                      for n, d in enumerate((d for d in grouped if min_score is None or d.score >= min_score), 1)]
             out.append(Result(text, [h for d in found for h in d.hits], plan.terms, plan.cross_lingual,
                               translations[i], store.generation, found))
@@ -634,7 +643,7 @@ class Engine:
         return wanted
 
     def _hits(self, store, view: "_StoreView", ranked: list[Scored], min_score: float | None, terms: list[str],
-              use_vector: np.ndarray | None) -> list[Hit]:
+              use_vector: np.ndarray | None, sentences: bool = True) -> list[Hit]:
         """Fused results as hits: each chunk with its answering sentence and why it ranks there
         (terms are matched in the text folded to the index's script; offsets are the original's)."""
         docs, xl = store.manifest.documents, store.cross_vectors()
@@ -643,9 +652,10 @@ class Engine:
             if min_score is not None and r.score < min_score:
                 continue
             c = view.chunks[view.row_of[r.chunk_id]]
-            folded = self.segmenter.fold(c.text)
-            folded = folded if len(folded) == len(c.text) else c.text
-            if xl is not None:
+            folded = view.folded(view.row_of[r.chunk_id], self.segmenter.fold)
+            if not sentences:
+                span = None
+            elif xl is not None:
                 sel = xl.sentences_of(view.row_of[c.chunk_id])
                 span = best_sentence(folded, terms, xl.spans[sel], xl.sentences[sel], use_vector)
             else:

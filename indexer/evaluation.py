@@ -83,7 +83,7 @@ def evaluate(engine, labels: list[Labelled], mode: str, k: int = 10, group: str 
     passages (a passage is relevant when its document id or a labelled substring matches)."""
     docs = group == "documents" or (group == "auto" and by_documents(engine, labels))
     results = engine.query([label.query for label in labels], k, mode=mode,
-                           group="documents" if docs else "passages")
+                           group="documents" if docs else "passages", sentences=False)
     ranked = [[(d.doc_id, "") for d in r.documents] if docs else [(h.doc_id, h.text) for h in r.hits]
               for r in results]
     return metrics(relevance_matrix(ranked, labels), k)
