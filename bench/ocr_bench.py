@@ -11,7 +11,6 @@ pypdfium2 (the one indexer/ocr.py uses) beside poppler's pdftoppm, on the same p
 from __future__ import annotations
 
 import io
-import random
 import shutil
 import subprocess
 import sys
