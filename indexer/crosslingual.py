@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import io
 import itertools
-import os
 import re
 import threading
 import zipfile
@@ -84,26 +83,23 @@ class USEEncoder:
     """USE multilingual v3 behind the same calls as `indexer.embedding.Encoder`.
 
     The model has no query/passage prompts: both sides are encoded the same way. Vectors are
-    float32 and L2-normalised, so inner product is cosine. `threads` caps numpy's BLAS threads;
-    one is the default: the matrices are small, and OpenBLAS's spinning threads collapse when the
-    machine has other work (200 passages: 3.0 s on one thread, 27 s on two at load 2.7; 1.35x
-    faster on two when idle). Many texts (an index build) are instead cut into parts of
-    `part_size` that `workers` Python threads encode side by side, each on one BLAS thread: numpy
-    releases the GIL in the matrix products, the threads never wait on each other, and 600
-    paragraphs took 2.1 s on two workers against 3.8 s on one (1.85x; same vectors to 4e-7).
+    float32 and L2-normalised, so inner product is cosine. A few texts (questions) run the
+    package's numpy forward on `threads` BLAS threads (one: the matrices are small, and OpenBLAS's
+    spinning threads collapse when the machine has other work). More than `bulk` texts (an index
+    build) run the same network on torch (`indexer.usetorch`), in bf16 where the CPU has it:
+    2x the numpy forward on two worker threads, at cosine 0.9999 to it.
     """
 
     name = USE_NAME
     dim = USE_DIM
 
-    def __init__(self, *, threads: int = 1, batch_size: int = 256, workers: int | None = None,
-                 part_size: int = 64) -> None:
+    def __init__(self, *, threads: int = 1, batch_size: int = 256, bulk: int = 64) -> None:
         self.threads = threads
         self.batch_size = batch_size
-        self.workers = workers if workers is not None else _cores()
-        self.part_size = part_size
+        self.bulk = bulk
         self._lock = threading.Lock()  # one encode at a time: the BLAS thread limit is process-wide
         self._model = _load_use(1)
+        self._torch = None
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         """Query vectors, float32 [n, 512], L2-normalised."""
@@ -146,36 +142,22 @@ class USEEncoder:
             return np.zeros((0, self.dim), np.float32)
         texts = [t if t.strip() else " " for t in texts]
         with self._lock:
-            self._model.threads = self.threads  # the shared model reads its BLAS limit at each call
-            if self.workers > 1 and len(texts) > self.part_size and hasattr(self._model, "_encode"):
-                vecs = self._side_by_side(texts)
+            if len(texts) > self.bulk:
+                vecs = self._bulk().encode(texts)
             else:
+                self._model.threads = self.threads  # the shared model reads its BLAS limit at each call
                 vecs = np.asarray(self._model.encode(texts), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         return np.ascontiguousarray(vecs / np.maximum(norms, 1e-12), dtype=np.float32)
 
-    def _side_by_side(self, texts: list[str]) -> np.ndarray:
-        """`texts` in parts of `part_size` on `workers` threads, one BLAS thread each. The model's
-        own `encode` sets and restores the process-wide BLAS limit around each call, which threads
-        running at once would undo for each other; so the limit is held here, around all of them,
-        and the workers call the forward pass under it."""
-        from concurrent.futures import ThreadPoolExecutor
+    def _bulk(self):
+        """The torch forward of the same model, made on first need."""
+        if self._torch is None:
+            from .backends import native_bf16
+            from .usetorch import TorchUSE
 
-        from threadpoolctl import threadpool_limits
-
-        parts = [texts[i:i + self.part_size] for i in range(0, len(texts), self.part_size)]
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(self.workers) as pool:
-            return np.concatenate([np.asarray(v, dtype=np.float32) for v in pool.map(self._model._encode, parts)])
-
-
-def _cores() -> int:
-    """CPU cores this process may run on, capped by OMP_NUM_THREADS when that is set."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(cores, int(cap))) if cap.isdigit() else cores
+            self._torch = TorchUSE(self._model, bf16=native_bf16())
+        return self._torch
 
 
 SENTENCE_WEIGHT = 0.5  # measured: 0.5·chunk + 0.5·best sentence beats either alone (README-crosslingual.md)

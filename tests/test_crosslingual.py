@@ -132,15 +132,18 @@ def test_use_vectors_are_normalised_float32(use):
     assert use.encode_documents([]).shape == (0, USE_DIM)
 
 
-def test_side_by_side_encoding_gives_the_serial_vectors(use):
-    """A build cuts many texts into parts on several threads; the vectors are the serial ones, in order."""
+def test_bulk_encoding_on_torch_gives_the_numpy_vectors(use):
+    """A build's many texts run the torch forward (bf16 where the CPU has it); each vector is the
+    numpy forward's, in order, to within bf16's rounding."""
     text = SPEECH.read_text(encoding="utf-8")
     sentences = [text[a:b] for a, b in sentence_spans(text)]
     assert len(sentences) > 60
-    serial = USEEncoder(workers=1).encode_documents(sentences)
-    parallel = USEEncoder(workers=2, part_size=8).encode_documents(sentences)
-    assert parallel.shape == serial.shape
-    assert np.abs(parallel - serial).max() < 1e-5
+    one_by_one = np.concatenate([use.encode_documents([s]) for s in sentences])
+    bulk = USEEncoder(bulk=8).encode_documents(sentences)
+    assert bulk.shape == one_by_one.shape
+    cosines = (bulk * one_by_one).sum(1)
+    assert cosines.min() > 0.9995
+    assert np.array_equal(np.argmax(bulk @ one_by_one.T, axis=1), np.arange(len(sentences)))
 
 
 @pytest.mark.parametrize("english, translation, unrelated", [
