@@ -17,9 +17,9 @@ itself is only read. The export is redone when the model's weights change (sourc
 their size and mtime).
 
 `plan(model, "auto")` picks the pair the Encoder uses (bench/README.md has the measurements):
-queries on ONNX fp32 (lowest one-question latency on every CPU measured), documents in bf16 where
-the CPU computes bf16 natively (AMX / AVX512-BF16: 2.7x the fp32 throughput at cosine 0.99997)
-and on ONNX fp32 elsewhere (bf16 is emulated there, several times slower).
+queries on ONNX fp32 (lowest one-question latency on every CPU measured), documents on OpenVINO,
+in bf16 where the CPU computes bf16 natively (AMX / AVX512-BF16) and in float32 elsewhere: its
+fused attention beats torch bf16 on long passages, and it loads without importing torch.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-BACKENDS = ("torch", "bf16", "onnx", "onnx-int8")
+BACKENDS = ("torch", "bf16", "onnx", "onnx-int8", "openvino")
 ONNX_FILE, ONNX_INT8_FILE, STAMP_FILE = "model.onnx", "model-int8.onnx", "source.json"
 OPSET = 17
 Progress = bool | Callable[[float], None]
@@ -275,36 +276,81 @@ def ensure_onnx(model_path: str | Path, *, int8: bool = False) -> Path:
     return final
 
 
-class OnnxBackend(_Batched):
-    """onnxruntime on the exported graph: fp32 ("onnx") or dynamically quantised int8 ("onnx-int8")."""
+class _OnnxFile(_Batched):
+    """What the backends that run the exported graph share: the folder's tokenizer, prompts and
+    token limit, and the graph file (exported first if missing)."""
 
-    def __init__(self, model_path: str | Path, backend: str = "onnx", *, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendError(f"backend {backend!r} needs the onnxruntime package") from exc
+    def __init__(self, model_path: str | Path, backend: str, threads: int | None) -> None:
         from transformers import AutoTokenizer
 
         model_path = Path(model_path)
         folder = ensure_onnx(model_path, int8=backend == "onnx-int8")
+        self.name = backend
+        self.threads = threads or os.cpu_count() or 1
+        self._open(folder / (ONNX_INT8_FILE if backend == "onnx-int8" else ONNX_FILE))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        self.prompts = model_prompts(model_path)
+        self.max_tokens = _max_tokens(model_path, self.tokenizer)
+        self.dim = int(self._run([[self.tokenizer.cls_token_id or 0, self.tokenizer.sep_token_id or 2]]).shape[1])
+
+    def _open(self, path: Path) -> None:
+        raise NotImplementedError
+
+
+class OnnxBackend(_OnnxFile):
+    """onnxruntime on the exported graph: fp32 ("onnx") or dynamically quantised int8 ("onnx-int8")."""
+
+    def __init__(self, model_path: str | Path, backend: str = "onnx", *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs the onnxruntime package") from exc
+        super().__init__(model_path, backend, threads)
+
+    def _open(self, path: Path) -> None:
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         # no spin-waiting between ops: on a busy 2-core machine spinning threads fight the other work
         # (one question: 24 ms with spinning, 12.6 ms without, at load 4.5; the same 7 ms when idle)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = folder / (ONNX_INT8_FILE if backend == "onnx-int8" else ONNX_FILE)
-        self.name = backend
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        self.prompts = model_prompts(model_path)
-        self.max_tokens = _max_tokens(model_path, self.tokenizer)
-        self.dim = int(self.session.get_outputs()[0].shape[-1] if isinstance(self.session.get_outputs()[0].shape[-1], int)
-                       else self._run([[self.tokenizer.cls_token_id or 0, self.tokenizer.sep_token_id or 2]]).shape[1])
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+class OpenVinoBackend(_OnnxFile):
+    """OpenVINO's CPU runtime on the exported graph ("openvino"): bf16 where the CPU computes it
+    natively (AMX / AVX512-BF16), float32 elsewhere. It fuses the attention of the graph into one
+    kernel and loads in about a second (no torch, no sentence-transformers import); bench/README.md
+    has its figures against torch bf16 and onnxruntime. Batches are padded to a multiple of 32
+    tokens, as for torch, so it compiles kernels for a bounded set of shapes."""
+
+    pad_multiple = 32
+
+    def __init__(self, model_path: str | Path, backend: str = "openvino", *, threads: int | None = None) -> None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            raise BackendError(f"backend {backend!r} needs the openvino package") from exc
+        super().__init__(model_path, backend, threads)
+
+    def _open(self, path: Path) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if native_bf16() else "f32",
+                  "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": self.threads}
+        self._request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+        self._request_lock = threading.Lock()  # one infer request: one batch at a time
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with self._request_lock:
+            return self._request.infer({"input_ids": ids, "attention_mask": mask})[0].copy()
 
 
 # ------------------------------------------------------------------------------ choosing
@@ -319,27 +365,29 @@ def native_bf16() -> bool:
     return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
-def onnx_available() -> bool:
+def installed(package: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    return importlib.util.find_spec(package) is not None
 
 
 def plan(model_path: str | Path, backend: str = "auto", device: str = "cpu") -> tuple[str, str]:
     """(query backend, document backend) for a setting: "auto", one of BACKENDS for both sides, or
     "QUESTIONS,DOCUMENTS" with each side "auto" or one of BACKENDS (e.g. "onnx-int8,auto").
 
-    auto: ONNX fp32 for questions where it can run (a local folder, onnxruntime installed, the CPU);
-    for documents bf16 on a CPU with native bf16, else the same as questions. A hub id, a GPU or a
-    missing onnxruntime falls back to torch.
+    auto, for a local folder on the CPU: questions on ONNX fp32 (onnxruntime), documents on
+    OpenVINO (bf16 where native, else float32). Without openvino, documents take torch bf16 on a
+    CPU with native bf16, else the question backend. A hub id, a GPU or a missing onnxruntime
+    falls back to torch.
     """
     sides = [part.strip() for part in backend.split(",")] if "," in backend else [backend, backend]
     if len(sides) != 2 or any(side != "auto" and side not in BACKENDS for side in sides):
         raise BackendError(f"unknown encoder backend {backend!r}; choose auto, one of {', '.join(BACKENDS)}, "
                            "or QUESTIONS,DOCUMENTS (e.g. onnx-int8,auto)")
-    onnx_ok = device == "cpu" and Path(model_path).is_dir() and onnx_available()
-    query = "onnx" if onnx_ok else "torch"
-    docs = "bf16" if device == "cpu" and native_bf16() else query
+    local_cpu = device == "cpu" and Path(model_path).is_dir()
+    query = "onnx" if local_cpu and installed("onnxruntime") else "torch"
+    docs = ("openvino" if local_cpu and installed("openvino")
+            else "bf16" if device == "cpu" and native_bf16() else query)
     return (query if sides[0] == "auto" else sides[0]), (docs if sides[1] == "auto" else sides[1])
 
 
@@ -361,4 +409,6 @@ def load_backend(model_path: str | Path, backend: str = "torch", *, device: str 
         raise BackendError(f"backend {backend!r} runs on the CPU only")
     if not Path(model_path).is_dir():
         raise BackendError(f"backend {backend!r} needs a local model folder, not {str(model_path)!r}")
+    if backend == "openvino":
+        return OpenVinoBackend(model_path, backend, threads=threads)
     return OnnxBackend(model_path, backend, threads=threads)

@@ -33,12 +33,13 @@ class Encoder:
     `Encoder()` loads the default folder `models/multilingual-e5-small`; any local folder or hub
     id that sentence-transformers can load works too (the hub needs a network). `backend` (or
     $INDEXER_BACKEND) is "auto" or one of indexer.backends.BACKENDS: auto runs questions on ONNX
-    and documents in bf16 where the CPU has it (see `indexer.backends.plan`). The question side
-    loads now; the document side on its first use (a search-only process never loads it).
+    and documents in bf16 where the CPU has it (see `indexer.backends.plan`). Side `first` (0
+    questions, 1 documents) loads now, the other on its first use: a search-only process never
+    loads the document side, and a build never loads the question side.
     """
 
     def __init__(self, model: str | Path | None = None, *, batch_size: int = 32, device: str = "cpu",
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, first: int = 0) -> None:
         self.model_path = resolve_model(model)
         self.name = model_name(self.model_path)
         self.batch_size = batch_size
@@ -51,9 +52,9 @@ class Encoder:
             raise ModelError(str(exc)) from None
         self._loaded: dict[str, object] = {}
         self._lock = threading.Lock()
-        first = self._side(0)
-        self.dim, self.max_tokens = int(first.dim), int(first.max_tokens)
-        self.tokenizer, self.prompts = first.tokenizer, dict(first.prompts)
+        loaded = self._side(first)
+        self.dim, self.max_tokens = int(loaded.dim), int(loaded.max_tokens)
+        self.tokenizer, self.prompts = loaded.tokenizer, dict(loaded.prompts)
 
     def _side(self, which: int):
         """The loaded backend for questions (0) or documents (1), loaded once."""

@@ -265,9 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         built = convert(args.out, force=args.force)
         if not args.no_onnx:
-            from .backends import BackendError, ensure_onnx, onnx_available
+            from .backends import BackendError, ensure_onnx, installed
 
-            if onnx_available():
+            if installed("onnxruntime") or installed("openvino"):
                 try:
                     ensure_onnx(args.out)
                 except BackendError as exc:

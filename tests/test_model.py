@@ -74,7 +74,7 @@ def test_prompts_are_applied(encoder):
 
 
 def test_fast_backends_hold_quality(encoder, sentences):
-    """The backends `auto` chose (ONNX for questions; bf16 or ONNX for documents) stay at cosine
+    """The backends `auto` chose (ONNX for questions; OpenVINO, bf16 or ONNX for documents) stay at cosine
     ≥ 0.99 from the plain fp32 sentence-transformers model on the 205 model sentences, and the
     torch backend's own batching (32-token padding) gives the plain model's vectors."""
     from sentence_transformers import SentenceTransformer
