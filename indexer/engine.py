@@ -487,6 +487,8 @@ class Engine:
         fresh = [i for i, c in enumerate(all_chunks) if c.text not in reuse]
         min_chars = self.settings.chunking.min_chars
         bodies = [passage_text(all_chunks[i], min_chars) for i in fresh]
+        # keyword terms (jieba: one Python thread) are cut while the encoders, which release the GIL, run
+        cutting = self._encoding_pool().submit(self.segmenter.terms_many, [c.text for c in all_chunks])
         table = store.manifest.crosslingual
         stages = _stages(e5=1.0, use=USE_COST if table else 0.0, sentences=SENTENCE_COST if table.get("e5_sentences") else 0.0)
         vectors = np.zeros((len(all_chunks), self.encoder.dim), np.float32)
@@ -505,7 +507,7 @@ class Engine:
         for i, c in enumerate(all_chunks):
             if c.text in reuse:
                 vectors[i] = reuse[c.text][0]
-        terms = self.segmenter.terms_many(c.text for c in all_chunks)
+        terms = cutting.result()
         reports, offset = [], 0
         unchanged = {d.doc_id: known[d.doc_id].chunks for d in docs if d.doc_id not in chunked}
         if replaced:
