@@ -32,10 +32,10 @@ class Encoder:
 
     `Encoder()` loads the default folder `models/multilingual-e5-small`; any local folder or hub
     id that sentence-transformers can load works too (the hub needs a network). `backend` (or
-    $INDEXER_BACKEND) is "auto" or one of indexer.backends.BACKENDS: auto runs questions on ONNX
-    and documents in bf16 where the CPU has it (see `indexer.backends.plan`). Side `first` (0
-    questions, 1 documents) loads now, the other on its first use: a search-only process never
-    loads the document side, and a build never loads the question side.
+    $INDEXER_BACKEND) is "auto" or one of indexer.backends.BACKENDS: auto runs both sides on
+    OpenVINO, one loaded model (see `indexer.backends.plan`). Where the sides differ, side `first`
+    (0 questions, 1 documents) loads now and the other on its first use: a search-only process
+    never loads the document side, and a build never loads the question side.
     """
 
     def __init__(self, model: str | Path | None = None, *, batch_size: int = 32, device: str = "cpu",

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import sys
@@ -211,9 +210,9 @@ def _part(progress: Progress, lo: float, hi: float) -> Progress:
 
 
 @functools.lru_cache(maxsize=8)
-def _segmenter(keyword: str) -> Segmenter:
-    """One segmenter per keyword settings (JSON): loading jieba's dictionary takes a second."""
-    return Segmenter.of(json.loads(keyword))
+def _segmenter(user_terms: tuple[str, ...], synonyms: tuple[tuple[str, ...], ...], analyzer: Analyzer) -> Segmenter:
+    """One segmenter per keyword settings: loading jieba's dictionary takes a second."""
+    return Segmenter.of(IndexSettings(user_terms=user_terms, synonyms=synonyms, analyzer=analyzer).keyword())
 
 
 def passage_text(chunk: Chunk, min_chars: int = ChunkSettings.min_chars) -> str:
@@ -330,7 +329,7 @@ class Engine:
     @property
     def segmenter(self) -> Segmenter:
         """The keyword segmenter of the index's keyword settings (user terms, synonyms, analyzer)."""
-        return _segmenter(json.dumps(self.settings.keyword(), sort_keys=True, ensure_ascii=False))
+        return _segmenter(self.settings.user_terms, self.settings.synonyms, self.settings.analyzer)
 
     @property
     def store(self):
