@@ -117,3 +117,21 @@ def test_backend_setting_per_side(encoder):
     for wrong in ("fast", "onnx,", "onnx,bf16,torch"):
         with pytest.raises(BackendError, match="unknown encoder backend"):
             plan(encoder.model_path, wrong)
+
+
+def test_a_build_loads_only_the_document_side(tmp_path, monkeypatch, speech_text):
+    """With different backends per side, a build loads the document side alone, and a search on
+    the index it made loads the question side alone; auto runs both on one OpenVINO model."""
+    from indexer.backends import plan
+    from indexer.embedding import resolve_model
+    from indexer.engine import Engine
+
+    assert plan(resolve_model(), "auto") == ("openvino", "openvino")
+    monkeypatch.setenv("INDEXER_BACKEND", "onnx,openvino")
+    (tmp_path / "speech.txt").write_text(speech_text, encoding="utf-8")
+    builder = Engine(tmp_path / "index")
+    builder.build([tmp_path / "speech.txt"])
+    assert set(builder.encoder._loaded) == {"openvino"}
+    searcher = Engine(tmp_path / "index")
+    assert "民办学校" in searcher.search("民办学校怎样建立党组织", k=1)[0].text
+    assert set(searcher.encoder._loaded) == {"onnx"}
