@@ -144,6 +144,12 @@ def test_bulk_encoding_on_torch_gives_the_numpy_vectors(use):
     cosines = (bulk * one_by_one).sum(1)
     assert cosines.min() > 0.9995
     assert np.array_equal(np.argmax(bulk @ one_by_one.T, axis=1), np.arange(len(sentences)))
+    from indexer.crosslingual import _load_use
+    from indexer.usetorch import TorchUSE
+
+    exact = TorchUSE(_load_use(1), bf16=False).encode(sentences)  # the float32 port: the same network
+    exact /= np.linalg.norm(exact, axis=1, keepdims=True)
+    assert np.abs(exact - one_by_one).max() < 1e-4
 
 
 @pytest.mark.parametrize("english, translation, unrelated", [
