@@ -325,10 +325,10 @@ class OnnxBackend(_OnnxFile):
 
 class OpenVinoBackend(_OnnxFile):
     """OpenVINO's CPU runtime on the exported graph ("openvino"): bf16 where the CPU computes it
-    natively (AMX / AVX512-BF16), float32 elsewhere. It fuses the attention of the graph into one
-    kernel and loads in about a second (no torch, no sentence-transformers import); bench/README.md
-    has its figures against torch bf16 and onnxruntime. Batches are padded to a multiple of 32
-    tokens, as for torch, so it compiles kernels for a bounded set of shapes."""
+    natively (AMX / AVX512-BF16), float32 elsewhere. It loads without torch or sentence-transformers
+    (whose import alone takes seconds); the README's "Speed" has its figures against torch bf16 and
+    onnxruntime. Batches are padded to a multiple of 32 tokens, as for torch, so it compiles
+    kernels for a bounded set of shapes. Each thread gets its own infer request."""
 
     pad_multiple = 32
 
