@@ -277,10 +277,14 @@ def ensure_onnx(model_path: str | Path, *, int8: bool = False) -> Path:
 
 
 class _OnnxFile(_Batched):
-    """What the backends that run the exported graph share: the folder's tokenizer, prompts and
-    token limit, and the graph file (exported first if missing)."""
+    """What the backends that run the exported graph share: the runtime package's check, the
+    folder's tokenizer, prompts and token limit, and the graph file (exported first if missing)."""
 
-    def __init__(self, model_path: str | Path, backend: str, threads: int | None) -> None:
+    runtime = ""  # the package that runs the graph
+
+    def __init__(self, model_path: str | Path, backend: str, *, threads: int | None = None) -> None:
+        if not installed(self.runtime):
+            raise BackendError(f"backend {backend!r} needs the {self.runtime} package")
         from transformers import AutoTokenizer
 
         model_path = Path(model_path)
@@ -300,12 +304,7 @@ class _OnnxFile(_Batched):
 class OnnxBackend(_OnnxFile):
     """onnxruntime on the exported graph: fp32 ("onnx") or dynamically quantised int8 ("onnx-int8")."""
 
-    def __init__(self, model_path: str | Path, backend: str = "onnx", *, threads: int | None = None) -> None:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError as exc:
-            raise BackendError(f"backend {backend!r} needs the onnxruntime package") from exc
-        super().__init__(model_path, backend, threads)
+    runtime = "onnxruntime"
 
     def _open(self, path: Path) -> None:
         import onnxruntime as ort
@@ -330,14 +329,8 @@ class OpenVinoBackend(_OnnxFile):
     onnxruntime. Batches are padded to a multiple of 32 tokens, as for torch, so it compiles
     kernels for a bounded set of shapes. Each thread gets its own infer request."""
 
+    runtime = "openvino"
     pad_multiple = 32
-
-    def __init__(self, model_path: str | Path, backend: str = "openvino", *, threads: int | None = None) -> None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError as exc:
-            raise BackendError(f"backend {backend!r} needs the openvino package") from exc
-        super().__init__(model_path, backend, threads)
 
     def _open(self, path: Path) -> None:
         import openvino as ov
