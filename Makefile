@@ -21,7 +21,7 @@ serve: install model index office
 	$(PY) -m indexer serve --index $(INDEX) --host $(HOST) --port $(API_PORT)
 
 test: install-dev model browser office
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=12 $(PYTEST_ARGS)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
