@@ -7,9 +7,10 @@ hours, but through the real store (`FaissStore.upsert` and `save`, a commit ever
 chunks): chunk texts are ~3k passages cut from the shared DRCD (Simplified and Traditional) and
 CMRC paragraphs with their real keyword terms (the engine's Segmenter), reused round-robin, five
 chunks per document, and each document's first chunk opens with its own archive number, so the
-vocabulary grows with the index; vectors are seeded random unit vectors. The tiny index (`--scale-tiny`, 200 chunks) is made the same
-way, so size is the only difference. Cross-lingual (USE) vectors are off for both unless
-`--scale-xl` (then a stub sentence table: a random 512-d vector per chunk and per third of it).
+vocabulary grows with the index; vectors are seeded random unit vectors. The tiny index
+(`--scale-tiny`, 200 chunks) is made the same way, so size is the only difference. Cross-lingual
+(USE) vectors are off for both unless `--scale-xl` (then a stub sentence table: a random 512-d
+vector per chunk and per third of it).
 
 Then, in rounds alternating tiny and big, each command runs as a user runs it, in a fresh process
 with the real model: `search` (cold: wall time and peak RSS of the process), `add` of one small
