@@ -275,11 +275,29 @@ def compare(tiny: list[dict], big: list[dict], n: int) -> list[dict]:
     return rows
 
 
+def _record(index: Path) -> Path:
+    """The file beside a stub index that keeps its build figures and how many stub documents the
+    rounds have removed."""
+    return index.with_name(index.name + ".build.json")
+
+
+def next_removal(index: Path) -> str:
+    """A stub document still in the index, counted off in its record (indexes are reused)."""
+    record = _record(index)
+    info = json.loads(record.read_text())
+    removed = info.get("removed", 0)
+    record.write_text(json.dumps({**info, "removed": removed + 1}))
+    docs = info["documents"]
+    return f"stub/{(docs // 2 + removed) % docs:07d}.txt"
+
+
 def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log) -> dict:
     """The stub index at `path`, built in a fresh process (its wall time and peak RSS), or the
     one built there before (its record kept beside it)."""
-    record = path.with_name(path.name + ".build.json")
-    if record.is_file() and (path / "CURRENT").is_file():
+    from indexer.store.faiss_store import FaissStore
+
+    record = _record(path)
+    if record.is_file() and FaissStore.exists(path):
         log(f"  reusing {path}")
         return {**json.loads(record.read_text()), "reused": True}
     shutil.rmtree(path, ignore_errors=True)
@@ -307,10 +325,8 @@ def section(sizes: list[int], tiny: int = 200, rounds: int = 2, crosslingual: bo
             runs: dict[str, list[dict]] = {"tiny": [], "big": []}
             for r in range(rounds):
                 for label in ("tiny", "big") if r % 2 == 0 else ("big", "tiny"):
-                    docs = builds[label]["documents"]
-                    remove_id = f"stub/{(docs // 2 + r) % docs:07d}.txt"
                     tag = f"{n}-{label}-{r}-{time.time_ns()}"
-                    row = run_commands(indexes[label], question, Path(tmp), tag, remove_id)
+                    row = run_commands(indexes[label], question, Path(tmp), tag, next_removal(indexes[label]))
                     runs[label].append(row)
                     log(f"  {label} ({builds[label]['chunks']:,} chunks), round {r + 1}: "
                         + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if v is not None))
