@@ -1,5 +1,5 @@
 """Keyword retrieval for Chinese and other languages: an analyzer (script folding, jieba words,
-character bigrams, whole codes) + BM25 (bm25s).
+character bigrams, whole codes) + BM25 over segment postings.
 
 The analyzer (`Analyzer`, kept in the index's manifest so questions are cut as the text was):
 - folds Traditional to Simplified with OpenCC (t2s), so either script finds the other;
@@ -9,15 +9,19 @@ The analyzer (`Analyzer`, kept in the index's manifest so questions are cut as t
   both), which keep a word jieba cut differently in the question and in the text;
 - adds codes kept whole (PPR-9087, GB/T 7714-2015, 〔2020〕15号, 2020年, 12.5%), on NFKC text.
 Measured on every shared set against jieba alone and bigrams alone (README, "Retrieval quality"):
-mixed + codes + t2s is at or above both on each. bm25s scores with sparse matrices, so one
-query is one vectorised pass over the postings.
+mixed + codes + t2s is at or above both on each. BM25 (`bm25`) reads the query terms' posting
+lists of every segment and scores with the statistics of all of them, as Lucene does: bm25s bakes
+idf and the average length into its matrix when it indexes, so its scores could not be joined
+across segments exactly.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -162,51 +166,149 @@ def read_synonyms(lines: Iterable[str]) -> tuple[tuple[str, ...], ...]:
     return tuple(groups)
 
 
+def term_keys(terms: Iterable[str]) -> np.ndarray:
+    """Stable 64-bit keys of terms (blake2b): posting lists are found by key, so a segment's
+    dictionary is a sorted int64 array that is memory-mapped, not a Python dict read on open."""
+    return np.array([int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+                     for t in terms], dtype=np.int64)
+
+
+POSTING_ARRAYS = ("keys", "starts", "rows", "tf", "lengths")
+
+
+@dataclass(frozen=True)
+class Postings:
+    """One segment's inverted index: per term (by its key, sorted) the rows that hold it and how
+    often, and every row's length in terms. Arrays only, so a segment's postings are saved as .npy
+    files and memory-mapped: opening an index reads none of them, a question reads its terms' lists."""
+
+    keys: np.ndarray  # int64 [V], sorted
+    starts: np.ndarray  # int64 [V + 1]: term j's postings are rows[starts[j]:starts[j + 1]]
+    rows: np.ndarray  # int32 [nnz]
+    tf: np.ndarray  # float32 [nnz]
+    lengths: np.ndarray  # int32 [n]: terms per row (repeats counted)
+
+    @staticmethod
+    def build(term_lists: list[list[str]]) -> tuple["Postings", list[str]]:
+        """The postings of these rows' terms, and the terms in key order (the vocabulary)."""
+        ids: dict[str, int] = {}
+        term_ids, rows, tf = [], [], []
+        for row, terms in enumerate(term_lists):
+            for term, count in Counter(t for t in terms if t).items():
+                term_ids.append(ids.setdefault(term, len(ids)))
+                rows.append(row)
+                tf.append(count)
+        vocab = list(ids)
+        keys = term_keys(vocab)
+        order = np.argsort(keys, kind="stable")
+        rank = np.empty(len(vocab), np.int64)
+        rank[order] = np.arange(len(vocab))
+        t = rank[np.asarray(term_ids, np.int64)]
+        by = np.lexsort((np.asarray(rows, np.int64), t))
+        starts = np.zeros(len(vocab) + 1, np.int64)
+        np.cumsum(np.bincount(t, minlength=len(vocab)), out=starts[1:])
+        lengths = np.array([sum(1 for x in terms if x) for terms in term_lists], np.int32)
+        return (Postings(keys[order], starts, np.asarray(rows, np.int32)[by], np.asarray(tf, np.float32)[by], lengths),
+                [vocab[i] for i in order])
+
+    @staticmethod
+    def merge(parts: list[tuple["Postings", np.ndarray | None]]) -> "Postings":
+        """One segment's postings from the live rows (mask; None: all) of several, rows renumbered
+        in order: what a merge writes, without the terms being cut again."""
+        keys, rows, tf, lengths, base = [], [], [], [], 0
+        for p, live in parts:
+            term = np.repeat(np.arange(len(p.keys)), np.diff(p.starts))
+            new_row = np.arange(len(p)) if live is None else np.cumsum(live) - 1
+            keep = slice(None) if live is None else live[p.rows]
+            keys.append(p.keys[term[keep]])
+            rows.append(new_row[p.rows[keep]] + base)
+            tf.append(p.tf[keep])
+            lengths.append(p.lengths if live is None else p.lengths[live])
+            base += len(lengths[-1])
+        k, r = np.concatenate(keys), np.concatenate(rows).astype(np.int32)
+        order = np.lexsort((r, k))
+        k, r = k[order], r[order]
+        unique, counts = np.unique(k, return_counts=True)
+        starts = np.zeros(len(unique) + 1, np.int64)
+        np.cumsum(counts, out=starts[1:])
+        return Postings(unique, starts, r, np.concatenate(tf)[order].astype(np.float32), np.concatenate(lengths))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def lookup(self, key: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, term frequencies) of the term with this key (empty when no row holds it)."""
+        j = int(np.searchsorted(self.keys, key))
+        if j == len(self.keys) or self.keys[j] != key:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return self.rows[self.starts[j]:self.starts[j + 1]], self.tf[self.starts[j]:self.starts[j + 1]]
+
+
+def bm25(parts: list[tuple[Postings, np.ndarray | None]], terms: list[str], k1: float = 1.2,
+         b: float = 0.75) -> tuple[list[np.ndarray], float]:
+    """BM25 (Lucene's form, as bm25s computes it) of every row of every part for the query terms,
+    repeats counted, with the statistics (rows, average length, document frequencies) of the live
+    rows of all the parts together: a row scores the same however the index is split into
+    segments. `parts`: each segment's postings and its live rows' mask (None: all live). Returns
+    each part's float32 scores (dead rows 0) and the query's ceiling, Σ idf of its known terms."""
+    keys = dict(zip(dict.fromkeys(t for t in terms if t), term_keys(dict.fromkeys(t for t in terms if t))))
+    n = sum(len(p) if live is None else int(np.count_nonzero(live)) for p, live in parts)
+    total = sum(int(p.lengths.sum(dtype=np.int64)) if live is None else int(p.lengths[live].sum(dtype=np.int64))
+                for p, live in parts)
+    found: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+    df = dict.fromkeys(keys, 0)
+    for p, live in parts:
+        got = {}
+        for term, key in keys.items():
+            rows, tf = p.lookup(key)
+            if live is not None and len(rows):
+                keep = live[rows]
+                rows, tf = rows[keep], tf[keep]
+            got[term] = (rows, tf)
+            df[term] += len(rows)
+        found.append(got)
+    idf = {t: np.float32(np.log1p((n - d + 0.5) / (d + 0.5))) for t, d in df.items() if d}
+    avg = total / n if n else 1.0
+    out = []
+    for (p, _), got in zip(parts, found):
+        scores = np.zeros(len(p), np.float32)
+        norm = np.float32(k1) * (np.float32(1 - b) + np.float32(b) * p.lengths.astype(np.float32) / np.float32(avg))
+        for term in terms:
+            if term in idf:
+                rows, tf = got[term]
+                scores[rows] += idf[term] * tf / (norm[rows] + tf)
+        out.append(scores)
+    return out, float(sum(float(idf[t]) for t in terms if t in idf))
+
+
 class KeywordIndex:
-    """BM25 over chunk term lists; rows are the store's rows."""
+    """BM25 over one list of chunk term lists (rows are its rows): a single segment's postings."""
 
     def __init__(self, corpus_terms: list[list[str]], k1: float = 1.2, b: float = 0.75) -> None:
-        import bm25s
-
-        self.size = len(corpus_terms)
-        self._bm25 = bm25s.BM25(k1=k1, b=b)
-        if self.size:
-            # an empty chunk still needs a row; bm25s scores the "" token as nothing
-            self._bm25.index([terms or [""] for terms in corpus_terms], show_progress=False)
-
-    @property
-    def vocabulary(self) -> frozenset[str]:
-        """Every term of the corpus."""
-        return frozenset(t for t in (self._bm25.vocab_dict if self.size else ()) if t)
+        self.postings, terms = Postings.build(corpus_terms)
+        self.vocabulary = frozenset(terms)  # every term of the corpus
+        self.k1, self.b = k1, b
 
     def ceiling(self, query_terms: list[str]) -> float:
         """Σ idf of the query's terms in the corpus (repeats counted, as in scoring): what BM25 nears
         as a text holds every term often. A score over it is the share of the question's keyword
         weight a text matches, on the same 0–1 scale for every question."""
-        if not self.size:
-            return 0.0
-        vocab, indptr = self._bm25.vocab_dict, self._bm25.scores["indptr"]
-        df = np.array([indptr[vocab[t] + 1] - indptr[vocab[t]] for t in query_terms if t and t in vocab], np.float64)
-        return float(np.log1p((self.size - df + 0.5) / (df + 0.5)).sum())
+        return bm25([(self.postings, None)], query_terms, self.k1, self.b)[1]
 
     def scores(self, query_terms: list[str]) -> np.ndarray:
         """BM25 score of every row for the query terms (zeros when none is in the corpus)."""
-        if not self.size:
-            return np.zeros(0, np.float32)
-        known = [t for t in query_terms if t in self._bm25.vocab_dict and t]
-        if not known:
-            return np.zeros(self.size, np.float32)
-        return np.asarray(self._bm25.get_scores(known), dtype=np.float32)
+        return bm25([(self.postings, None)], query_terms, self.k1, self.b)[0][0]
 
     def search(self, query_terms: list[str], k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) with a positive score, best first, optionally within `rows`."""
-        scores = self.scores(query_terms)
-        if rows is not None:
-            masked = np.full_like(scores, -np.inf)
-            masked[rows] = scores[rows]
-            scores = masked
-        candidates = np.flatnonzero(scores > 0)
-        if not len(candidates):
-            return np.zeros(0, np.float32), np.zeros(0, np.int64)
-        top = candidates[np.argsort(-scores[candidates], kind="stable")[:k]]
-        return scores[top], top
+        return top_positive(self.scores(query_terms), k, rows)
+
+
+def top_positive(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (scores, rows) with a positive score, best first (ties: lower row first),
+    optionally only among `rows`."""
+    candidates = np.flatnonzero(scores > 0) if rows is None else rows[scores[rows] > 0]
+    if not len(candidates):
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    top = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
+    return scores[top], top.astype(np.int64)
