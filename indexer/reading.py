@@ -132,6 +132,9 @@ def iter_documents(
     converted: dict[Path, bytes | ReadError] = {}
     first_source: dict[str, str] = {}
     for index, file in enumerate(files):
+        if file.path.suffix.lower() == ".jsonl" and file.size > max_document_bytes():
+            yield from _jsonl_parts(file, first_source, skip_bad_lines)
+            continue
         try:
             if _needs_libreoffice(file.path) and file.path not in converted and file.size <= max_document_bytes():
                 converted.update(_convert_ahead(files[index:], converted))
@@ -458,6 +461,73 @@ def _read_jsonl(path: Path, base_id: str, skip_bad_lines: bool) -> list[Document
     if not docs:
         raise ReadError(f"{path}: no valid lines")
     return docs
+
+
+JSONL_PART_BYTES = 4_000_000  # a JSON Lines file over the one-document limit comes in parts of this size
+
+
+def _jsonl_parts(file: SourceFile, first_source: dict[str, str],
+                 skip_bad_lines: bool) -> Iterator[tuple[SourceFile, list[Document] | ReadError]]:
+    """A JSON Lines file larger than the one-document limit, read line by line (as UTF-8, as JSON
+    Lines is), in parts of about JSONL_PART_BYTES: the limit applies to each line, a document, and
+    memory does not grow with the file. A first pass checks every line (and the ids), so a bad
+    line refuses the whole file as it does for a small one, before any part is given out."""
+    limit, meta = max_document_bytes(), _file_meta(file)
+    bad: set[int] = set()
+    seen = dict(first_source)
+    try:
+        for line_no, raw in _lines(file.path):
+            try:
+                doc = _jsonl_line(raw, file, line_no, limit)
+            except ReadError:
+                if not skip_bad_lines:
+                    raise
+                bad.add(line_no)
+                continue
+            if doc is not None:
+                _check_unique_ids([doc], seen)
+                seen[doc.doc_id] = doc.source
+    except ReadError as error:
+        yield file, error
+        return
+    if len(seen) == len(first_source):
+        yield file, ReadError(f"{file.path}: no valid lines")
+        return
+    part: list[Document] = []
+    nbytes = 0
+    for line_no, raw in _lines(file.path):
+        doc = None if line_no in bad else _jsonl_line(raw, file, line_no, limit)
+        if doc is not None:
+            part.append(replace(doc, meta={**meta, **doc.meta}))
+        nbytes += len(raw)
+        if nbytes >= JSONL_PART_BYTES:
+            first_source.update((d.doc_id, d.source) for d in part)
+            yield replace(file, size=nbytes), part
+            part, nbytes = [], 0
+    first_source.update((d.doc_id, d.source) for d in part)
+    yield replace(file, size=nbytes), part
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """A file's lines as bytes, numbered from 1; a ReadError if it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            yield from enumerate(fh, start=1)
+    except OSError as error:
+        raise ReadError(f"{path}: cannot read ({error.strerror or error})") from error
+
+
+def _jsonl_line(raw: bytes, file: SourceFile, line_no: int, limit: int) -> Document | None:
+    """One line of a large JSON Lines file as a document (None: a blank line)."""
+    if len(raw) > limit:
+        raise ReadError(f"{file.path}: line {line_no}: {len(raw) / 1e6:.1f} MB is over the {limit / 1e6:g} MB "
+                        f"limit for one document (split it, or raise ${MAX_DOC_MB_ENV})")
+    try:
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError:
+        raise ReadError(f"{file.path}: line {line_no} is not UTF-8 (a JSON Lines file over "
+                        f"{limit / 1e6:g} MB is read line by line, as UTF-8)") from None
+    return _jsonl_document(line, file.path, file.doc_id, line_no) if line.strip() else None
 
 
 def _jsonl_document(line: str, path: Path, base_id: str, line_no: int) -> Document:

@@ -330,3 +330,32 @@ def test_damaged_pdf_is_an_error(tmp_path):
     path = write(tmp_path, "broken.pdf", b"%PDF-1.4\nnothing else")
     with pytest.raises(ReadError, match=r"broken\.pdf: "):
         read_file(path)
+
+
+def test_jsonl_over_the_document_limit_streams_in_parts(tmp_path, monkeypatch):
+    """The size limit is for one document: a JSON Lines file larger than it is read line by line,
+    in parts, every line still checked first (a bad one refuses the whole file, as for a small one)."""
+    from indexer import reading
+
+    monkeypatch.setenv("INDEXER_MAX_DOC_MB", "0.02")  # 20 kB
+    monkeypatch.setattr(reading, "JSONL_PART_BYTES", 8_000)
+    lines = [json.dumps({"id": f"n{i}", "text": f"第{i}号通知：各校要按时报送材料。" * 3, "year": 2020 + i % 3},
+                        ensure_ascii=False) for i in range(400)]
+    big = tmp_path / "notices.jsonl"
+    big.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert big.stat().st_size > 2 * 20_000
+    parts = list(reading.iter_documents(reading.plan_files([big])))
+    assert len(parts) > 5 and all(isinstance(docs, list) for _, docs in parts)
+    docs = [d for _, part in parts for d in part]
+    assert [d.doc_id for d in docs] == [f"n{i}" for i in range(400)]
+    assert docs[7].meta["year"] == 2021 and docs[7].meta["reader"] == "jsonl" and docs[7].source.endswith("#L8")
+    assert sum(f.size for f, _ in parts) == big.stat().st_size
+    huge = json.dumps({"id": "huge", "text": "很长的文件。" * 4000}, ensure_ascii=False)
+    big.write_text("\n".join(lines[:200] + [huge] + lines[200:]) + "\n", encoding="utf-8")
+    (only,) = list(reading.iter_documents(reading.plan_files([big])))
+    assert isinstance(only[1], reading.ReadError) and "line 201" in str(only[1]) and "limit for one document" in str(only[1])
+    kept = [d for _, part in reading.iter_documents(reading.plan_files([big]), skip_bad_lines=True) for d in part]
+    assert len(kept) == 400 and "huge" not in {d.doc_id for d in kept}
+    big.write_text("\n".join(lines + [lines[3]]) + "\n", encoding="utf-8")
+    (only,) = list(reading.iter_documents(reading.plan_files([big])))
+    assert "duplicate id 'n3'" in str(only[1])
