@@ -43,9 +43,10 @@ install-dev: $(VENV)/.installed-dev
 model: install
 	$(PY) -m indexer.modelprep --out $(MODEL)
 
-# Builds the index of the sample speech unless one is there.
+# Builds the index of the sample speech unless one is there (one of the previous format is upgraded in place).
 index: model
-	@$(PY) -m indexer info --index $(INDEX) >/dev/null 2>&1 || $(PY) -m indexer build data/speech.txt --index $(INDEX)
+	@$(PY) -m indexer info --index $(INDEX) >/dev/null 2>&1 || $(PY) -m indexer upgrade --index $(INDEX) 2>/dev/null \
+		|| $(PY) -m indexer build data/speech.txt --index $(INDEX)
 
 # Debian's Chromium and a CJK font for the real-browser test (Playwright cannot download a browser here).
 browser:

@@ -22,13 +22,13 @@ import faiss
 import numpy as np
 
 from .common import ms, pct, rss_mb
-from indexer.store.faiss_store import IVF_NPROBE
+from indexer.store.segment import IVF_NPROBE
 
 D = 384
 K = 10
 N_QUERIES = 1000  # recall@10 is averaged over these (one batch search)
 N_LATENCY = 200  # single-query latency (nq=1) is measured on the first of these
-HNSW_M, HNSW_EFC = 32, 80  # as indexer/store/faiss_store.py builds it
+HNSW_M, HNSW_EFC = 32, 80  # as indexer/store/segment.py builds it
 EF_SEARCH = (64, 128, 256)
 NPROBE = (8, 16, 32, 64)
 KINDS = ("flat", "hnsw", "hnsw-fp16", "hnsw-sq8", "ivf", "ivf-sq8", "ivf-pq48")

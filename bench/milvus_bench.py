@@ -224,7 +224,7 @@ def bench_bm25_routes(names: list[str], workdir: Path, modes=("hybrid", "bm25"))
                 rows.append({"set": f"{name} ({len(labels)})", "mode": mode, "store": label,
                              "figures": " / ".join(f"{m[k]:.3f}" for k in ("hit@1", "hit@3", "recall@10", "mrr@10")),
                              "s": round(time.perf_counter() - t, 1),
-                             "keyword": getattr(engine.store, "keyword_backend", "local BM25 (bm25s)"),
+                             "keyword": engine.store.keyword_backend,
                              **{k: round(v, 4) for k, v in m.items() if k != "n"}})
                 log(f"  {rows[-1]['set']} {mode} {label}: {rows[-1]['figures']}")
     return rows

@@ -183,6 +183,20 @@ def check(index: Optional[str] = IndexOpt) -> None:
     typer.echo(f"ok: {data['index']} ({data['generation']}): {data['documents']} documents, {data['chunks']} chunks")
 
 
+@app.command()
+def optimize(index: Optional[str] = IndexOpt) -> None:
+    """Merge the index's segments into one, dropping removed documents' chunks for good."""
+    engine = _engine(index, None)
+    before, after = engine.optimize()
+    typer.echo(f"optimized {engine.shown}: {before} segments merged into {after}")
+
+
+@app.command()
+def upgrade(index: Optional[str] = IndexOpt) -> None:
+    """Convert an index of the previous folder format (format 1) to the current one, in place."""
+    typer.echo(_engine(index, None).upgrade())
+
+
 def _print_result(result: Result) -> None:
     if result.translations:
         typer.echo("translated: " + "; ".join(f"{e} → {' '.join(t)}" for e, t in result.translations))

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Iterator, Union
 
 import numpy as np
 
@@ -237,36 +237,34 @@ def clean_query(query: str) -> str:
 
 
 class _StoreView:
-    """What queries need of one loaded store, made once: its chunks in row order, chunk id → row,
-    and (on the first cross-lingual question) the translator over its vocabulary."""
+    """What queries keep of one loaded store: the translator over its vocabulary (made on the first
+    cross-lingual question) and chunk texts folded to the index's script (made as hits need them)."""
 
     def __init__(self, store) -> None:
         self.store = store
-        self.chunks: list[Chunk] = store.all_chunks()
-        self.row_of = {c.chunk_id: i for i, c in enumerate(self.chunks)}
         self._folded: dict[int, str] = {}
 
     @functools.cached_property
     def translator(self) -> Translator:
         return Translator(self.store.vocabulary())
 
-    def scope(self, parsed: ParsedQuery, allowed: set[str] | None, fold: Callable[[str], str]) -> frozenset[str] | None:
-        """The chunks (of the allowed documents) that hold a question's phrases and none of its
-        exclusions, both compared in the index's script (`fold`: a Simplified phrase finds its
-        Traditional text); None when it has neither. The folded texts are made on the first such
-        question and kept with this view."""
+    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None, fold: Callable[[str], str]) -> frozenset[int] | None:
+        """The rows (of the allowed ones; None: every live row) that hold a question's phrases and
+        none of its exclusions, both compared in the index's script (`fold`: a Simplified phrase
+        finds its Traditional text); None when it has neither. It reads the texts of every allowed
+        chunk, so its cost grows with the index (a phrase question only)."""
         if not parsed.constrained:
             return None
         wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
-        return frozenset(c.chunk_id for row, c in enumerate(self.chunks)
-                         if (allowed is None or c.doc_id in allowed) and holds(self.folded(row, fold), wanted))
+        rows = self.store.live_rows() if allowed is None else allowed
+        return frozenset(row for row, c in zip(rows.tolist(), self.store.chunks(rows.tolist()))
+                         if holds(self.folded(row, c.text, fold), wanted))
 
-    def folded(self, row: int, fold: Callable[[str], str]) -> str:
-        """A chunk's text in the index's script, folded once per loaded generation. OpenCC's t2s
+    def folded(self, row: int, original: str, fold: Callable[[str], str]) -> str:
+        """Row `row`'s text in the index's script, folded once per loaded store. OpenCC's t2s
         maps character for character; were a length to change, the original text stands."""
         text = self._folded.get(row)
         if text is None:
-            original = self.chunks[row].text
             text = fold(original)
             self._folded[row] = text = text if len(text) == len(original) else original
         return text
@@ -284,7 +282,7 @@ class Engine:
         self.location = str(index)
         self.path = Path(index)  # for a folder index; Milvus locations are not paths
         self._store_cls = store_class(self.location)
-        self.shown = getattr(self._store_cls, "display", str)(self.location)  # no token or password
+        self.shown = self._store_cls.display(self.location)  # no token or password
         self.settings = settings or IndexSettings()
         self._encoder = encoder
         self._model = model
@@ -336,7 +334,7 @@ class Engine:
         """The loaded index; reloaded when another process has switched in a newer generation."""
         with self._lock:
             if self._store is None or not self._store.is_current():
-                self._store = self._store_cls.load(self.location)
+                self._store = self._store_cls.load(self.location) if self._store is None else self._store.reopened()
                 self._adopt_settings(self._store.manifest)
             return self._store
 
@@ -372,33 +370,85 @@ class Engine:
     def build(self, paths: Iterable[str | Path], *, progress: Progress = False, tags: Iterable[str] = (),
               ocr: bool = True) -> list[DocReport]:
         """Index exactly the documents of these files and folders, from scratch; the old index stays
-        until the new one is saved. A file that cannot be read is reported (status failed) and left out."""
-        docs, failed = [], []
-        for src, got in iter_documents(plan_files(paths), ocr=ocr):
-            if isinstance(got, ReadError):
-                failed.append(DocReport(src.doc_id, "failed", 0, error=str(got)))
-            else:
-                docs += [tagged(d, tags) for d in got]
-        if not docs:
-            raise ReadError(failed[0].error if len(failed) == 1 else f"none of the {len(failed)} files could be read")
+        until the new one is committed. A file that cannot be read is reported (status failed) and
+        left out. Documents are read, embedded and written in batches of COMMIT_CHARS characters,
+        so memory does not grow with the corpus; where there was no index yet, each batch is
+        committed as it is done, so an interrupted build keeps them and `add` of the same paths
+        picks up the rest."""
+        files = plan_files(paths)
+        bar = _FileProgress(progress, len(files), sum(f.size for f in files))
+        reports: list[DocReport] = []
+        failed: list[DocReport] = []
         self._encoder_with(1)
-        with self._lock, self._store_cls.lock(self.location):
-            store = self._new_store()
-            reports = self._upsert_all(store, docs, progress)
-            store.save()
-            self._store = store
+        try:
+            with self._lock, self._store_cls.lock(self.location):
+                store, fresh = self._new_store(), not self.exists()
+                try:
+                    for docs, part in self._batches(files, bar, failed, tags=tags, ocr=ocr):
+                        reports += self._upsert_all(store, docs, part)
+                        store.save() if fresh else store.flush()
+                    if not reports:
+                        raise ReadError(failed[0].error if len(failed) == 1 else
+                                        f"none of the {len(failed)} files could be read")
+                    if not fresh:
+                        store.save()
+                except BaseException:
+                    store.rollback()
+                    raise
+                self._store = store
+        finally:
+            bar.close()
         return reports + failed
 
+    def _batches(self, files: list, bar: "_FileProgress", failed: list[DocReport], *, skip_bad_lines: bool = False,
+                 tags: Iterable[str] = (), ocr: bool = True) -> Iterator[tuple[list[Document], Progress]]:
+        """The documents of these files in batches of about COMMIT_CHARS characters, each with the
+        progress callback of its bytes; a file that cannot be read goes to `failed`."""
+        batch: list[Document] = []
+        chars = nbytes = 0
+        last = None
+        for src, got in iter_documents(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
+            if src.path != last:  # a large JSON Lines file comes in several parts
+                bar.file_read()
+                last = src.path
+            nbytes += src.size
+            if isinstance(got, ReadError):
+                failed.append(DocReport(src.doc_id, "failed", 0, error=str(got)))
+                continue
+            batch += [tagged(d, tags) for d in got]
+            chars += sum(len(d.text) for d in got)
+            if chars >= COMMIT_CHARS:
+                yield batch, bar.within(nbytes)
+                batch, chars, nbytes = [], 0, 0
+        if batch:
+            yield batch, bar.within(nbytes)
+        bar.done = bar.total
+
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
-        """Re-chunk and re-embed every indexed document from its stored text (e.g. after a model change)."""
+        """Re-chunk and re-embed every indexed document from its stored text (e.g. after a model
+        change), in batches of about COMMIT_CHARS characters written as they are done (bounded
+        memory), all in one commit: the old index answers until it lands."""
         self._encoder_with(1)
         with self._lock, self._store_cls.lock(self.location):
             old = self._store_cls.load(self.location)
-            docs = [Document(d.doc_id, old.document_text(d.doc_id), d.title, d.source, d.encoding, d.meta)
-                    for d in old.manifest.documents.values()]
+            records = old.manifest.documents.values()
+            total = max(1, sum(d.chars for d in records))
             store = self._new_store()
-            reports = self._upsert_all(store, docs, progress)
-            store.save()
+            reports: list[DocReport] = []
+            batch: list[Document] = []
+            done = chars = 0
+            try:
+                for n, d in enumerate(records, 1):
+                    batch.append(Document(d.doc_id, old.document_text(d.doc_id), d.title, d.source, d.encoding, d.meta))
+                    chars += d.chars
+                    if chars >= COMMIT_CHARS or n == len(records):
+                        reports += self._upsert_all(store, batch, _part(progress, done / total, (done + chars) / total))
+                        store.flush()
+                        batch, done, chars = [], done + chars, 0
+                store.save()
+            except BaseException:
+                store.rollback()
+                raise
             self._store = store
         return reports
 
@@ -415,23 +465,9 @@ class Engine:
         files = plan_files(paths)
         bar = _FileProgress(progress, len(files), sum(f.size for f in files))
         reports: list[DocReport] = []
-        batch: list[Document] = []
-        chars = nbytes = 0
         try:
-            for src, got in iter_documents(files, skip_bad_lines=skip_bad_lines, ocr=ocr):
-                bar.file_read()
-                nbytes += src.size
-                if isinstance(got, ReadError):
-                    reports.append(DocReport(src.doc_id, "failed", 0, error=str(got)))
-                    continue
-                batch += [tagged(d, tags) for d in got]
-                chars += sum(len(d.text) for d in got)
-                if chars >= COMMIT_CHARS:
-                    reports += self.add_documents(batch, progress=bar.within(nbytes))
-                    batch, chars, nbytes = [], 0, 0
-            if batch:
-                reports += self.add_documents(batch, progress=bar.within(nbytes))
-            bar.done = bar.total
+            for docs, part in self._batches(files, bar, reports, skip_bad_lines=skip_bad_lines, tags=tags, ocr=ocr):
+                reports += self.add_documents(docs, progress=part)
         finally:
             bar.close()
         return reports
@@ -463,6 +499,20 @@ class Engine:
             store.save()
             self._store = store
         return reports
+
+    def optimize(self) -> tuple[int, int]:
+        """Merge the index's segments into one, dropping deleted chunks: (segments before, after)."""
+        with self._lock, self._store_cls.lock(self.location):
+            store = self._store_cls.load(self.location)
+            before = store.optimize()
+            self._store = store
+        return before, min(before, 1)
+
+    def upgrade(self) -> str:
+        """Convert an index of the previous format in place; what was done, in one line."""
+        with self._lock, self._store_cls.lock(self.location):
+            self._store = None
+            return self._store_cls.upgrade(self.location)
 
     def _adopt_settings(self, manifest: Manifest) -> None:
         """Chunk new documents the way the index was built."""
@@ -589,19 +639,19 @@ class Engine:
             view = self._view
         self.check_model(store.manifest)
         allowed = self._doc_filter(store, docs, conditions)
-        rows = None if allowed is None else np.array([i for i, c in enumerate(view.chunks) if c.doc_id in allowed], np.int64)
+        rows = store.live_rows() if allowed is None else store.rows_of(allowed)
         parsed = [parse_query(t) for t in texts]
         asked = [p.text for p in parsed]  # what the routes read: no quotes, no exclusions
         encoding = self._encoding_pool().submit(self.encoder.encode_queries, asked) if mode != "bm25" else None
         plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
         fold = self.segmenter.fold
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
-                         scope=view.scope(p, allowed, fold)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
+                         scope=view.scope(p, rows, fold)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
-        xl = store.cross_vectors()
-        routes = {"dense": DenseRoute(store, allowed, xl, view.row_of, fusion.sentence_share),
-                  "use": UseRoute(xl, view, rows), "bm25": KeywordRoute(store, allowed, view)}
+        share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0
+        routes = {"dense": DenseRoute(store, allowed, share), "use": UseRoute(store, rows),
+                  "bm25": KeywordRoute(store, allowed)}
         by_doc = group == "documents"
         ranked = retrieve(routes, plans, max(k * DOC_POOL, fusion.candidates) if by_doc else k, mode, fusion)
         out = []
@@ -611,7 +661,8 @@ class Engine:
                 hits = self._hits(store, view, ranked[i], min_score, plan.terms, use_vector, sentences)
                 out.append(Result(text, hits, plan.terms, plan.cross_lingual, translations[i], store.generation))
                 continue
-            grouped = group_documents(ranked[i], lambda cid: view.chunks[view.row_of[cid]].doc_id, k,
+            found_rows = [r.row for r in ranked[i]]
+            grouped = group_documents(ranked[i], dict(zip(found_rows, store.doc_ids(found_rows))), k,
                                       fusion.doc_weights)
             found = [DocHit(n, round(d.score, 6), d.doc_id, store.manifest.documents[d.doc_id].title,
                             self._hits(store, view, d.chunks, None, plan.terms, use_vector, sentences))
@@ -633,7 +684,7 @@ class Engine:
                 translations[i] = view.translator.explain(text)
                 terms[i] = list(dict.fromkeys(t for _, part in translations[i] for t in part)) or terms[i]
             terms[i] = with_synonyms(terms[i], self.settings.synonyms)
-        use_vecs = self.xl_encoder.encode_queries(texts) if view.store.cross_vectors() is not None else None
+        use_vecs = self.xl_encoder.encode_queries(texts) if view.store.manifest.crosslingual else None
         plans = [QueryPlan(terms[i], cross[i],
                            use_vecs[i] if use_vecs is not None and cross[i] and fusion.use_route else None)
                  for i in range(len(texts))]
@@ -644,9 +695,9 @@ class Engine:
         """The documents a question may search (None: all): the ids given, that meet every filter."""
         records = store.manifest.documents
         wanted = None if docs is None else set(docs)
-        unknown = (wanted or set()) - set(records)
+        unknown = sorted(d for d in wanted or () if d not in records)
         if unknown:
-            raise QueryError(f"no document {sorted(unknown)[0]!r} in the index")
+            raise QueryError(f"no document {unknown[0]!r} in the index")
         if conditions:
             met = filters.matching(records.values(), conditions)
             wanted = met if wanted is None else wanted & met
@@ -655,19 +706,18 @@ class Engine:
     def _hits(self, store, view: "_StoreView", ranked: list[Scored], min_score: float | None, terms: list[str],
               use_vector: np.ndarray | None, sentences: bool = True) -> list[Hit]:
         """Fused results as hits: each chunk with its answering sentence and why it ranks there
-        (terms are matched in the text folded to the index's script; offsets are the original's)."""
-        docs, xl = store.manifest.documents, store.cross_vectors()
+        (terms are matched in the text folded to the index's script; offsets are the original's).
+        The chunks' records are read here, for these rows only."""
+        docs, table = store.manifest.documents, bool(store.manifest.crosslingual)
+        ranked = [r for r in ranked if min_score is None or r.score >= min_score]
         out = []
-        for r in ranked:
-            if min_score is not None and r.score < min_score:
-                continue
-            c = view.chunks[view.row_of[r.chunk_id]]
-            folded = view.folded(view.row_of[r.chunk_id], self.segmenter.fold)
+        for r, c in zip(ranked, store.chunks([r.row for r in ranked])):
+            folded = view.folded(r.row, c.text, self.segmenter.fold)
             if not sentences:
                 span = None
-            elif xl is not None:
-                sel = xl.sentences_of(view.row_of[c.chunk_id])
-                span = best_sentence(folded, terms, xl.spans[sel], xl.sentences[sel], use_vector)
+            elif table:
+                spans, vectors, _ = store.sentences(r.row)
+                span = best_sentence(folded, terms, spans, vectors, use_vector)
             else:
                 span = best_sentence(folded, terms)
             s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
@@ -693,7 +743,7 @@ class Engine:
             "model": m.model, "dim": m.dim, "documents": len(m.documents), "chunks": len(store),
             "index_type": store.index_kind, "index_type_setting": m.index_type, "chunking": m.chunking,
             "created": m.created, "updated": m.updated,
-            "keyword_backend": getattr(store, "keyword_backend", "local BM25 (bm25s)"),
+            "keyword_backend": store.keyword_backend,
             "analyzer": Analyzer.of(m.keyword).to_json(),
             "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
                              f"{len(store.cross_vectors().owner)} sentences)") if m.crosslingual else "off",

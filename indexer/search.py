@@ -13,28 +13,31 @@ Routes (`Route.run(plans, n) → per question, chunk ids with scores, best first
 lists by their normalised scores (`score_fuse`); anything else (a cross-lingual question's three
 lists) by weighted reciprocal rank (`rrf_fuse`). Every result keeps each route's own score and its
 part of the fused score (the parts sum to it), so a hit can say why it ranks where it does. Results
-are chunk ids and scores throughout; the engine turns them into hits at the end.
+are the chunks' rows in the loaded index (ints) and scores throughout; the engine turns them into
+hits at the end.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from .chunking import Chunk
-from .crosslingual import PassageVectors, sentence_spans, top_rows, use_scores
+from .crosslingual import sentence_spans, top_rows, use_scores
+
+if TYPE_CHECKING:
+    from .store.base import Store
 
 MODES = ("dense", "bm25", "hybrid")
-Ranked = list[tuple[str, float]]  # chunk ids with their scores, best first
+Ranked = list[tuple[int, float]]  # chunk rows with their scores, best first
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One fused result: the chunk, its fused score, each route's own score (`raw`: cosine, BM25,
+    """One fused result: the chunk's row, its fused score, each route's own score (`raw`: cosine, BM25,
     USE) and each route's part of the fused score (`parts`, summing to `score`)."""
 
-    chunk_id: str
+    row: int
     score: float
     raw: dict[str, float]
     parts: dict[str, float]
@@ -86,14 +89,7 @@ class QueryPlan:
     cross_lingual: bool = False
     use_vector: np.ndarray | None = None  # set when the USE route runs for this question
     vector: np.ndarray | None = None  # its e5 vector (not needed in bm25 mode)
-    scope: frozenset[str] | None = None  # the only chunks it may return (quoted phrases, exclusions)
-
-
-class Rows(Protocol):
-    """The store's chunks in row order and chunk id → row (the engine's view of a loaded store)."""
-
-    chunks: list[Chunk]
-    row_of: dict[str, int]
+    scope: frozenset[int] | None = None  # the only rows it may return (quoted phrases, exclusions)
 
 
 # ---------------------------------------------------------------------------- fusion (pure functions)
@@ -151,7 +147,7 @@ def readable(fused: list[Scored], ceiling: float | None, fusion: FusionSettings)
     words = (1.0 if bm25 > 0 else 0.0) if not ceiling else min(1.0, bm25 / ceiling)
     meaning = float(np.clip((top.raw["dense"] - fusion.cosine_floor) / (fusion.cosine_full - fusion.cosine_floor), 0, 1))
     g = fusion.bm25_share * words + (1 - fusion.bm25_share) * meaning
-    return [Scored(r.chunk_id, r.score * g, r.raw, {k: v * g for k, v in r.parts.items()}) for r in fused]
+    return [Scored(r.row, r.score * g, r.raw, {k: v * g for k, v in r.parts.items()}) for r in fused]
 
 
 def single(name: str, ranking: Ranked) -> list[Scored]:
@@ -175,45 +171,40 @@ class DenseRoute:
     """e5 vectors against the store's vector index, within the allowed documents; with e5 sentence
     vectors, a Chinese question's cosines become `sentence_rescored`."""
 
-    store: object
+    store: Store
     allowed: set[str] | None = None
-    table: PassageVectors | None = None  # the sentence table, used when it has e5 sentence vectors
-    row_of: dict[str, int] | None = None
-    sentence_share: float = 0.0
+    sentence_share: float = 0.0  # > 0 where the index keeps e5 sentence vectors
     name: str = "dense"
 
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
         """The index's nearest chunks; a question with a scope scores exactly the chunks in it."""
         free = [i for i, p in enumerate(plans) if p.scope is None]
         found = self.store.search(np.stack([plans[i].vector for i in free]), n, self.allowed) if free else []
-        scores = dict(zip(free, ({c.chunk_id: s for s, c in ranked} for ranked in found)))
+        scores = dict(zip(free, ({row: s for s, row in ranked} for ranked in found)))
         scoped = [i for i, p in enumerate(plans) if p.scope is not None]
         scores.update(zip(scoped, self.cosines([plans[i] for i in scoped], [sorted(plans[i].scope) for i in scoped])))
         return [sorted((self._rescored(p, scores[i]) if p.scope is None else scores[i]).items(),
                        key=lambda kv: -kv[1])[:n] for i, p in enumerate(plans)]
 
-    def cosines(self, plans: list[QueryPlan], ids: list[list[str]]) -> list[dict[str, float]]:
-        """Each question's exact (rescored) cosine with the given chunks: one store call for all."""
+    def cosines(self, plans: list[QueryPlan], rows: list[list[int]]) -> list[dict[int, float]]:
+        """Each question's exact (rescored) cosine with the given rows: one store call for all."""
         if not plans:
             return []
-        found = self.store.dense_scores(np.stack([p.vector for p in plans]), ids)
-        return [self._rescored(p, dict(zip(cids, map(float, s)))) for p, cids, s in zip(plans, ids, found)]
+        found = self.store.dense_scores(np.stack([p.vector for p in plans]), rows)
+        return [self._rescored(p, dict(zip(r, map(float, s)))) for p, r, s in zip(plans, rows, found)]
 
-    def _rescored(self, plan: QueryPlan, cosine: dict[str, float]) -> dict[str, float]:
-        by_sentence = (self.table is not None and self.table.dense is not None and self.sentence_share > 0
-                       and not plan.cross_lingual)
-        if not by_sentence:
+    def _rescored(self, plan: QueryPlan, cosine: dict[int, float]) -> dict[int, float]:
+        if self.sentence_share <= 0 or plan.cross_lingual:
             return cosine
-        return sentence_rescored(cosine, plan.vector, self.table, self.row_of, self.sentence_share)
+        return sentence_rescored(cosine, plan.vector, lambda row: self.store.sentences(row)[2], self.sentence_share)
 
 
 @dataclass
 class KeywordRoute:
     """BM25 of each question's terms, within the allowed documents (and a question's scope)."""
 
-    store: object
+    store: Store
     allowed: set[str] | None = None
-    rows: Rows | None = None  # to find a scope's documents
     name: str = "bm25"
 
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
@@ -225,45 +216,44 @@ class KeywordRoute:
 
     def _one(self, plan: QueryPlan, n: int) -> Ranked:
         if plan.scope is None:
-            return [(c.chunk_id, s) for s, c in self.store.keyword_search(plan.terms, n, self.allowed)]
-        docs = {self.rows.chunks[self.rows.row_of[cid]].doc_id for cid in plan.scope}
-        every = sum(1 for c in self.rows.chunks if c.doc_id in docs)  # all their chunks: exact within the scope
+            return [(row, s) for s, row in self.store.keyword_search(plan.terms, n, self.allowed)]
+        docs = set(self.store.doc_ids(sorted(plan.scope)))
+        every = len(self.store.rows_of(docs))  # all their chunks: exact within the scope
         found = self.store.keyword_search(plan.terms, every, docs) if docs else []
-        return [(c.chunk_id, s) for s, c in found if c.chunk_id in plan.scope][:n]
+        return [(row, s) for s, row in found if row in plan.scope][:n]
 
 
 @dataclass
 class UseRoute:
-    """USE vectors of cross-lingual questions against the index's USE passage and sentence table."""
+    """USE vectors of cross-lingual questions against the index's USE passage and sentence table
+    (read from the store only when a question takes this route)."""
 
-    table: PassageVectors
-    rows: Rows
-    allowed: np.ndarray | None = None  # the rows the filters allow (None: all)
+    store: Store
+    allowed: np.ndarray | None = None  # the rows the filters allow (None: every live row)
     name: str = "use"
 
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
         if not plans:
             return []
-        scores = use_scores(np.stack([p.use_vector for p in plans]), self.table)
+        scores = use_scores(np.stack([p.use_vector for p in plans]), self.store.cross_vectors())
         out = []
         for row, plan in zip(scores, plans):
-            within = self.allowed if plan.scope is None else np.array(
-                sorted(self.rows.row_of[c] for c in plan.scope), np.int64)
+            within = self.allowed if plan.scope is None else np.array(sorted(plan.scope), np.int64)
             (top_s, top_r), = top_rows(row[None, :], n, within)
-            out.append([(self.rows.chunks[r].chunk_id, float(v)) for v, r in zip(top_s, top_r)])
+            out.append([(int(r), float(v)) for v, r in zip(top_s, top_r)])
         return out
 
 
-def sentence_rescored(cosine: dict[str, float], query_vector: np.ndarray, table: PassageVectors,
-                      row_of: dict[str, int], share: float) -> dict[str, float]:
-    """(1 - share)·cos(chunk) + share·max cos(its sentences' e5 vectors), per chunk id; a chunk
+def sentence_rescored(cosine: dict[int, float], query_vector: np.ndarray,
+                      sentence_vectors: Callable[[int], np.ndarray], share: float) -> dict[int, float]:
+    """(1 - share)·cos(chunk) + share·max cos(its sentences' e5 vectors), per row; a chunk
     without sentences keeps its own cosine. Long passages blur a question into their average;
     their best sentence does not (DRCD's dense Hit@1 .780 → .915 in the research for it)."""
     q = np.asarray(query_vector, dtype=np.float32)
     out = {}
-    for cid, cos in cosine.items():
-        sel = table.sentences_of(row_of[cid])
-        out[cid] = (1 - share) * cos + share * float(np.max(table.dense[sel] @ q)) if sel.stop > sel.start else cos
+    for row, cos in cosine.items():
+        vectors = sentence_vectors(row)
+        out[row] = (1 - share) * cos + share * float(np.max(vectors @ q)) if len(vectors) else cos
     return out
 
 
@@ -327,7 +317,7 @@ class DocScored:
     chunks: list[Scored]
 
 
-def group_documents(ranked: list[Scored], doc_of: dict[str, str] | Callable[[str], str], k: int,
+def group_documents(ranked: list[Scored], doc_of: dict[int, str] | Callable[[int], str], k: int,
                     weights: tuple[float, ...] = (1.0,), per_doc: int = 3) -> list[DocScored]:
     """The k best documents of a fused chunk list: a document scores Σ weights[i] × its i-th best
     passage's score (weights (1,): its best passage; (1, .5, .25): a decayed sum of its top three),
@@ -335,7 +325,7 @@ def group_documents(ranked: list[Scored], doc_of: dict[str, str] | Callable[[str
     find = doc_of.__getitem__ if isinstance(doc_of, dict) else doc_of
     by_doc: dict[str, list[Scored]] = {}
     for r in ranked:
-        by_doc.setdefault(find(r.chunk_id), []).append(r)
+        by_doc.setdefault(find(r.row), []).append(r)
     scores = {d: sum(w * r.score for w, r in zip(weights, rs)) for d, rs in by_doc.items()}
     order = sorted(by_doc, key=lambda d: -scores[d])[:k]
     return [DocScored(d, scores[d], by_doc[d][:per_doc]) for d in order]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import os
 import shutil
 import subprocess
@@ -68,7 +69,8 @@ def test_build_options_user_terms_and_no_crosslingual(index, tmp_path):
     run("build", str(SPEECH), "--index", str(out), "--no-crosslingual", "--user-term", "三重一大", "--user-dict", str(words))
     info = json.loads(run("info", "--index", str(out), "--json").stdout)
     assert info["crosslingual"] == "off"
-    manifest = json.loads(next(out.glob("gen-*/manifest.json")).read_text(encoding="utf-8"))
+    with sqlite3.connect(out / "records.db") as db:
+        manifest = json.loads(db.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()[0])
     assert manifest["keyword"]["user_terms"] == ["三重一大", "两个维护"]
     data = json.loads(run("search", "三重一大", "--index", str(out), "--mode", "bm25", "--json").stdout)
     assert "三重一大" in data["terms"] and "三重一大" in data["hits"][0]["text"]

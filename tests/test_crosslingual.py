@@ -213,13 +213,12 @@ def routes(speech_index, encoder):
     engine = Engine(speech_index, encoder=encoder)
 
     def use_only(questions):
-        from indexer.engine import _StoreView
         from indexer.search import QueryPlan, UseRoute
 
-        view = _StoreView(engine.store)
+        store = engine.store
         plans = [QueryPlan([], True, v) for v in engine.xl_encoder.encode_queries(questions)]
-        ranked = UseRoute(engine.store.cross_vectors(), view).run(plans, N)
-        return [[(score, view.chunks[view.row_of[cid]]) for cid, score in ranking] for ranking in ranked]
+        ranked = UseRoute(store, store.live_rows()).run(plans, N)
+        return [list(zip([s for _, s in ranking], store.chunks([row for row, _ in ranking]))) for ranking in ranked]
 
     return {"e5": route("dense", use_route=False), "use": use_only, "bm25": route("bm25"), "fused": route("hybrid")}
 

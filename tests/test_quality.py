@@ -34,7 +34,7 @@ def test_eval_arithmetic_by_hand():
 def test_rrf_fusion_by_hand():
     fused = rrf_fuse({"dense": [("a", 0.9), ("b", 0.8)], "bm25": [("b", 5.0), ("c", 1.0)]},
                      {"dense": 1.0, "bm25": 1.0}, rrf_k=60)
-    assert [r.chunk_id for r in fused] == ["b", "a", "c"]
+    assert [r.row for r in fused] == ["b", "a", "c"]
     assert fused[0].score == pytest.approx(1 / 62 + 1 / 61) == sum(fused[0].parts.values())
     assert fused[0].raw == {"dense": 0.8, "bm25": 5.0} and fused[2].raw == {"bm25": 1.0}
 
@@ -44,17 +44,17 @@ def test_score_fusion_by_hand():
     bm25 = [("b", 10.0), ("c", 1.0)]  # BM25: b far ahead of c; a has no term
     fused = score_fuse(dense, bm25, {"c": 0.70}, bm25_share=0.45)
     # a: 0.55·(0.9-0.7)/0.2 = 0.55; b: 0.55·0.5 + 0.45·1 = 0.725; c: 0 + 0.45·0.1 = 0.045
-    assert [r.chunk_id for r in fused] == ["b", "a", "c"]
+    assert [r.row for r in fused] == ["b", "a", "c"]
     assert [r.score for r in fused] == pytest.approx([0.725, 0.55, 0.045])
     assert [sum(r.parts.values()) for r in fused] == pytest.approx([0.725, 0.55, 0.045])
     assert fused[0].parts == pytest.approx({"dense": 0.275, "bm25": 0.45}) and fused[2].raw == {"dense": 0.70, "bm25": 1.0}
     # BM25 far ahead wins; BM25 barely ahead does not: rank fusion cannot tell the two apart
     close = score_fuse(dense, [("b", 10.0), ("a", 9.0)], {}, bm25_share=0.45)
-    assert [r.chunk_id for r in close] == ["a", "b"]
+    assert [r.row for r in close] == ["a", "b"]
     rank = rrf_fuse({"dense": dense, "bm25": [("b", 10.0), ("a", 9.0)]}, {"dense": 1.0, "bm25": 2.0}, 10)
-    assert [r.chunk_id for r in rank] == ["b", "a"]
+    assert [r.row for r in rank] == ["b", "a"]
     # no BM25 hit at all: the dense order, scaled
-    assert [r.chunk_id for r in score_fuse(dense, [], {}, 0.45)] == ["a", "b"]
+    assert [r.row for r in score_fuse(dense, [], {}, 0.45)] == ["a", "b"]
 
 
 def test_hybrid_is_at_least_as_good_as_either_route_on_the_speech(speech_engine):
@@ -163,10 +163,10 @@ def test_sentence_vectors_follow_updates_and_reload(sentence_index, encoder, tmp
     assert reloaded.check() == []
     table = reloaded.store.cross_vectors()
     assert table.dense is not None and table.dense.shape == (len(table.owner), encoder.dim)
-    chunks = reloaded.store.all_chunks()
-    row = next(i for i, c in enumerate(chunks) if c.doc_id == "notice.txt" and "合唱" in c.text)
+    rows = reloaded.store.live_rows().tolist()
+    row, chunk = next((r, c) for r, c in zip(rows, reloaded.store.chunks(rows)) if c.doc_id == "notice.txt" and "合唱" in c.text)
     sel = table.sentences_of(row)
-    texts = [chunks[row].text[s:e] for s, e in table.spans[sel]]
+    texts = [chunk.text[s:e] for s, e in table.spans[sel]]
     np.testing.assert_allclose(table.dense[sel], encoder.encode_documents(texts), atol=3e-3)
     assert reloaded.search("合唱比赛什么时候举行？", k=1)[0].doc_id == "notice.txt"
 

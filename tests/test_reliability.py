@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from indexer.errors import IndexerError, QueryError
 from indexer.highlight import highlight_spans, query_terms, to_html
 from indexer.keyword import Segmenter
 from indexer.reading import Document, ReadError, decode_bytes, read_paths
-from indexer.store.atomic import current_generation
+from indexer.store.faiss_store import FaissStore
 
 QUESTION = "私立学校怎样建立党组织？"
 
@@ -84,11 +85,11 @@ def test_bad_document_is_one_line_and_index_unchanged(name, speech_engine, tmp_p
     data, needle = BAD_FILES[name]
     path = tmp_path / name
     path.write_bytes(data)
-    gen = current_generation(speech_engine.path).name
+    gen = FaissStore.load(speech_engine.path).generation
     code, _, err = cli(capsys, "add", path, "--index", speech_engine.path)
     one_line_error(code, err, needle)
     assert name in err
-    assert current_generation(speech_engine.path).name == gen
+    assert FaissStore.load(speech_engine.path).generation == gen
 
 
 def test_pdf_without_text_layer(tmp_path):
@@ -181,48 +182,45 @@ def test_malformed_batch_files(speech_engine, tmp_path, capsys, name, content, n
 # ---------------------------------------------------------------- bad indexes
 
 
-def _gen(path: Path) -> Path:
-    return current_generation(path)
+def _sql(path: Path, statement: str, *params) -> None:
+    with sqlite3.connect(path / "records.db") as db:
+        db.execute(statement, params)
 
 
-def _newer_manifest(gen: Path) -> None:
-    data = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-    data["format_version"] = 99
-    (gen / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
-
-
-def _other_dimension(gen: Path) -> None:
-    data = json.loads((gen / "manifest.json").read_text(encoding="utf-8"))
-    data["dim"] = 768
-    (gen / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
-
-
-def _short_faiss(gen: Path) -> None:
-    import faiss
-
-    vectors = np.load(gen / "vectors.npy")
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors[:-2])
-    faiss.write_index(index, str(gen / "index.faiss"))
+def _manifest_field(name: str, value):
+    def damage(path: Path) -> None:
+        with sqlite3.connect(path / "records.db") as db:
+            data = json.loads(db.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()[0])
+            data[name] = value
+            db.execute("UPDATE meta SET value = ? WHERE key = 'manifest'", [json.dumps(data)])
+    return damage
 
 
 def _truncate(name: str):
-    def damage(gen: Path) -> None:
-        data = (gen / name).read_bytes()
-        (gen / name).write_bytes(data[: len(data) // 2])
+    def damage(path: Path) -> None:
+        data = (path / name).read_bytes()
+        (path / name).write_bytes(data[: len(data) // 2])
     return damage
 
 
 DAMAGES = {
-    "missing vectors": (lambda gen: (gen / "vectors.npy").unlink(), "vectors.npy is missing"),
-    "truncated vectors": (_truncate("vectors.npy"), "vectors.npy is damaged"),
-    "truncated faiss": (_truncate("index.faiss"), "index.faiss is damaged"),
-    "truncated chunks": (_truncate("chunks.jsonl"), "damaged"),
-    "newer format": (_newer_manifest, "newer than this tool"),
-    "other dimension": (_other_dimension, "expected"),
-    "faiss count": (_short_faiss, "FAISS index holds 21 vectors but there are 23 chunks"),
-    "no CURRENT": (lambda gen: (gen.parent / "CURRENT").unlink(), "not an index folder"),
+    "missing vectors": (lambda path: (path / "seg-000001" / "vectors.npy").unlink(), "vectors.npy is missing"),
+    "truncated vectors": (_truncate("seg-000001/vectors.npy"), "vectors.npy is damaged"),
+    "truncated postings": (_truncate("seg-000001/rows.npy"), "rows.npy is damaged"),
+    "truncated records": (_truncate("records.db"), "records.db is damaged"),
+    "missing segment": (lambda path: shutil.rmtree(path / "seg-000001"), "seg-000001 is missing"),
+    "newer format": (_manifest_field("format_version", 99), "newer than this tool"),
+    "other dimension": (_manifest_field("dim", 768), "expected (23, 768)"),
+    "lost chunk record": (lambda path: _sql(path, "DELETE FROM chunks WHERE row = 5"),
+                          "segment 1 has 23 vectors but there are 22 chunks"),
+    "no records": (lambda path: (path / "records.db").unlink(), "not an index folder"),
 }
+
+
+def _files(path: Path) -> list[tuple[str, int]]:
+    """Every file of an index folder with its size (SQLite's -wal and -shm beside, which opening makes)."""
+    return sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*")
+                  if p.is_file() and not p.name.endswith(("-wal", "-shm")))
 
 
 @pytest.mark.parametrize("case", sorted(DAMAGES))
@@ -230,17 +228,16 @@ def test_damaged_index_is_refused_not_repaired(case, speech_index, tmp_path, cap
     damage, needle = DAMAGES[case]
     path = tmp_path / "index"
     shutil.copytree(speech_index, path)
-    gen = _gen(path)
-    damage(gen)
-    before = sorted((p.name, p.stat().st_size) for p in gen.iterdir())
-    for command in (["check"], ["search", QUESTION], ["add", str(SPEECH)]):
+    damage(path)
+    before = _files(path)
+    for command in (["check"], ["search", QUESTION], ["add", str(SPEECH)], ["optimize"]):
         code, _, err = cli(capsys, *command, "--index", path)
         one_line_error(code, err, needle)
-    assert sorted((p.name, p.stat().st_size) for p in gen.iterdir()) == before  # nothing "repaired"
+    assert _files(path) == before  # nothing "repaired"
 
 
 def test_missing_index_folder(tmp_path, capsys):
-    for command in (["check"], ["search", QUESTION], ["info"], ["list"], ["remove", "x"]):
+    for command in (["check"], ["search", QUESTION], ["info"], ["list"], ["remove", "x"], ["optimize"]):
         code, _, err = cli(capsys, *command, "--index", tmp_path / "none")
         one_line_error(code, err, "no index at")
 
@@ -250,7 +247,7 @@ def test_missing_index_folder(tmp_path, capsys):
 PAUSE = """
 import os, sys, time
 point = os.environ["PAUSE_AT"]
-import indexer.store.atomic as atomic
+import indexer.store.faiss_store as fs
 import indexer.embedding as embedding
 
 def pause():
@@ -262,17 +259,21 @@ if point == "encode":
     def slow(self, *a, **k):
         out = orig(self, *a, **k); pause(); return out
     embedding.Encoder.encode_documents = slow
-else:
-    calls = {"n": 0}
+elif point == "before-rename":  # the segment's files written, not yet in place
     real = os.replace
     def replace(src, dst):
-        calls["n"] += 1
-        if point == "before-rename" and calls["n"] == 1:
-            pause()
+        pause() if ".tmp" in str(src) else None
         real(src, dst)
-        if point == "before-switch" and calls["n"] == 1:
-            pause()
-    atomic.os.replace = replace
+    fs.os.replace = replace
+elif point == "before-commit":  # the transaction holds everything but has not committed
+    orig = fs.FaissStore._commit_meta
+    def commit(self, db, gen):
+        orig(self, db, gen); pause()
+    fs.FaissStore._commit_meta = commit
+else:  # after-commit: committed, nothing cleaned up yet
+    def after(self):
+        pause()
+    fs.FaissStore._after_commit = after
 from indexer.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -290,28 +291,42 @@ def _kill_at(point: str, args: list[str]) -> None:
 
 
 @pytest.mark.parametrize("command, point", [
-    ("build", "encode"), ("build", "before-rename"), ("build", "before-switch"),
-    ("add", "encode"), ("add", "before-switch"), ("remove", "before-rename"),
+    ("build", "encode"), ("build", "before-rename"), ("build", "before-commit"), ("build", "after-commit"),
+    ("add", "encode"), ("add", "before-commit"), ("add", "after-commit"),
+    ("remove", "before-commit"), ("remove", "after-commit"),
+    ("optimize", "before-rename"), ("optimize", "before-commit"), ("optimize", "after-commit"),
 ])
 def test_sigkill_leaves_old_or_new_index(command, point, speech_engine, tmp_path, capsys):
+    """A writer killed anywhere (a write's segment, its commit, a merge) leaves the old index or
+    the new one, complete; the next writer works and clears what the killed one left."""
     other = tmp_path / "other.txt"
     other.write_text("学校图书馆周末开放，学生可以凭借阅证借阅图书和报刊。", encoding="utf-8")
-    if command == "remove":
-        speech_engine.add([other])
-    before = [h.chunk_id for h in speech_engine.search(QUESTION, k=5)]
-    gen = current_generation(speech_engine.path).name
-    args = {"build": ["build", str(other)], "add": ["add", str(other)], "remove": ["remove", "other.txt"]}[command]
+    if command in ("remove", "optimize"):
+        speech_engine.add([other])  # two segments: something to remove, something to merge
+    before = [(h.chunk_id, h.score) for h in speech_engine.search(QUESTION, k=5)]
+    gen = speech_engine.store.generation
+    args = {"build": ["build", str(other)], "add": ["add", str(other)], "remove": ["remove", "other.txt"],
+            "optimize": ["optimize"]}[command]
     _kill_at(point, [*args, "--index", str(speech_engine.path)])
     code, out, err = cli(capsys, "check", "--index", speech_engine.path)
     assert code == 0 and out.startswith("ok:"), err
     reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
-    if current_generation(speech_engine.path).name == gen:  # the old index, untouched
-        assert [h.chunk_id for h in reloaded.search(QUESTION, k=5)] == before
-    else:  # the switch had happened: the new index, complete
-        assert point == "before-switch"
-        assert reloaded.store.generation != gen
-    reloaded.add([SPEECH])  # and the next writer works (stale temporary folders are ignored)
+    if reloaded.store.generation == gen:  # the old index, untouched
+        assert point != "after-commit"
+        assert [(h.chunk_id, h.score) for h in reloaded.search(QUESTION, k=5)] == before
+    else:  # the commit had happened: the new index, complete
+        assert point == "after-commit"
+        expected = {"build": {"other.txt"}, "add": {"speech.txt", "other.txt"}, "remove": {"speech.txt"},
+                    "optimize": {"speech.txt", "other.txt"}}[command]
+        assert {d.doc_id for d in reloaded.documents()} == expected
+    third = tmp_path / "third.txt"
+    third.write_text("学校运动会定于下月举行，各班要提前做好报名工作。", encoding="utf-8")
+    reloaded.add([SPEECH, third])  # and the next writer works, and clears what the killed one left
     assert reloaded.check() == []
+    live = {f"seg-{s:06d}" for s, _, _ in reloaded.store._records.segments()}
+    assert not [p.name for p in speech_engine.path.iterdir() if p.name.endswith(".tmp")]
+    assert {p.name for p in speech_engine.path.glob("seg-*")} <= live | {
+        f"seg-{s:06d}" for (s,) in reloaded.store._records.query("SELECT seg FROM retired")}
 
 
 # ---------------------------------------------------------------- concurrent use

@@ -1,11 +1,11 @@
 """Stores: where vectors, chunk records and the manifest live.
 
 `store_class(location)` picks the implementation from the index location: a folder is the
-embedded FAISS store (the default); `milvus://HOST:PORT/COLLECTION` (or `milvus+tls://`) is a Milvus
-server, `milvus-lite:///path/file.db` an in-process milvus-lite file.
-Every implementation offers the same class methods (exists, load, lock) and instance methods
-(upsert, delete, search, keyword_search, chunks_of, all_chunks, document_text, save, problems,
-is_current), so the engine never branches on the store.
+embedded store (the default: immutable FAISS/postings segments beside a SQLite record database,
+faiss_store.py, segment.py, records.py); `milvus://HOST:PORT/COLLECTION` (or `milvus+tls://`) is a
+Milvus server, `milvus-lite:///path/file.db` an in-process milvus-lite file. Both offer the
+interface of `base.Store` (rows and scores out, records read for the rows shown), so the engine
+never branches on the store.
 """
 from __future__ import annotations
 

@@ -76,16 +76,19 @@ def empty_table(manifest: Manifest) -> "PassageVectors":
 
 
 class Store(Protocol):
-    """Vectors + chunk records + manifest, updated per document, searched by vector.
+    """Vectors + chunk records + manifest, updated per document, searched by vector and keywords.
 
-    Rows are in a stable order (`all_chunks()`); the keyword terms and the optional cross-lingual
-    vectors (`cross_vectors()`: USE passage and sentence vectors, indexer.crosslingual) follow it.
+    Rows are integers: a chunk's position in the loaded index (indexer.store.faiss_store: over its
+    segments, deleted rows included; `live_rows()` are the others). Searches return rows and
+    scores; records are read for the rows a caller shows (`chunks`).
     """
 
     manifest: Manifest
+    generation: str | None
 
     def __len__(self) -> int: ...
 
+    # writes, kept in memory until save
     def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
                terms: list[list[str]], xl: "PassageVectors | None" = None) -> None:
         """Put a document's chunks, vectors, terms (and cross-lingual vectors) in place of any it had."""
@@ -93,33 +96,61 @@ class Store(Protocol):
     def delete(self, doc_ids: list[str]) -> None:
         """Remove documents with all their chunks and vectors."""
 
-    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
-        """For each query vector, the k best chunks by inner product, best first."""
+    def save(self) -> None:
+        """Commit atomically: the previous state stays intact until the new one is complete."""
 
-    def dense_scores(self, queries: np.ndarray, chunk_ids: list[list[str]]) -> list[np.ndarray]:
-        """For each query vector, its exact inner product with each of the given chunks (float32)."""
+    def optimize(self) -> int:
+        """Merge what the store keeps in pieces into one; how many pieces there were."""
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
-        """The k best chunks by BM25 of the query terms, best first."""
+    def reopened(self) -> "Store":
+        """The store as last committed (reusing what is still valid)."""
+
+    def is_current(self) -> bool:
+        """False once another process has committed a newer generation."""
+
+    # rows
+    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, int]]]:
+        """For each query vector, the k best (score, row) by inner product, best first."""
+
+    def dense_scores(self, queries: np.ndarray, rows: list[list[int]]) -> list[np.ndarray]:
+        """For each query vector, its exact inner product with each of the given rows (float32)."""
+
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, int]]:
+        """The k best (score, row) by BM25 of the query terms, best first."""
+
+    def keyword_ceiling(self, query_terms: list[str]) -> float | None:
+        """Σ idf of the query's terms (None where the BM25 is not the project's): BM25's ceiling."""
+
+    def rows_of(self, doc_ids: set[str]) -> np.ndarray:
+        """The live rows of these documents, ascending."""
+
+    def live_rows(self) -> np.ndarray:
+        """Every live row, ascending."""
+
+    def chunks(self, rows: list[int]) -> list[Chunk]:
+        """The chunk records of these rows, in the order given."""
+
+    def doc_ids(self, rows: list[int]) -> list[str]:
+        """The document of each of these rows."""
+
+    def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """A row's sentences: spans in its text, USE vectors, e5 vectors (None unless kept)."""
+
+    def cross_vectors(self) -> "PassageVectors | None":
+        """The sentence table of every row (None: the index keeps none)."""
+
+    def vocabulary(self) -> frozenset[str]:
+        """Every keyword term of the indexed chunks."""
+
+    # documents
+    def document_text(self, doc_id: str) -> str: ...
 
     def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, "PassageVectors | None"]:
         """A saved document's chunks with their vectors and cross-lingual vectors, row-aligned
         (what an update reuses for the chunks whose text did not change)."""
 
-    def keyword_ceiling(self, query_terms: list[str]) -> float | None:
-        """Σ idf of the query's terms (None where the BM25 is not the project's): BM25's ceiling."""
-
-    def vocabulary(self) -> frozenset[str]:
-        """Every keyword term of the indexed chunks."""
-
-    def cross_vectors(self) -> "PassageVectors | None":
-        """The cross-lingual vectors in row order (None: the index keeps none)."""
-
     def chunks_of(self, doc_id: str) -> list[Chunk]:
         """A document's chunks in order."""
 
-    def all_chunks(self) -> list[Chunk]:
-        """Every chunk, in store order."""
-
-    def save(self) -> None:
-        """Persist atomically: the previous state stays intact until the new one is complete."""
+    def problems(self) -> list[str]:
+        """What `check` reports (empty: consistent)."""

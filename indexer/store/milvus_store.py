@@ -73,7 +73,8 @@ from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from ..keyword import LEGACY, STOPWORDS, Analyzer, KeywordIndex, Segmenter
 from .base import FORMAT_VERSION, DocRecord, Manifest, check_upsert, empty_table, now
-from .faiss_store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, choose_index_type
+from .faiss_store import choose_index_type
+from .segment import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, ivf_nlist
 
 DEFAULT_PORT = 19530
 LITE_COLLECTION = "indexer"
@@ -339,7 +340,6 @@ class MilvusStore:
         self._keyword_state: dict = {"route": "local"}  # the BM25 route, kept with every generation
         self._bm25_fields: bool | None = None  # whether the chunk collection has the BM25 field (None: not checked)
         self._segmenter: Segmenter | None = None
-        self._row_of: dict[str, int] | None = None  # chunk id → row, made on first need
         self._vector_cache: OrderedDict[int, np.ndarray] = OrderedDict()  # pk → vector, least recently used first
 
     # ---------------------------------------------------------------- names
@@ -374,7 +374,7 @@ class MilvusStore:
         """Which BM25 answers keyword search (shown by `info`)."""
         if self._server_bm25:
             return f"server BM25 (Milvus {self._keyword_state.get('server')} full-text search, jieba analyzer)"
-        text = "local BM25 (bm25s) over the keyword terms stored in Milvus"
+        text = "local BM25 (indexer.keyword) over the keyword terms stored in Milvus"
         if self._keyword_state.get("chosen") == "local":
             text += f" ({BM25_ENV}=local at build)"
         elif self._keyword_state.get("chosen") == "analyzer":
@@ -555,7 +555,26 @@ class MilvusStore:
     def _set_rows(self, rows: list[_Row]) -> None:
         self._rows = rows
         self._by_pk = {r.pk: i for i, r in enumerate(rows) if r.pk is not None}
-        self._keyword = self._row_of = None
+        self._keyword = None
+
+    def flush(self) -> None:
+        """Nothing to do before `save`: a Milvus index writes its rows when it saves."""
+
+    def rollback(self) -> None:
+        """Nothing to undo: a Milvus index writes nothing before `save`, and the engine drops this store."""
+
+    def optimize(self) -> int:
+        """Nothing to do here: the server merges its own segments (compaction)."""
+        raise StoreError(f"{self.target.display}: Milvus merges its own segments (compaction); "
+                         "optimize is for folder indexes")
+
+    @classmethod
+    def upgrade(cls, location: str) -> str:
+        raise StoreError(f"{cls.display(location)}: a Milvus index has no older format to upgrade")
+
+    def reopened(self) -> "MilvusStore":
+        """The index as last committed (read again whole: Milvus keeps the records in this process)."""
+        return type(self).load(self.location)
 
     def is_current(self) -> bool:
         """False once another process has switched in a newer generation."""
@@ -575,7 +594,7 @@ class MilvusStore:
             self.delete([doc.doc_id])
         self._rows.extend(_Row(None, None, 0, c, json.dumps(list(t), ensure_ascii=False))
                           for c, t in zip(chunks, terms))
-        self._keyword = self._row_of = None
+        self._keyword = None
         if xl is not None:
             self._xl_tail.append(xl)
         self._pending[doc.doc_id] = (np.ascontiguousarray(vectors, dtype=np.float32), text, xl)
@@ -633,13 +652,30 @@ class MilvusStore:
             self._xl, self._xl_tail = PassageVectors.concat([self._xl, *self._xl_tail]), []
         return self._xl
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, Chunk]]:
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, int]]:
         """BM25 of the query terms: the project's KeywordIndex over the stored terms (as the folder index),
         or the server's full-text search where the index was built for it; best first, scores > 0."""
         if self._server_bm25:
             return self._server_keyword_search(query_terms, k, doc_ids)
         scores, rows = self._keyword_index().search(query_terms, k, self._rows_of(doc_ids))
-        return [(float(s), self._rows[i].chunk) for s, i in zip(scores, rows)]
+        return [(float(s), int(i)) for s, i in zip(scores, rows)]
+
+    def rows_of(self, doc_ids: set[str]) -> np.ndarray:
+        return self._rows_of(set(doc_ids))
+
+    def live_rows(self) -> np.ndarray:
+        return np.arange(len(self._rows), dtype=np.int64)
+
+    def doc_ids(self, rows: list[int]) -> list[str]:
+        return [self._rows[r].chunk.doc_id for r in rows]
+
+    def chunks(self, rows: list[int]) -> list[Chunk]:
+        return [self._rows[r].chunk for r in rows]
+
+    def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        xl = self.cross_vectors()
+        sel = xl.sentences_of(row)
+        return xl.spans[sel], xl.sentences[sel], None if xl.dense is None else xl.dense[sel]
 
     @property
     def segmenter(self) -> Segmenter:
@@ -648,11 +684,11 @@ class MilvusStore:
             self._segmenter = Segmenter.of(self.manifest.keyword)
         return self._segmenter
 
-    def _server_keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None) -> list[tuple[float, Chunk]]:
+    def _server_keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None) -> list[tuple[float, int]]:
         """The server's BM25 over the chunk text (saved rows only). The terms go as one text that the
         server's analyzer segments back into them (query_text). BM25 scores are >= 0: milvus-lite 3.2
         returns them negated as distances (best first) and Milvus 2.5 as they are, so the score is the
-        magnitude, divided by (k1 + 1) to be on bm25s's scale (the folder index's), which omits that factor."""
+        magnitude, divided by (k1 + 1) to be on the project's scale (Lucene's form, as the folder index computes it), which omits that factor."""
         text = query_text(list(query_terms), self.segmenter) if any(query_terms) else ""
         k = min(k, MAX_TOPK)
         if not text or k <= 0 or self._live is None or (doc_ids is not None and not doc_ids):
@@ -672,10 +708,10 @@ class MilvusStore:
             i = self._by_pk.get(hit.get("id", hit.get("pk")))
             score = abs(float(hit["distance"])) / scale
             if i is not None and score > 0:
-                out.append((score, self._rows[i].chunk))
+                out.append((score, i))
         return out
 
-    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, Chunk]]]:
+    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, int]]]:
         """The k best saved chunks per query vector by inner product, best first (server-side)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         empty = [[] for _ in range(len(queries))]
@@ -691,7 +727,7 @@ class MilvusStore:
             expr = f"({expr}) and {_in('doc_id', sorted(doc_ids))}"
         params = {"metric_type": "IP", "params": _search_params(self.index_kind, k)}
         client = self._client()
-        out: list[list[tuple[float, Chunk]]] = []
+        out: list[list[tuple[float, int]]] = []
         with _calling(self.target, "search"):
             for start in range(0, len(queries), SEARCH_BATCH):
                 batch = queries[start:start + SEARCH_BATCH]
@@ -704,7 +740,7 @@ class MilvusStore:
                         pk = hit.get("id", hit.get("pk"))
                         i = self._by_pk.get(pk)
                         if i is not None:
-                            row.append((float(hit["distance"]), self._rows[i].chunk))
+                            row.append((float(hit["distance"]), i))
                     out.append(row)
         return out
 
@@ -757,15 +793,13 @@ class MilvusStore:
                                  "on the server")
         return out
 
-    def dense_scores(self, queries: np.ndarray, chunk_ids: list[list[str]]) -> list[np.ndarray]:
-        """Exact inner products of each query with the given chunks, from their stored vectors (fetched
+    def dense_scores(self, queries: np.ndarray, rows: list[list[int]]) -> list[np.ndarray]:
+        """Exact inner products of each query with the given rows, from their stored vectors (fetched
         once for all queries, computed here as the folder index computes them)."""
-        if self._row_of is None:
-            self._row_of = {r.chunk.chunk_id: i for i, r in enumerate(self._rows)}
-        wanted = list(dict.fromkeys(c for ids in chunk_ids for c in ids))
-        vectors = self._vectors_at([self._row_of[c] for c in wanted])
-        at = {c: n for n, c in enumerate(wanted)}
-        return [vectors[[at[c] for c in ids]] @ np.asarray(q, dtype=np.float32) for q, ids in zip(queries, chunk_ids)]
+        wanted = list(dict.fromkeys(r for group in rows for r in group))
+        vectors = self._vectors_at(wanted)
+        at = {r: n for n, r in enumerate(wanted)}
+        return [vectors[[at[r] for r in group]] @ np.asarray(q, dtype=np.float32) for q, group in zip(queries, rows)]
 
     def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, PassageVectors | None]:
         """A document's chunks, vectors and cross-lingual vectors in row order (what an update reuses)."""
@@ -992,7 +1026,8 @@ class MilvusStore:
         return list(self._rows), written
 
     def _ensure_index(self, client, name: str) -> None:
-        """The vector index kind for the row count (FLAT below HNSW_ABOVE, HNSW from there)."""
+        """The vector index kind for the row count (faiss_store.choose_index_type: FLAT below
+        APPROX_ABOVE, IVF_FLAT from there, with the folder index's nlist and nprobe)."""
         kind = self.index_kind
         index_type, metric, params = _index_spec(kind, len(self))
         try:
@@ -1169,7 +1204,7 @@ def _index_spec(kind: str, n: int) -> tuple[str, str, dict]:
     if kind == "hnsw":
         return "HNSW", "IP", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
     if kind == "ivf":
-        return "IVF_FLAT", "IP", {"nlist": max(1, min(int(4 * np.sqrt(max(n, 1))), 65536))}
+        return "IVF_FLAT", "IP", {"nlist": ivf_nlist(n)}
     return "FLAT", "IP", {}
 
 
@@ -1177,7 +1212,7 @@ def _search_params(kind: str, k: int) -> dict:
     if kind == "hnsw":
         return {"ef": max(HNSW_EF_SEARCH, k)}
     if kind == "ivf":
-        return {"nprobe": 16}
+        return {"nprobe": IVF_NPROBE}
     return {}
 
 

@@ -1,0 +1,197 @@
+"""The segmented folder index: many segments answer exactly as one, writes add segments and
+deletion marks, merges keep every answer, readers reopen only what changed."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import SPEECH
+from indexer.engine import Engine
+from indexer.store import faiss_store
+
+QUESTIONS = ["私立学校怎样建立党组织？", "如何加强党风廉政建设", "逢年过节要提醒干部什么",
+             "How should private schools set up Party organisations?", "What are the rules on integrity?"]
+
+
+def _sections(tmp_path):
+    """The speech cut at its top-level headings (一、…): one document per section."""
+    text = SPEECH.read_text(encoding="utf-8")
+    parts = re.split(r"\n(?=[一二三四五六七八九十]、)", text)
+    files = []
+    for i, part in enumerate(parts):
+        path = tmp_path / f"part{i}.txt"
+        path.write_text(part, encoding="utf-8")
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def segmented(tmp_path_factory, encoder):
+    """The speech's sections added one by one (a segment each), one of them replaced and one
+    removed (deletion marks): many segments; beside it, the same index merged into one."""
+    tmp = tmp_path_factory.mktemp("segments")
+    files = _sections(tmp)
+    many = Engine(tmp / "many", encoder=encoder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(faiss_store, "MERGE_FACTOR", 100)  # no merge on the way: every write stays a segment
+        for path in files:
+            many.add([path])
+        files[1].write_text(files[1].read_text(encoding="utf-8") + "\n补充说明：各校要按时报送党建工作总结。", encoding="utf-8")
+        many.add([files[1]])
+        many.add([SPEECH])
+        many.remove(["speech.txt"])
+    shutil.copytree(tmp / "many", tmp / "one")
+    one = Engine(tmp / "one", encoder=encoder)
+    assert one.optimize() == (len(many.store._segments), 1)
+    return many, one
+
+
+def test_many_segments_answer_exactly_as_one(segmented):
+    many, one = segmented
+    assert len(many.store._segments) > 5 and many.store._dead and len(one.store._segments) == 1
+    assert len(many.store) == len(one.store) and not one.store._dead
+    for mode in ("dense", "bm25", "hybrid"):
+        for group in ("passages", "documents"):
+            a = many.query(QUESTIONS, k=8, mode=mode, group=group)
+            b = one.query(QUESTIONS, k=8, mode=mode, group=group)
+            for x, y in zip(a, b):
+                assert [(h.chunk_id, h.score, h.sentence_start) for h in x.hits] == \
+                    [(h.chunk_id, h.score, h.sentence_start) for h in y.hits], (mode, group, x.query)
+                assert [h.why for h in x.hits] == [h.why for h in y.hits]
+    assert many.store.keyword_ceiling(["党组织", "建立"]) == one.store.keyword_ceiling(["党组织", "建立"])
+    assert many.check() == [] and one.check() == []
+
+
+def test_filters_and_phrases_across_segments(segmented):
+    many, one = segmented
+    for kwargs in ({"docs": ["part1.txt", "part3.txt"]}, {"where": ["id=part2.txt"]}):
+        a, b = many.search(QUESTIONS[0], k=5, **kwargs), one.search(QUESTIONS[0], k=5, **kwargs)
+        assert [(h.chunk_id, h.score) for h in a] == [(h.chunk_id, h.score) for h in b] and a
+    a, b = many.search('"党组织" 学校', k=5), one.search('"党组织" 学校', k=5)
+    assert a and all("党组织" in h.text for h in a)
+    assert [(h.chunk_id, h.score) for h in a] == [(h.chunk_id, h.score) for h in b]
+
+
+def test_a_write_adds_a_segment_and_marks_deletions(segmented, tmp_path, encoder, monkeypatch):
+    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
+    many, _ = segmented
+    path = tmp_path / "many"
+    shutil.copytree(many.path, path)
+    engine = Engine(path, encoder=encoder)
+    store = engine.store
+    before = {s.seg: s for s in store._segments}
+    notice = tmp_path / "notice.txt"
+    notice.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。", encoding="utf-8")
+    Engine(path, encoder=encoder).add([notice])  # another writer
+    reopened = engine.store  # the reader picks up the commit …
+    assert reopened is not store and len(reopened._segments) == len(before) + 1
+    assert all(s is before[s.seg] for s in reopened._segments[:-1])  # … reopening only the new segment
+    assert engine.search("足球联赛什么时候举行", k=1)[0].doc_id == "notice.txt"
+    engine.remove(["notice.txt"])
+    assert len(engine.store._segments) == len(before) + 1  # a removal rebuilds nothing: one more mark
+    assert "notice.txt" not in {h.doc_id for h in engine.search("足球联赛什么时候举行", k=20)}
+
+
+def test_segments_of_a_tier_are_merged(tmp_path, encoder, monkeypatch):
+    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 3)
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    files = _sections(tmp_path)
+    counts = []
+    for path in files[:5]:
+        engine.add([path])
+        counts.append(len(engine.store._segments))
+    assert max(counts) < 3 and counts[2] == 1  # the third one-tier segment merged the three
+    assert engine.check() == [] and len(engine.documents()) == 5
+    retired = {f"seg-{s:06d}" for (s,) in engine.store._records.query("SELECT seg FROM retired")}
+    live = {f"seg-{s.seg:06d}" for s in engine.store._segments}
+    assert {p.name for p in engine.path.glob("seg-*")} == live | retired  # older ones are gone
+
+
+def test_format_one_index_is_refused_then_upgraded(tmp_path, encoder, capsys):
+    """An index of the previous layout is never misread: it is refused with the command that
+    converts it, and the conversion keeps every answer."""
+    from indexer.cli import main
+
+    engine = Engine(tmp_path / "new", encoder=encoder)
+    engine.build([SPEECH])
+    want = [(h.chunk_id, h.score) for h in engine.search(QUESTIONS[0], k=5)]
+    legacy = tmp_path / "legacy"
+    _write_format_one(engine, legacy)
+    assert main(["search", QUESTIONS[0], "--index", str(legacy)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "format 1" in err and f"python -m indexer upgrade --index {legacy}" in err and len(err.splitlines()) == 1
+    assert main(["upgrade", "--index", str(legacy)]) == 0
+    assert "upgraded" in capsys.readouterr().out
+    assert not (legacy / "CURRENT").exists()
+    upgraded = Engine(legacy, encoder=encoder)
+    assert [(h.chunk_id, h.score) for h in upgraded.search(QUESTIONS[0], k=5)] == want
+    assert upgraded.check() == []
+    assert main(["upgrade", "--index", str(legacy)]) != 0
+    assert "nothing to upgrade" in capsys.readouterr().err
+
+
+def _write_format_one(engine: Engine, folder) -> None:
+    """The files format 1 kept (indexer.store.legacy), written from a loaded index."""
+    import json
+    from dataclasses import asdict, fields
+
+    from indexer.store.base import Manifest
+
+    store = engine.store
+    gen = folder / "gen-000001"
+    gen.mkdir(parents=True)
+    (folder / "CURRENT").write_text("gen-000001\n", encoding="utf-8")
+    manifest = {**{f.name: getattr(store.manifest, f.name) for f in fields(Manifest) if f.name != "documents"},
+                "format_version": 1,
+                "documents": {r.doc_id: asdict(r) for r in store.manifest.documents.values()}}
+    (gen / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    chunks = store.all_chunks()
+    (gen / "chunks.jsonl").write_text("".join(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in chunks),
+                                      encoding="utf-8")
+    (gen / "texts.jsonl").write_text(json.dumps({"doc_id": "speech.txt", "text": store.document_text("speech.txt")},
+                                                ensure_ascii=False) + "\n", encoding="utf-8")
+    terms = [engine.segmenter.terms(c.text) for c in chunks]
+    (gen / "terms.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in terms), encoding="utf-8")
+    np.save(gen / "vectors.npy", store.vectors())
+    (gen / "xl.npz").write_bytes(store.cross_vectors().to_bytes())
+
+
+def test_build_streams_in_batches(tmp_path, encoder, monkeypatch):
+    """A build reads, embeds and writes in batches (a segment each): into a new location each batch
+    is committed (an interrupted first build keeps them); over an index, the batches land in one
+    commit, and a build that fails halfway leaves the old index as it was."""
+    from indexer import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "COMMIT_CHARS", 800)
+    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
+    files = _sections(tmp_path)
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    engine.build(files)
+    first = engine.store
+    assert len(first._segments) > 2 and int(first.generation[4:]) == len(first._segments)  # a commit per batch
+    assert {d.doc_id for d in engine.documents()} == {p.name for p in files} and engine.check() == []
+    engine.build(files[:4])
+    again = engine.store
+    assert int(again.generation[4:]) == int(first.generation[4:]) + 1  # the batches in one commit
+    assert len(again._segments) > 1 and {d.doc_id for d in engine.documents()} == {p.name for p in files[:4]}
+    want = [(h.chunk_id, h.score) for h in engine.search(QUESTIONS[1], k=5)]
+    calls = {"n": 0}
+    real = Engine._upsert_all
+
+    def fail_second(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the build
+        return real(self, *args)
+
+    monkeypatch.setattr(Engine, "_upsert_all", fail_second)
+    with pytest.raises(KeyboardInterrupt):
+        engine.build(files)
+    reopened = Engine(tmp_path / "index", encoder=encoder)
+    assert reopened.store.generation == again.generation and reopened.check() == []
+    assert [(h.chunk_id, h.score) for h in reopened.search(QUESTIONS[1], k=5)] == want
+    assert {p.name for p in engine.path.glob("seg-*")} == {f"seg-{s.seg:06d}" for s in reopened.store._segments} | {
+        f"seg-{s:06d}" for (s,) in reopened.store._records.query("SELECT seg FROM retired")}
