@@ -204,6 +204,7 @@ def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
     dst = store_class(str(location))(str(location) if "://" in str(location) else Path(location), manifest)
     segmenter = Segmenter.of(manifest.keyword)
     chunks, vectors, xl = src.all_chunks(), src.vectors(), src.cross_vectors()
+    xl = None if xl is None else xl.take(src.live_rows())  # the table has a row for every row, deleted ones too
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(chunks):
         rows_of[c.doc_id].append(i)

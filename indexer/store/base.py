@@ -1,7 +1,8 @@
 """What every store keeps and answers: the narrow interface the engine talks to."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,7 +52,9 @@ class Manifest:
     documents: dict[str, DocRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Plain data (the documents read whole, however the store keeps them)."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "documents"}
+        return {**out, "documents": {d.doc_id: asdict(d) for d in self.documents.values()}}
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":

@@ -229,14 +229,10 @@ class FaissStore:
         found_s, found_r = [], []
         for i, seg in enumerate(self._segments):
             base, end = int(self._bases[i]), int(self._bases[i + 1])
-            if allowed is not None:
-                local = allowed[(allowed >= base) & (allowed < end)] - base
-            else:
-                mask = self._live_mask(i)
-                local = None if mask is None else np.flatnonzero(mask)
+            local = None if allowed is None else allowed[(allowed >= base) & (allowed < end)] - base
             if local is not None and not len(local):
                 continue
-            s, r = seg.search(queries, k, local)
+            s, r = seg.search(queries, k, local, self._dead.get(seg.seg))
             found_s.append(s)
             found_r.append(np.where(r >= 0, r + base, -1))
         out = []
@@ -283,8 +279,16 @@ class FaissStore:
         return self._bm25(query_terms)[1]
 
     def vocabulary(self) -> frozenset[str]:
-        """Every keyword term of the segments (read from their files on the first cross-lingual question)."""
-        return frozenset(t for s in self._segments for t in s.vocabulary())
+        """Every keyword term of the live rows (read from the segments' files on the first
+        cross-lingual question; a term only deleted rows hold is left out)."""
+        out: set[str] = set()
+        for i, s in enumerate(self._segments):
+            words, live = s.vocabulary(), self._live_mask(i)
+            if live is not None and len(words):
+                held = np.logical_or.reduceat(live[s.postings.rows], s.postings.starts[:-1])
+                words = [w for w, h in zip(words, held) if h]
+            out.update(words)
+        return frozenset(out)
 
     def cross_vectors(self) -> PassageVectors | None:
         """The sentence table of every row (deleted rows included, as rows are), None without one;
