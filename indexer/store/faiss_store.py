@@ -222,8 +222,10 @@ class FaissStore:
 
     # ---------------------------------------------------------------- search
 
-    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, int]]]:
-        """The k best live rows per query by inner product, best first (ties: lower row first)."""
+    def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None,
+               exact: bool = False) -> list[list[tuple[float, int]]]:
+        """The k best live rows per query by inner product, best first (ties: lower row first);
+        `exact`: every row scored, approximate segments too (what recall is measured against)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         allowed = None if doc_ids is None else self.rows_of(doc_ids)
         found_s, found_r = [], []
@@ -232,7 +234,7 @@ class FaissStore:
             local = None if allowed is None else allowed[(allowed >= base) & (allowed < end)] - base
             if local is not None and not len(local):
                 continue
-            s, r = seg.search(queries, k, local, self._dead.get(seg.seg))
+            s, r = seg.search(queries, k, local, self._dead.get(seg.seg), exact)
             found_s.append(s)
             found_r.append(np.where(r >= 0, r + base, -1))
         out = []
@@ -350,10 +352,8 @@ class FaissStore:
         rng = np.random.default_rng(seed)
         queries = self._vectors_at(rng.choice(live, size=min(sample, len(live)), replace=False).tolist())
         k = min(k, len(live))
-        approx = self.search(queries, k)
-        vectors = self.vectors()
-        exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
-        return float(np.mean([len({r for _, r in a} & set(live[e].tolist())) / k for a, e in zip(approx, exact)]))
+        pairs = zip(self.search(queries, k), self.search(queries, k, exact=True))
+        return float(np.mean([len({r for _, r in a} & {r for _, r in e}) / k for a, e in pairs]))
 
     # ---------------------------------------------------------------- writes (in memory until save)
 

@@ -147,17 +147,17 @@ class Segment:
         return Segment(seg, folder, kind, vectors, postings, index, xl)
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None,
-               dead: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               dead: np.ndarray | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The k best (scores, local rows) per query by inner product among `rows` (None: all) that
         are not `dead` (a mask; None: none), as two [q, k'] arrays (k' ≤ k; row -1 pads a list
-        with fewer results)."""
+        with fewer results). `exact`: score every row even where the segment has an approximate index."""
         if rows is not None and dead is not None:
             rows, dead = rows[~dead[rows]], None
         n = len(self) if rows is None else len(rows)
         k = min(k, n)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if self.index is not None:
+        if self.index is not None and not exact:
             params = _search_params(self.index, rows, dead)
             return self.index.search(queries, k, params=params)
         best_s = np.full((len(queries), 0), -np.inf, np.float32)
