@@ -388,8 +388,8 @@ class FaissStore:
                                       self._pending_xl())
             self._written.append(seg[0])
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
-            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)",
-                           ((seg[0], row, c.doc_id, chunk_json(c)) for row, (c, _) in enumerate(rows)))
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
+                           ((seg[0], row, c.doc_id, c.chunk_id, chunk_json(c)) for row, (c, _) in enumerate(rows)))
         db.executemany("INSERT OR IGNORE INTO deleted VALUES (?, ?)", sorted(self._marks))
         docs = self.manifest.documents
         db.executemany("DELETE FROM documents WHERE doc_id = ?", [(d,) for d, r in docs.pending.items() if r is None])
@@ -529,8 +529,8 @@ class FaissStore:
         with self._records.transaction() as db:
             gen = self._records.generation() + 1
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
-            db.executemany("INSERT INTO chunks SELECT ?, row_number, doc_id, record FROM "
-                           "(SELECT ? AS row_number, doc_id, record FROM chunks WHERE seg = ? AND row = ?)",
+            db.executemany("INSERT INTO chunks SELECT ?, row_number, doc_id, chunk_id, record FROM "
+                           "(SELECT ? AS row_number, doc_id, chunk_id, record FROM chunks WHERE seg = ? AND row = ?)",
                            ((seg[0], new, old_seg, old) for new, (old, old_seg) in enumerate(moves)))
             for s, _ in parts:
                 db.execute("DELETE FROM segments WHERE seg = ?", [s.seg])
@@ -578,17 +578,18 @@ class FaissStore:
                     len(s), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
         live = ("FROM chunks c WHERE c.seg IN (SELECT seg FROM segments) AND NOT EXISTS "
                 "(SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)")
-        held = dict(self._records.query(f"SELECT doc_id, count(*) {live} GROUP BY doc_id"))
-        twice = self._records.query(f"SELECT json_extract(record, '$.chunk_id') AS id {live} GROUP BY id "
-                                    "HAVING count(*) > 1 LIMIT 3")
-        if twice:
-            out.append(f"duplicate chunk ids: {[i for (i,) in twice]}")
-        docs = {r.doc_id: r for r in self.manifest.documents.values()}
-        if set(held) - set(docs):
-            out.append(f"chunks of unknown documents: {sorted(set(held) - set(docs))[:3]}")
-        bad = [d for d, rec in docs.items() if held.get(d, 0) != rec.chunks]
-        if bad:
-            out.append(f"chunk count disagrees with the manifest for {bad[:3]}")
+        checks = {  # each in SQL: no record is parsed in Python
+            "duplicate chunk ids": f"SELECT chunk_id {live} GROUP BY chunk_id HAVING count(*) > 1 LIMIT 3",
+            "chunks of unknown documents": f"SELECT DISTINCT doc_id {live} AND doc_id NOT IN "
+                                           "(SELECT doc_id FROM documents) LIMIT 3",
+            "chunk count disagrees with the manifest for": (
+                f"SELECT d.doc_id FROM documents d LEFT JOIN (SELECT doc_id, count(*) AS n {live} GROUP BY doc_id) "
+                "h USING (doc_id) WHERE coalesce(h.n, 0) != json_extract(d.record, '$.chunks') LIMIT 3"),
+        }
+        for what, sql in checks.items():
+            found = [x for (x,) in self._records.query(sql)]
+            if found:
+                out.append(f"{what} {found}")
         return out
 
 

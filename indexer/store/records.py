@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS segments (seg INTEGER PRIMARY KEY, rows INTEGER NOT N
 CREATE TABLE IF NOT EXISTS retired (seg INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (doc_id TEXT PRIMARY KEY, record TEXT NOT NULL, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (seg INTEGER NOT NULL, row INTEGER NOT NULL, doc_id TEXT NOT NULL,
-                                   record TEXT NOT NULL, PRIMARY KEY (seg, row)) WITHOUT ROWID;
+                                   chunk_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (seg, row)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id);
 CREATE TABLE IF NOT EXISTS deleted (seg INTEGER NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (seg, row)) WITHOUT ROWID;
 """
