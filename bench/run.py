@@ -99,7 +99,8 @@ def section_scale(args) -> dict:
     sizes = [int(n) for n in args.scale_sizes.split(",")] if args.scale_sizes else (
         [100_000] if args.quick else [100_000, 1_000_000])
     return run(sizes, tiny=args.scale_tiny, rounds=args.scale_rounds, crosslingual=args.scale_xl, seed=args.seed,
-               commit=args.scale_commit, keep=args.scale_dir, log=log, save_partial=args.save_partial)
+               commit=args.scale_commit, keep=args.scale_dir, log=log, save_partial=args.save_partial,
+               optimize=not args.scale_no_optimize)
 
 
 def print_scale(res: dict) -> None:
@@ -207,6 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-rounds", type=int, default=2, help="scale: rounds of the commands, tiny and big alternating")
     ap.add_argument("--scale-xl", action="store_true", help="scale: keep stub cross-lingual (USE) vectors in every index")
     ap.add_argument("--scale-commit", type=int, default=20_000, help="scale: stub chunks per commit while building")
+    ap.add_argument("--scale-no-optimize", action="store_true", help="scale: leave out optimize (at 1M it outlasts the rest)")
     ap.add_argument("--scale-dir", default=None, help="scale: keep the stub indexes here (and reuse them); default a temporary folder")
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent HTTP clients")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long they run")

@@ -232,8 +232,9 @@ def reload_probe(index: Path, question: str, doc: Path) -> dict:
     return out
 
 
-def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: str) -> dict:
-    """One round of the user's commands on one index: wall s and peak RSS MiB of each."""
+def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: str, optimize: bool = True) -> dict:
+    """One round of the user's commands on one index: wall s and peak RSS MiB of each (`optimize`
+    False leaves out the merge of everything, which at 1M chunks takes longer than the rest)."""
     ix = ["--index", str(index)]
     row = {"load_avg": round(os.getloadavg()[0], 2)}  # the machine is shared: how busy it was
     for name, cmd in (("search", cli("search", question, *ix)),
@@ -241,11 +242,13 @@ def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: st
                       ("remove", cli("remove", remove_id, *ix)), ("check", cli("check", *ix))):
         row[f"{name}_s"], row[f"{name}_rss_mib"], _ = timed(cmd)
     copy = work / f"optimize-{tag}"  # optimize merges the segments: on a copy, so every round sees the same index
-    shutil.copytree(index, copy)
-    try:
-        row["optimize_s"], row["optimize_rss_mib"], _ = timed(cli("optimize", "--index", str(copy)), allow_missing=True)
-    finally:
-        shutil.rmtree(copy, ignore_errors=True)
+    if optimize:
+        shutil.copytree(index, copy)
+        try:
+            row["optimize_s"], row["optimize_rss_mib"], _ = timed(cli("optimize", "--index", str(copy)),
+                                                                  allow_missing=True)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
     _, _, out = timed(child("reload", str(index), question, str(small_document(work, f"{tag}-reload"))))
     probe = json.loads(out.strip().splitlines()[-1])
     row["reload_s"], row["warm_s"] = probe["reload_s"], probe["warm_s"]
@@ -316,7 +319,8 @@ def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log) 
 
 
 def section(sizes: list[int], tiny: int = 200, rounds: int = 2, crosslingual: bool = False, seed: int = 0,
-            commit: int = 20_000, keep: Path | None = None, log=print, save_partial=None) -> dict:
+            commit: int = 20_000, keep: Path | None = None, log=print, save_partial=None,
+            optimize: bool = True) -> dict:
     """Per big size: the stub builds, then `rounds` rounds of the commands, tiny and big alternating."""
     question = json.loads(QUESTIONS.read_text(encoding="utf-8").splitlines()[0])["query"]
     out = {"question": question, "crosslingual": crosslingual, "rounds": rounds, "tiny_chunks": tiny, "sizes": {}}
@@ -332,7 +336,7 @@ def section(sizes: list[int], tiny: int = 200, rounds: int = 2, crosslingual: bo
             for r in range(rounds):
                 for label in ("tiny", "big") if r % 2 == 0 else ("big", "tiny"):
                     tag = f"{n}-{label}-{r}-{time.time_ns()}"
-                    row = run_commands(indexes[label], question, Path(tmp), tag, next_removal(indexes[label]))
+                    row = run_commands(indexes[label], question, Path(tmp), tag, next_removal(indexes[label]), optimize)
                     runs[label].append(row)
                     log(f"  {label} ({builds[label]['chunks']:,} chunks), round {r + 1}: "
                         + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if v is not None))
