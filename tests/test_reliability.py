@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import zipfile
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -183,13 +184,15 @@ def test_malformed_batch_files(speech_engine, tmp_path, capsys, name, content, n
 
 
 def _sql(path: Path, statement: str, *params) -> None:
-    with sqlite3.connect(path / "records.db") as db:
+    """Change the record database behind the store's back; closed, so SQLite has checkpointed its
+    log into the file before the test notes the files' sizes."""
+    with closing(sqlite3.connect(path / "records.db")) as db, db:
         db.execute(statement, params)
 
 
 def _manifest_field(name: str, value):
     def damage(path: Path) -> None:
-        with sqlite3.connect(path / "records.db") as db:
+        with closing(sqlite3.connect(path / "records.db")) as db, db:
             data = json.loads(db.execute("SELECT value FROM meta WHERE key = 'manifest'").fetchone()[0])
             data[name] = value
             db.execute("UPDATE meta SET value = ? WHERE key = 'manifest'", [json.dumps(data)])
