@@ -27,7 +27,7 @@ from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from ..keyword import Analyzer, Postings, bm25, top_positive
 from .atomic import _fsync_dir, _fsync_tree, writer_lock
-from .base import DocRecord, Manifest, check_upsert, now
+from .base import DocRecord, Manifest, check_upsert, empty_table, now
 from .legacy import is_legacy, read_legacy
 from .records import DB_FILE, DocTable, Records, chunk_json
 from .segment import Segment, write_segment
@@ -299,7 +299,7 @@ class FaissStore:
             return None
         if self._xl is None:
             self._xl = PassageVectors.concat([s.passages() for s in self._segments]) if self._segments else \
-                PassageVectors.empty(self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None)
+                empty_table(self.manifest)
         return self._xl
 
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -327,13 +327,9 @@ class FaissStore:
         xl = None
         if self.manifest.crosslingual:
             at, local = self._locate(np.asarray(rows, np.int64))
-            xl = PassageVectors.concat([self._segments[a].passages().rows(r, r + 1)
-                                        for a, r in zip(at.tolist(), local.tolist())]) if rows else None
-            xl = xl if xl is not None else self._empty_xl()
+            xl = PassageVectors.concat([self._segments[a].passages(r, r + 1)
+                                        for a, r in zip(at.tolist(), local.tolist())]) if rows else empty_table(self.manifest)
         return self.chunks(rows), self._vectors_at(rows), xl
-
-    def _empty_xl(self) -> PassageVectors:
-        return PassageVectors.empty(self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None)
 
     def all_chunks(self) -> list[Chunk]:
         """Every live chunk, in row order (reads every record: for tools and tests)."""

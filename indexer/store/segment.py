@@ -179,17 +179,18 @@ class Segment:
         text = (self.folder / "vocabulary.txt").read_text(encoding="utf-8")
         return text.split("\n") if text else []
 
-    def passages(self) -> PassageVectors:
-        """The segment's sentence table, in float32 (read whole: the USE route scores every row)."""
-        x = self.xl
-        return PassageVectors(np.asarray(x["chunks"], np.float32), np.asarray(x["sentences"], np.float32),
-                              np.asarray(x["owner"], np.int64), np.asarray(x["spans"], np.int32),
-                              np.asarray(x["dense"], np.float32) if "dense" in x else None)
+    def passages(self, start: int = 0, stop: int | None = None) -> PassageVectors:
+        """The sentence table of rows start..stop-1 (default: all, which the USE route scores),
+        renumbered from 0, in float32; only those rows' slices of the maps are read."""
+        stop = len(self) if stop is None else stop
+        x, owner = self.xl, self.xl["owner"]
+        a, b = int(np.searchsorted(owner, start, "left")), int(np.searchsorted(owner, stop - 1, "right"))
+        b = max(a, b)
+        return PassageVectors(np.asarray(x["chunks"][start:stop], np.float32), np.asarray(x["sentences"][a:b], np.float32),
+                              np.asarray(owner[a:b], np.int64) - start, np.asarray(x["spans"][a:b], np.int32),
+                              np.asarray(x["dense"][a:b], np.float32) if "dense" in x else None)
 
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(spans, USE vectors, e5 vectors or None) of one row's sentences, read from the maps."""
-        owner = self.xl["owner"]
-        a, b = int(np.searchsorted(owner, row, "left")), int(np.searchsorted(owner, row, "right"))
-        dense = self.xl.get("dense")
-        return (np.asarray(self.xl["spans"][a:b]), np.asarray(self.xl["sentences"][a:b], np.float32),
-                None if dense is None else np.asarray(dense[a:b], np.float32))
+        one = self.passages(row, row + 1)
+        return one.spans, one.sentences, one.dense
