@@ -108,10 +108,6 @@ def _check_folder(model: str) -> None:
 
 def _load(model: str, device: str, backend: str):
     """Load the model with one encoder backend, or raise one clear ModelError."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
-    hf_logging.set_verbosity_error()  # counting a long paragraph's tokens is not an overflow
     try:
         return load_backend(model, backend, device=device)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one line

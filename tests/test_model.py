@@ -135,3 +135,67 @@ def test_a_build_loads_only_the_document_side(tmp_path, monkeypatch, speech_text
     searcher = Engine(tmp_path / "index")
     assert "民办学校" in searcher.search("民办学校怎样建立党组织", k=1)[0].text
     assert set(searcher.encoder._loaded) == {"onnx"}
+
+
+def test_folder_tokenizer_matches_transformers(encoder, speech_text):
+    """The tokenizer the ONNX and OpenVINO backends run (`tokenizers` on the folder's tokenizer.json,
+    without transformers) gives transformers' ids, cut and uncut, and the same special tokens."""
+    from transformers import AutoTokenizer
+
+    from indexer.backends import FolderTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(encoder.model_path)
+    ours = encoder._side(0).tokenizer
+    assert isinstance(ours, FolderTokenizer)
+    texts = [p for p in speech_text.split("\n") if p.strip()] + MIXED + ["", speech_text]
+    for kwargs in ({}, {"add_special_tokens": False}, {"truncation": True, "max_length": 512},
+                   {"truncation": True, "max_length": 40}, {"add_special_tokens": False, "truncation": True, "max_length": 40}):
+        assert ours(texts, **kwargs)["input_ids"] == theirs(texts, **kwargs)["input_ids"], kwargs
+        assert ours(speech_text, **kwargs)["input_ids"] == theirs(speech_text, **kwargs)["input_ids"], kwargs
+    assert max(len(ids) for ids in ours(texts, truncation=True, max_length=40)["input_ids"]) == 40
+    for role in ("pad", "cls", "sep", "unk"):
+        assert getattr(ours, f"{role}_token_id") == getattr(theirs, f"{role}_token_id"), role
+
+
+def test_openvino_keeps_its_compiled_model_beside_the_graph(tmp_path, encoder):
+    """The first load compiles the graph and writes the compiled blob beside it; the next imports the
+    blob (memory-mapped) and encodes exactly as the compiled one; a damaged blob is compiled again and
+    replaced by a whole one."""
+    import openvino as ov
+
+    from indexer.backends import _compiled_openvino, ensure_onnx
+
+    graph = tmp_path / "model.onnx"
+    graph.symlink_to(ensure_onnx(encoder.model_path) / "model.onnx")
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2}
+    ids = np.array([encoder.tokenizer("query: 民办学校怎样建立党组织")["input_ids"]])
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+    def encoded():
+        compiled, mapped = _compiled_openvino(ov.Core(), graph, config)
+        return compiled.create_infer_request().infer(feed)[0].copy(), mapped
+
+    first, mapped = encoded()
+    blobs = list(tmp_path.glob("openvino-*.blob"))
+    assert mapped is None and len(blobs) == 1 and not list(tmp_path.glob(".*tmp*"))
+    again, mapped = encoded()
+    assert mapped is not None and np.array_equal(first, again)
+    with open(blobs[0], "r+b") as fh:
+        fh.truncate(blobs[0].stat().st_size // 2)
+    repaired, mapped = encoded()
+    assert mapped is None and np.array_equal(first, repaired)
+    reopened, mapped = encoded()
+    assert mapped is not None and np.array_equal(first, reopened) and list(tmp_path.glob("openvino-*.blob")) == blobs
+
+
+def test_a_search_process_does_not_import_torch(speech_index):
+    """A question in a fresh process runs on OpenVINO and the USE numpy model: torch, transformers
+    and sentence-transformers (seconds of a cold start) are never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from indexer.engine import Engine; e = Engine(sys.argv[1]); "
+            "hits = e.search('How do private schools set up Party organisations?', k=1) + e.search('三会一课', k=1); "
+            "print(len(hits), *sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(speech_index)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2"], out.stdout + out.stderr
