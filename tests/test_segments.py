@@ -95,6 +95,27 @@ def test_a_write_adds_a_segment_and_marks_deletions(segmented, tmp_path, encoder
     assert "notice.txt" not in {h.doc_id for h in engine.search("足球联赛什么时候举行", k=20)}
 
 
+def test_an_ivf_segment_answers_as_the_exact_one(segmented, tmp_path, encoder, monkeypatch):
+    """Merged into a segment big enough for IVF (the threshold lowered to this index's size), the
+    index is memory-mapped IVF on disk, its k-means trained on a sample; with every list probed it
+    answers as exact search, and a deletion mark on it still hides the removed document."""
+    many, one = segmented
+    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10)
+    shutil.copytree(many.path, tmp_path / "ivf")
+    ivf = Engine(tmp_path / "ivf", encoder=encoder)
+    ivf.optimize()
+    assert ivf.info()["index_type"] == "ivf" and len(list(ivf.path.glob("seg-*/index.faiss"))) == 1
+    for mode in ("dense", "hybrid"):
+        a, b = ivf.query(QUESTIONS, k=8, mode=mode), one.query(QUESTIONS, k=8, mode=mode)
+        for x, y in zip(a, b):
+            assert [h.chunk_id for h in x.hits] == [h.chunk_id for h in y.hits], (mode, x.query)
+            assert [h.score for h in x.hits] == pytest.approx([h.score for h in y.hits], abs=1e-5)
+    gone = ivf.search(QUESTIONS[0], k=1, mode="dense")[0].doc_id
+    ivf.remove([gone])
+    assert gone not in {h.doc_id for h in ivf.search(QUESTIONS[0], k=20, mode="dense")}
+    assert ivf.check() == []
+
+
 def test_segments_of_a_tier_are_merged(tmp_path, encoder, monkeypatch):
     monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 3)
     engine = Engine(tmp_path / "index", encoder=encoder)
