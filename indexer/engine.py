@@ -16,7 +16,7 @@ from .crosslingual import USE_DIM, USE_NAME, PassageVectors, Translator, USEEnco
 from .embedding import Encoder
 from . import filters
 from .errors import ModelError, QueryError, StoreError
-from .keyword import Analyzer, Segmenter, with_synonyms
+from .keyword import Analyzer, Segmenter, phrase_terms, with_synonyms
 from .querytext import ParsedQuery, holds, parse_query
 from .search import (MODES, DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored, UseRoute, best_sentence,
                      group_documents, retrieve)
@@ -248,17 +248,31 @@ class _StoreView:
     def translator(self) -> Translator:
         return Translator(self.store.vocabulary())
 
-    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None, fold: Callable[[str], str]) -> frozenset[int] | None:
+    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None, fold: Callable[[str], str],
+              analyzer: Analyzer) -> frozenset[int] | None:
         """The rows (of the allowed ones; None: every live row) that hold a question's phrases and
         none of its exclusions, both compared in the index's script (`fold`: a Simplified phrase
-        finds its Traditional text); None when it has neither. It reads the texts of every allowed
-        chunk, so its cost grows with the index (a phrase question only)."""
+        finds its Traditional text); None when it has neither. The posting lists of the terms
+        every holder of a phrase is indexed under (`phrase_terms`) narrow the rows first, so the
+        texts read are those of the candidates, not of the index."""
         if not parsed.constrained:
             return None
         wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
         rows = self.store.live_rows() if allowed is None else allowed
-        return frozenset(row for row, c in zip(rows.tolist(), self.store.chunks(rows.tolist()))
-                         if holds(self.folded(row, c.text, fold), wanted))
+        if wanted.phrases:
+            rows = suspects = self._holding(rows, wanted.phrases, analyzer)
+        else:  # exclusions only: the rows that may hold an excluded word are read, the others kept
+            suspects = np.unique(np.concatenate([self._holding(rows, (x,), analyzer) for x in wanted.excluded]))
+        failed = {row for row, c in zip(suspects.tolist(), self.store.chunks(suspects.tolist()))
+                  if not holds(self.folded(row, c.text, fold), wanted)}
+        return frozenset(rows.tolist()) - failed
+
+    def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> np.ndarray:
+        """Those of `rows` indexed under every term that all holders of these phrases have (all
+        `rows` where there is no such term, or the store cannot tell)."""
+        must = [t for p in phrases for t in phrase_terms(p, analyzer)]
+        held = self.store.rows_with_terms(must) if must else None
+        return rows if held is None else np.intersect1d(rows, held, assume_unique=True)
 
     def folded(self, row: int, original: str, fold: Callable[[str], str]) -> str:
         """Row `row`'s text in the index's script, folded once per loaded store. OpenCC's t2s
@@ -646,7 +660,7 @@ class Engine:
         plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
         fold = self.segmenter.fold
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
-                         scope=view.scope(p, rows, fold)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
+                         scope=view.scope(p, rows, fold, self.segmenter.analyzer)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0

@@ -89,6 +89,17 @@ def bigrams(text: str) -> list[str]:
     return out
 
 
+def phrase_terms(phrase: str, analyzer: Analyzer) -> list[str]:
+    """Terms that every text holding `phrase` (both in the analyzer's script) is indexed under, so
+    their posting lists narrow a phrase search before any text is read: the character bigrams of
+    the phrase's CJK runs, which the "mixed" analyzer takes from every CJK run whatever surrounds
+    it. None otherwise: jieba's words and Latin runs depend on the text around the phrase."""
+    if analyzer.terms != "mixed":
+        return []
+    return [b for run in _RUN.findall(unicodedata.normalize("NFKC", phrase).lower())
+            if _CJK.match(run) and len(run) > 1 for b in bigrams(run)]
+
+
 def codes(text: str) -> list[str]:
     """The codes in a text, each whole and normalised (NFKC, lower case, brackets as (), no 第 or
     spaces), so 〔2020〕第15号 and [2020]15号 are one term."""
@@ -242,6 +253,14 @@ class Postings:
         if j == len(self.keys) or self.keys[j] != key:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
         return self.rows[self.starts[j]:self.starts[j + 1]], self.tf[self.starts[j]:self.starts[j + 1]]
+
+    def holding_all(self, keys: np.ndarray) -> np.ndarray:
+        """The rows that hold every one of these terms (by key), ascending; the shortest list first."""
+        lists = sorted((self.lookup(int(key))[0] for key in keys), key=len)
+        rows = lists[0].astype(np.int64) if lists else np.zeros(0, np.int64)
+        for more in lists[1:]:
+            rows = np.intersect1d(rows, more, assume_unique=True)
+        return rows
 
 
 def bm25(parts: list[tuple[Postings, np.ndarray | None]], terms: list[str], k1: float = 1.2,

@@ -75,6 +75,28 @@ def test_filters_and_phrases_across_segments(segmented):
     assert [(h.chunk_id, h.score) for h in a] == [(h.chunk_id, h.score) for h in b]
 
 
+def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch):
+    """A quoted phrase's CJK bigrams narrow the rows by their posting lists before any text is
+    read; the scope is the one a scan of every text gives, over segments and deletion marks, for
+    phrases, Traditional phrases, exclusions, and words no bigram covers (which still scan)."""
+    many, _ = segmented
+    store = many.store
+    read: list[int] = []
+    chunks = store.chunks
+    monkeypatch.setattr(store, "chunks", lambda rows: (read.append(len(rows)), chunks(rows))[1])
+    questions = ['"党组织" 学校', '“三会一课”', '"黨組織"', '民办学校 -幼儿园', '党建 -党组织 -学校',
+                 '"党" 建设', '"Party" 建设', '"不存在的短语"', '"党风廉政" -"廉洁"']
+    narrowed = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
+    monkeypatch.setattr(store, "rows_with_terms", lambda terms: None)
+    scanned = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
+    live = len(store.live_rows())
+    for q, (a, n_a), (b, n_b) in zip(questions, narrowed, scanned):
+        assert [(h.chunk_id, h.score) for h in a.hits] == [(h.chunk_id, h.score) for h in b.hits], q
+        assert n_b >= live and (n_a < n_b or q in ('"党" 建设', '"Party" 建设')), (q, n_a, n_b)
+    assert narrowed[1][0].hits and all("三会一课" in h.text for h in narrowed[1][0].hits)
+    assert not narrowed[7][0].hits
+
+
 def test_a_write_adds_a_segment_and_marks_deletions(segmented, tmp_path, encoder, monkeypatch):
     monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
     many, _ = segmented

@@ -130,6 +130,10 @@ class Store(Protocol):
     def live_rows(self) -> np.ndarray:
         """Every live row, ascending."""
 
+    def rows_with_terms(self, terms: list[str]) -> np.ndarray | None:
+        """The live rows indexed under every one of these keyword terms, ascending (None: this store
+        cannot tell without reading the texts)."""
+
     def chunks(self, rows: list[int]) -> list[Chunk]:
         """The chunk records of these rows, in the order given."""
 

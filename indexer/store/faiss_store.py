@@ -25,7 +25,7 @@ import numpy as np
 from ..chunking import Chunk
 from ..crosslingual import PassageVectors
 from ..errors import StoreError
-from ..keyword import Analyzer, Postings, bm25, top_positive
+from ..keyword import Analyzer, Postings, bm25, term_keys, top_positive
 from .atomic import _fsync_dir, _fsync_tree, writer_lock
 from .base import DocRecord, Manifest, check_upsert, empty_table, now
 from .legacy import is_legacy, read_legacy
@@ -207,6 +207,18 @@ class FaissStore:
                                          np.arange(len(s), dtype=np.int64) + self._bases[i]
                                          for i, s in enumerate(self._segments)] or [np.zeros(0, np.int64)])
         return self._live
+
+    def rows_with_terms(self, terms: list[str]) -> np.ndarray:
+        """The live rows whose postings hold every one of these terms, ascending."""
+        if not terms:
+            return self.live_rows()
+        keys = term_keys(dict.fromkeys(terms))
+        parts = []
+        for i, s in enumerate(self._segments):
+            rows = s.postings.holding_all(keys)
+            mask = self._live_mask(i)
+            parts.append((rows if mask is None else rows[mask[rows]]) + self._bases[i])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def rows_of(self, doc_ids: set[str]) -> np.ndarray:
         """The live rows of these documents, ascending."""
