@@ -20,6 +20,7 @@ speech index each tree builds, this tree beside each `--compare` revision, alter
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -157,6 +159,25 @@ def _tree(rev: str, keep: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _trees(revs: list[str], keep: Path) -> Iterator[dict[str, Path]]:
+    """A checkout of each revision (`_tree`), the worktrees removed afterwards."""
+    trees = {r: _tree(r, keep) for r in revs}
+    try:
+        yield trees
+    finally:
+        for path in trees.values():
+            if path != ROOT:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def _alternating(revs: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, revision) in rounds that alternate the revisions' order, so neither always goes first."""
+    for n in range(rounds):
+        for rev in revs if n % 2 == 0 else revs[::-1]:
+            yield n, rev
+
+
 def _timed(tree: Path, *args: str) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MiB, stdout) of one `python -m indexer ARGS` from `tree`, in a fresh process."""
     start = time.perf_counter()
@@ -182,19 +203,12 @@ def section_longbuild(compare: list[str], rounds: int = 2, log=print) -> dict:
     revs = ["HEAD"] + [r for r in compare if r not in ("HEAD", ".")]
     runs: dict[str, list[tuple[float, float]]] = {r: [] for r in revs}
     chunks: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-longbuild-") as tmp:
-        trees = {r: _tree(r, Path(tmp)) for r in revs}
-        try:
-            for n in range(rounds):
-                for rev in revs if n % 2 == 0 else revs[::-1]:
-                    wall, rss, last = _timed_build(trees[rev], Path(tmp) / f"ix-{rev}-{n}")
-                    chunks[rev] = int(last.split("(")[1].split()[0])  # "added  383 documents (1106 chunks)"
-                    runs[rev].append((wall, rss))
-                    log(f"  {rev}: {wall:.1f} s, {rss:.0f} MiB ({last})")
-        finally:
-            for rev, path in trees.items():
-                if path != ROOT:
-                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="bench-longbuild-") as tmp, _trees(revs, Path(tmp)) as trees:
+        for n, rev in _alternating(revs, rounds):
+            wall, rss, last = _timed_build(trees[rev], Path(tmp) / f"ix-{rev}-{n}")
+            chunks[rev] = int(last.split("(")[1].split()[0])  # "added  383 documents (1106 chunks)"
+            runs[rev].append((wall, rss))
+            log(f"  {rev}: {wall:.1f} s, {rss:.0f} MiB ({last})")
     rows = []
     for rev in revs:
         wall = pct([w for w, _ in runs[rev]], 50)
@@ -216,22 +230,15 @@ def section_coldsearch(compare: list[str], rounds: int = 3, log=print) -> dict:
     revs = ["HEAD"] + [r for r in compare if r not in ("HEAD", ".")]
     runs: dict[str, list[tuple[float, float]]] = {r: [] for r in revs}
     speech = ROOT / "data" / "speech.txt"
-    with tempfile.TemporaryDirectory(prefix="bench-coldsearch-") as tmp:
-        trees = {r: _tree(r, Path(tmp)) for r in revs}
-        try:
-            for rev in revs:
-                _timed(trees[rev], "build", str(speech), "--index", str(Path(tmp) / f"ix-{rev}"), "--model", str(MODEL))
-            for n in range(rounds):
-                for rev in revs if n % 2 == 0 else revs[::-1]:
-                    for question in COLD_QUESTIONS:
-                        wall, rss, _ = _timed(trees[rev], "search", question, "--index", str(Path(tmp) / f"ix-{rev}"),
-                                              "--model", str(MODEL), "-k", "3")
-                        runs[rev].append((wall, rss))
-                        log(f"  {rev}: {wall:.2f} s, {rss:.0f} MiB")
-        finally:
-            for rev, path in trees.items():
-                if path != ROOT:
-                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+    with tempfile.TemporaryDirectory(prefix="bench-coldsearch-") as tmp, _trees(revs, Path(tmp)) as trees:
+        for rev in revs:
+            _timed(trees[rev], "build", str(speech), "--index", str(Path(tmp) / f"ix-{rev}"), "--model", str(MODEL))
+        for _, rev in _alternating(revs, rounds):
+            for question in COLD_QUESTIONS:
+                wall, rss, _ = _timed(trees[rev], "search", question, "--index", str(Path(tmp) / f"ix-{rev}"),
+                                      "--model", str(MODEL), "-k", "3")
+                runs[rev].append((wall, rss))
+                log(f"  {rev}: {wall:.2f} s, {rss:.0f} MiB")
     rows = [{"tree": rev, "wall_s": round(pct([w for w, _ in runs[rev]], 50), 2),
              "peak_rss_mib": round(pct([r for _, r in runs[rev]], 50)), "searches": len(runs[rev])} for rev in revs]
     for row in rows:
