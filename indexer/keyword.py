@@ -225,24 +225,44 @@ class Postings:
     @staticmethod
     def merge(parts: list[tuple["Postings", np.ndarray | None]]) -> "Postings":
         """One segment's postings from the live rows (mask; None: all) of several, rows renumbered
-        in order: what a merge writes, without the terms being cut again."""
-        keys, rows, tf, lengths, base = [], [], [], [], 0
+        in order: what a merge writes, without the terms being cut again.
+
+        Each part's lists are already in key order with ascending rows, and the parts' rows follow
+        each other, so every posting's place in the merged lists is known without a sort: a term's
+        list is its parts' lists one after the other. The postings are scattered straight into the
+        merged arrays, one part at a time (a sort of every posting by key and row took several
+        times the merged arrays' memory: 10.5 GB for a million rows)."""
+        kept, lengths, base = [], [], 0
         for p, live in parts:
-            term = np.repeat(np.arange(len(p.keys)), np.diff(p.starts))
-            new_row = np.arange(len(p)) if live is None else np.cumsum(live) - 1
-            keep = slice(None) if live is None else live[p.rows]
-            keys.append(p.keys[term[keep]])
-            rows.append(new_row[p.rows[keep]] + base)
-            tf.append(p.tf[keep])
+            counts = np.diff(p.starts)
+            rows, tf = p.rows.astype(np.int64) + base, p.tf
+            if live is not None:
+                keep = live[p.rows]
+                if len(counts):
+                    counts = np.add.reduceat(keep.astype(np.int64), p.starts[:-1])
+                rows, tf = (np.cumsum(live) - 1)[p.rows[keep]] + base, tf[keep]
             lengths.append(p.lengths if live is None else p.lengths[live])
             base += len(lengths[-1])
-        k, r = np.concatenate(keys), np.concatenate(rows).astype(np.int32)
-        order = np.lexsort((r, k))
-        k, r = k[order], r[order]
-        unique, counts = np.unique(k, return_counts=True)
-        starts = np.zeros(len(unique) + 1, np.int64)
-        np.cumsum(counts, out=starts[1:])
-        return Postings(unique, starts, r, np.concatenate(tf)[order].astype(np.float32), np.concatenate(lengths))
+            kept.append((p.keys, counts, rows, tf))
+        keys = np.unique(np.concatenate([k for k, *_ in kept] or [np.zeros(0, np.int64)]))
+        where = [np.searchsorted(keys, k) for k, *_ in kept]
+        total = np.zeros(len(keys), np.int64)
+        for at, (_, counts, _, _) in zip(where, kept):
+            total[at] += counts  # a part holds each key once
+        starts = np.zeros(len(keys) + 1, np.int64)
+        np.cumsum(total, out=starts[1:])
+        out_rows, out_tf = np.empty(starts[-1], np.int32), np.empty(starts[-1], np.float32)
+        filled = starts[:-1].copy()  # where each term's next posting goes
+        for at, (_, counts, rows, tf) in zip(where, kept):
+            first = np.repeat(filled[at] - (np.cumsum(counts) - counts), counts)
+            place = first + np.arange(len(rows))
+            out_rows[place], out_tf[place] = rows, tf
+            filled[at] += counts
+        held = total > 0  # a term whose every row was removed goes
+        starts = np.zeros(int(held.sum()) + 1, np.int64)
+        np.cumsum(total[held], out=starts[1:])
+        return Postings(keys[held], starts, out_rows, out_tf,
+                        np.concatenate(lengths or [np.zeros(0, np.int32)]).astype(np.int32))
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -97,6 +97,30 @@ def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch
     assert not narrowed[7][0].hits
 
 
+def test_merged_postings_equal_postings_built_from_the_live_rows():
+    """Postings.merge of several parts with deletion masks gives exactly the arrays that building
+    postings from the surviving rows' terms gives: keys, list starts, rows, term counts, lengths
+    (terms whose every row was removed are gone)."""
+    from indexer.keyword import Analyzer, Postings, Segmenter
+
+    segmenter = Segmenter(analyzer=Analyzer())
+    lines = [line for line in SPEECH.read_text(encoding="utf-8").splitlines() if line.strip()]
+    terms = [segmenter.terms(line) for line in lines] + [["独有词", "独有词"]]  # a term only a removed row holds
+    cuts = [0, 10, 11, 30, len(terms)]
+    rng = np.random.default_rng(0)
+    masks = [None, np.zeros(1, bool), rng.random(19) > 0.3, None]
+    masks[-1] = rng.random(cuts[4] - cuts[3]) > 0.5
+    masks[-1][-1] = False
+    parts = [(Postings.build(terms[a:b])[0], m) for a, b, m in zip(cuts, cuts[1:], masks)]
+    live = [t for (a, b), m in zip(zip(cuts, cuts[1:]), masks)
+            for i, t in enumerate(terms[a:b]) if m is None or m[i]]
+    merged, built = Postings.merge(parts), Postings.build(live)[0]
+    for name in ("keys", "starts", "rows", "tf", "lengths"):
+        assert np.array_equal(getattr(merged, name), getattr(built, name)), name
+        assert getattr(merged, name).dtype == getattr(built, name).dtype, name
+    assert len(merged) == len(live) > 20
+
+
 def test_a_write_adds_a_segment_and_marks_deletions(segmented, tmp_path, encoder, monkeypatch):
     monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
     many, _ = segmented
