@@ -9,31 +9,23 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-
 from indexer.store.segment import build_faiss_index
 
-from .faiss_bench import mixture
+from .faiss_bench import K, _latency, _recall, mixture
 
 
 def measure(n: int, kinds: tuple[str, ...] = ("ivf", "hnsw")) -> list[dict]:
     xb, xq = mixture(n, 0, n_queries=1000)
-    gt = np.concatenate([np.argpartition(-(xq[s:s + 100] @ xb.T), 10, axis=1)[:, :10] for s in range(0, len(xq), 100)])
+    _, gt = build_faiss_index(xb, "flat").search(xq, K)  # exact: the ten true nearest
     rows = []
     for kind in kinds:
         start = time.perf_counter()
         index = build_faiss_index(xb, kind)
         build = time.perf_counter() - start
-        _, found = index.search(xq, 10)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, gt)]))
-        times = []
-        for q in xq[:300]:
-            start = time.perf_counter()
-            index.search(q[None], 10)
-            times.append(time.perf_counter() - start)
-        rows.append({"n": n, "kind": kind, "build_s": round(build, 1), "recall@10": round(recall, 4),
-                     "p50_ms": round(float(np.median(times)) * 1e3, 2)})
-        print(f"| {n:,} | {kind} | {build:.1f} | {recall:.4f} | {np.median(times) * 1e3:.2f} |", flush=True)
+        recall = _recall(index, xq, gt)
+        p50, _ = _latency(index, xq, 300)
+        rows.append({"n": n, "kind": kind, "build_s": round(build, 1), "recall@10": round(recall, 4), "p50_ms": p50})
+        print(f"| {n:,} | {kind} | {build:.1f} | {recall:.4f} | {p50} |", flush=True)
         del index
     return rows
 

@@ -23,6 +23,7 @@ one question runs in half onnxruntime's time, and it loads without importing tor
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -447,11 +448,7 @@ def _compiled_openvino(core, graph: Path, config: dict) -> tuple[object, np.ndar
 
 def _cpu_signature() -> str:
     """The CPU's model name and flags (a compiled model holds kernels chosen for them)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore")
-    except OSError:
-        return ""
-    return " ".join(sorted({line.strip() for line in info.splitlines() if line.startswith(("model name", "flags"))}))
+    return " ".join(sorted({line.strip() for line in _cpuinfo().splitlines() if line.startswith(("model name", "flags"))}))
 
 
 # ------------------------------------------------------------------------------ choosing
@@ -459,11 +456,16 @@ def _cpu_signature() -> str:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16, from /proc/cpuinfo)."""
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", _cpuinfo()))
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once a process ("" where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore")
+        return Path("/proc/cpuinfo").read_text(encoding="ascii", errors="ignore")
     except OSError:
-        return False
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+        return ""
 
 
 def installed(package: str) -> bool:

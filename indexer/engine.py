@@ -248,15 +248,15 @@ class _StoreView:
     def translator(self) -> Translator:
         return Translator(self.store.vocabulary())
 
-    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None, fold: Callable[[str], str],
-              analyzer: Analyzer) -> frozenset[int] | None:
+    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None, segmenter: Segmenter) -> frozenset[int] | None:
         """The rows (of the allowed ones; None: every live row) that hold a question's phrases and
-        none of its exclusions, both compared in the index's script (`fold`: a Simplified phrase
-        finds its Traditional text); None when it has neither. The posting lists of the terms
+        none of its exclusions, both compared in the index's script (the segmenter's fold: a
+        Simplified phrase finds its Traditional text); None when it has neither. The posting lists of the terms
         every holder of a phrase is indexed under (`phrase_terms`) narrow the rows first, so the
         texts read are those of the candidates, not of the index."""
         if not parsed.constrained:
             return None
+        fold, analyzer = segmenter.fold, segmenter.analyzer
         wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
         rows = self.store.live_rows() if allowed is None else allowed
         if wanted.phrases:
@@ -660,7 +660,7 @@ class Engine:
         plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
         fold = self.segmenter.fold
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
-                         scope=view.scope(p, rows, fold, self.segmenter.analyzer)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
+                         scope=view.scope(p, rows, self.segmenter)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0
