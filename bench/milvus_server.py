@@ -193,6 +193,7 @@ def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
 
     import numpy as np
 
+    from indexer.crosslingual import PassageVectors
     from indexer.keyword import Segmenter
     from indexer.store.base import Manifest
     from indexer.store import store_class
@@ -203,8 +204,8 @@ def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
                                    "keyword": src.manifest.keyword if keyword is None else keyword})
     dst = store_class(str(location))(str(location) if "://" in str(location) else Path(location), manifest)
     segmenter = Segmenter.of(manifest.keyword)
-    chunks, vectors, xl = src.all_chunks(), src.vectors(), src.cross_vectors()
-    xl = None if xl is None else xl.take(src.live_rows())  # the table has a row for every row, deleted ones too
+    chunks, vectors, xl = src.all_chunks(), src.vectors(), PassageVectors.concat([t for _, t in src.sentence_tables()])
+    xl = xl.take(src.live_rows()) if src.manifest.crosslingual else None  # the table has a row for every row, deleted ones too
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(chunks):
         rows_of[c.doc_id].append(i)

@@ -302,6 +302,26 @@ def use_scores(query_vecs: np.ndarray, passages: PassageVectors, sentence_weight
     return ((1 - sentence_weight) * chunk + sentence_weight * best).astype(np.float32)
 
 
+def use_search(query_vecs: np.ndarray, tables: Iterable[tuple[int, PassageVectors]], k: int,
+               within: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query, the k best (scores, rows) by `use_scores` among its `within` rows (ascending),
+    best first. The sentence table comes in pieces, (its first row, the table of its rows), so
+    memory holds one piece and the best k so far, never the whole index's table."""
+    q = np.asarray(query_vecs, dtype=np.float32)
+    best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in within]
+    for start, table in tables:
+        scores = use_scores(q, table)
+        for i, rows in enumerate(within):
+            a, b = np.searchsorted(rows, [start, start + len(table)])
+            if a == b:
+                continue
+            (s, r), = top_rows(scores[i:i + 1], k, rows[a:b] - start)
+            merged_s, merged_r = np.concatenate([best[i][0], s]), np.concatenate([best[i][1], r + start])
+            (top_s, at), = top_rows(merged_s[None, :], k)
+            best[i] = (top_s, merged_r[at])
+    return best
+
+
 def top_rows(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per query, the k best (scores, rows), best first, optionally only among `rows`."""
     out = []

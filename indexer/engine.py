@@ -760,7 +760,7 @@ class Engine:
             "keyword_backend": store.keyword_backend,
             "analyzer": Analyzer.of(m.keyword).to_json(),
             "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
-                             f"{len(store.cross_vectors().owner)} sentences)") if m.crosslingual else "off",
+                             f"{store.sentence_count()} sentences)") if m.crosslingual else "off",
             "sentence_vectors": bool(m.crosslingual.get("e5_sentences")),
             "recall@10_vs_exact": store.recall_vs_exact(),  # None: exact search
         }

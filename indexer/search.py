@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
-from .crosslingual import sentence_spans, top_rows, use_scores
+from .crosslingual import sentence_spans, use_search
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -225,23 +225,20 @@ class KeywordRoute:
 
 @dataclass
 class UseRoute:
-    """USE vectors of cross-lingual questions against the index's USE passage and sentence table
-    (read from the store only when a question takes this route)."""
+    """USE vectors of cross-lingual questions against the index's USE passage and sentence table,
+    read from the store piece by piece only when a question takes this route."""
 
     store: Store
-    allowed: np.ndarray | None = None  # the rows the filters allow (None: every live row)
+    allowed: np.ndarray | None = None  # the rows the filters allow, ascending (None: every live row)
     name: str = "use"
 
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
         if not plans:
             return []
-        scores = use_scores(np.stack([p.use_vector for p in plans]), self.store.cross_vectors())
-        out = []
-        for row, plan in zip(scores, plans):
-            within = self.allowed if plan.scope is None else np.array(sorted(plan.scope), np.int64)
-            (top_s, top_r), = top_rows(row[None, :], n, within)
-            out.append([(int(r), float(v)) for v, r in zip(top_s, top_r)])
-        return out
+        allowed = self.store.live_rows() if self.allowed is None else self.allowed
+        within = [allowed if p.scope is None else np.array(sorted(p.scope), np.int64) for p in plans]
+        found = use_search(np.stack([p.use_vector for p in plans]), self.store.sentence_tables(), n, within)
+        return [[(int(r), float(v)) for v, r in zip(top_s, top_r)] for top_s, top_r in found]
 
 
 def sentence_rescored(cosine: dict[int, float], query_vector: np.ndarray,

@@ -21,6 +21,13 @@ DATA = Path(__file__).resolve().parent / "data"
 SHARED = ROOT.parent / "shared"
 
 
+def whole_table(store):
+    """A store's sentence table joined whole, row-aligned with its rows (None: it keeps none)."""
+    from indexer.crosslingual import PassageVectors
+
+    return PassageVectors.concat([t for _, t in store.sentence_tables()]) if store.manifest.crosslingual else None
+
+
 @pytest.fixture(scope="session")
 def encoder():
     from indexer.embedding import Encoder

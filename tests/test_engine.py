@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import SPEECH
+from conftest import SPEECH, whole_table
 from indexer.chunking import is_heading
 from indexer.engine import Engine
 from indexer.errors import ModelError, QueryError, StoreError
@@ -192,7 +192,7 @@ def test_approximate_index_reports_recall(speech_engine, encoder, tmp_path):
 def _xl_of(engine: Engine) -> dict[str, tuple]:
     """chunk id → (USE passage vector, [(sentence span, sentence vector)]) as the store holds them."""
     store = engine.store
-    xl = store.cross_vectors()
+    xl = whole_table(store)
     out = {}
     for row, c in zip(store.live_rows().tolist(), store.all_chunks()):
         sel = xl.sentences_of(row)
@@ -247,7 +247,7 @@ def test_index_without_cross_lingual_vectors(encoder, tmp_path):
 
     engine = Engine(tmp_path / "plain", encoder=encoder, settings=IndexSettings(crosslingual=False))
     engine.build([SPEECH])
-    assert engine.info()["crosslingual"] == "off" and engine.store.cross_vectors() is None
+    assert engine.info()["crosslingual"] == "off" and not list(engine.store.sentence_tables())
     assert not list(engine.path.glob("seg-*/xl_*.npy"))
     result = engine.query(["How do private schools set up Party organisations?"], 5)[0]
     assert result.cross_lingual and "党组织" in result.terms and result.hits[0].sentence

@@ -26,7 +26,7 @@ import pytest
 
 from bench.milvus_server import FAST_CONFIG, HOST, PORT, SameQueries, ServerError, copy_into
 from bench.milvus_server import MilvusServer as EmbeddedServer
-from conftest import DATA, ROOT, SHARED, SPEECH
+from conftest import DATA, ROOT, SHARED, SPEECH, whole_table
 from indexer.chunking import Chunk
 from indexer.crosslingual import USE_DIM, USE_NAME, PassageVectors
 from indexer.engine import Engine, IndexSettings
@@ -143,7 +143,7 @@ def _scores(results):
 
 def _xl_rows(store) -> dict[str, tuple]:
     """chunk id → (passage vector, [(span, sentence vector)]) of a store's cross-lingual vectors."""
-    xl, out = store.cross_vectors(), {}
+    xl, out = whole_table(store), {}
     for row, c in enumerate(store.all_chunks()):
         sel = xl.sentences_of(row)
         out[c.chunk_id] = (xl.chunks[row], [(tuple(s), v) for s, v in zip(xl.spans[sel].tolist(), xl.sentences[sel])])
@@ -170,7 +170,7 @@ def same_up_to_ties(x, y, k: int = 10) -> bool:
 def assert_same_xl(a, b, atol: float = 0.0) -> None:
     """Two stores hold the same cross-lingual vectors for the same chunks, in row order."""
     assert [c.chunk_id for c in a.all_chunks()] == [c.chunk_id for c in b.all_chunks()]
-    xa, xb = a.cross_vectors().take(a.live_rows()), b.cross_vectors().take(b.live_rows())  # without deleted rows
+    xa, xb = whole_table(a).take(a.live_rows()), whole_table(b).take(b.live_rows())  # without deleted rows
     np.testing.assert_array_equal(xa.owner, xb.owner)
     np.testing.assert_array_equal(xa.spans, xb.spans)
     np.testing.assert_allclose(xa.chunks, xb.chunks, atol=atol, rtol=0)
@@ -371,7 +371,7 @@ def test_generation_switch_and_failures(tmp_path, monkeypatch):
     names = set(ms._connect(loaded.target).list_collections())
     assert names == {"indexer_meta", "indexer__g5_chunks", "indexer__g5_docs"}
     assert loaded.recall_vs_exact() is None  # FLAT: exact already
-    assert loaded.cross_vectors() is None  # an index without cross-lingual vectors keeps none
+    assert not list(loaded.sentence_tables())  # an index without cross-lingual vectors keeps none
 
     # 6. an approximate index (HNSW asked for) measures its recall against exact search
     ann = MilvusStore(location + "?collection=ann", Manifest(model="m", dim=DIM, chunking={}, index_type="hnsw"))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, whole_table
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
 from indexer.keyword import KeywordIndex, Segmenter
 from indexer.search import rrf_fuse, score_fuse
@@ -161,7 +161,7 @@ def test_sentence_vectors_follow_updates_and_reload(sentence_index, encoder, tmp
     engine.add([doc])
     reloaded = Engine(path, encoder=encoder)
     assert reloaded.check() == []
-    table = reloaded.store.cross_vectors()
+    table = whole_table(reloaded.store)
     assert table.dense is not None and table.dense.shape == (len(table.owner), encoder.dim)
     rows = reloaded.store.live_rows().tolist()
     row, chunk = next((r, c) for r, c in zip(rows, reloaded.store.chunks(rows)) if c.doc_id == "notice.txt" and "合唱" in c.text)

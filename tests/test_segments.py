@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import SPEECH
+from conftest import SPEECH, whole_table
 from indexer.engine import Engine
 from indexer.store import faiss_store
 
@@ -63,6 +63,29 @@ def test_many_segments_answer_exactly_as_one(segmented):
                 assert [h.why for h in x.hits] == [h.why for h in y.hits]
     assert many.store.keyword_ceiling(["党组织", "建立"]) == one.store.keyword_ceiling(["党组织", "建立"])
     assert many.check() == [] and one.check() == []
+
+
+def test_the_use_route_reads_the_sentence_table_in_pieces(segmented, monkeypatch):
+    """English questions' USE route scores the sentence table one piece at a time (here 5 rows a
+    piece, across segments and deletion marks), never the whole index's table, and ranks exactly
+    as scoring the whole table at once."""
+    from indexer.crosslingual import top_rows, use_scores
+    from indexer.search import QueryPlan, UseRoute
+
+    many, _ = segmented
+    store = many.store
+    monkeypatch.setattr(faiss_store, "XL_BLOCK", 5)
+    pieces = list(store.sentence_tables())
+    assert len(pieces) > len(store._segments) and max(len(t) for _, t in pieces) <= 5
+    assert [start for start, _ in pieces] == sorted(start for start, _ in pieces)
+    assert sum(len(t.owner) for _, t in pieces) == store.sentence_count() > 0
+    vectors = many.xl_encoder.encode_queries(QUESTIONS[3:])
+    live = store.live_rows()
+    ranked = UseRoute(store, live).run([QueryPlan([], True, v) for v in vectors], 10)
+    whole = top_rows(use_scores(vectors, whole_table(store)), 10, live)
+    for got, (scores, rows) in zip(ranked, whole):
+        assert [r for r, _ in got] == rows.tolist() and set(rows.tolist()) <= set(live.tolist())
+        np.testing.assert_allclose([s for _, s in got], scores, rtol=0, atol=1e-6)
 
 
 def test_filters_and_phrases_across_segments(segmented):
@@ -223,7 +246,7 @@ def _write_format_one(engine: Engine, folder) -> None:
     terms = [engine.segmenter.terms(c.text) for c in chunks]
     (gen / "terms.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in terms), encoding="utf-8")
     np.save(gen / "vectors.npy", store.vectors())
-    (gen / "xl.npz").write_bytes(store.cross_vectors().to_bytes())
+    (gen / "xl.npz").write_bytes(whole_table(store).to_bytes())
 
 
 def test_build_streams_in_batches(tmp_path, encoder, monkeypatch):

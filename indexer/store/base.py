@@ -11,6 +11,8 @@ import numpy as np
 from ..chunking import Chunk
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ..crosslingual import PassageVectors
 
 FORMAT_VERSION = 1
@@ -143,8 +145,12 @@ class Store(Protocol):
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """A row's sentences: spans in its text, USE vectors, e5 vectors (None unless kept)."""
 
-    def cross_vectors(self) -> "PassageVectors | None":
-        """The sentence table of every row (None: the index keeps none)."""
+    def sentence_tables(self) -> "Iterator[tuple[int, PassageVectors]]":
+        """The sentence table of every row in pieces, (first row, its rows' table), in row order;
+        nothing where the index keeps none (the USE route scores one piece at a time)."""
+
+    def sentence_count(self) -> int:
+        """How many sentences the sentence table holds (0 without one)."""
 
     def vocabulary(self) -> frozenset[str]:
         """Every keyword term of the indexed chunks."""

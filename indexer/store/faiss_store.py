@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -37,6 +38,7 @@ LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another 
 APPROX_ABOVE = 100_000  # auto: exact search below this many vectors in a segment, IVF from there
 MERGE_FACTOR = 10  # this many segments of one size tier (a power of ten of live rows) are merged
 FOLDER_FORMAT = 2  # 1: one generation folder rewritten whole (indexer.store.legacy); 2: segments + records.db
+XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores: ~70 MB in float32 at 4 sentences a row
 _SEG = re.compile(r"^seg-(\d{6,})$")
 
 
@@ -77,7 +79,6 @@ class FaissStore:
         self._pending: list[tuple[DocRecord, list[Chunk], np.ndarray, str, list[list[str]], PassageVectors | None]] = []
         self._marks: set[tuple[int, int]] = set()  # deletion marks not yet committed
         self._live: np.ndarray | None = None
-        self._xl: PassageVectors | None = None
         self._bm25_memo: tuple | None = None
         self._txn = None  # the open write transaction of a commit being made (flush / save)
         self._written: list[int] = []  # segments written in it
@@ -147,7 +148,7 @@ class FaissStore:
             if seg in position:
                 mask = self._dead.setdefault(seg, np.zeros(len(self._segments[position[seg]]), bool))
                 mask[row] = True
-        self._live = self._xl = self._bm25_memo = None
+        self._live = self._bm25_memo = None
         self.generation = f"gen-{gen:06d}"
 
     def _open_segment(self, seg: int, rows: int, kind: str, crosslingual: bool) -> Segment:
@@ -304,15 +305,19 @@ class FaissStore:
             out.update(words)
         return frozenset(out)
 
-    def cross_vectors(self) -> PassageVectors | None:
-        """The sentence table of every row (deleted rows included, as rows are), None without one;
-        joined on first use: the USE route scores every row."""
+    def sentence_tables(self) -> Iterator[tuple[int, PassageVectors]]:
+        """The sentence table in pieces of at most XL_BLOCK rows, (first row, its table), in row order
+        (deleted rows included, as rows are); nothing where the index keeps none. Each piece is read
+        from the segment's maps when it is reached, so the USE route holds one piece at a time."""
         if not self.manifest.crosslingual:
-            return None
-        if self._xl is None:
-            self._xl = PassageVectors.concat([s.passages() for s in self._segments]) if self._segments else \
-                empty_table(self.manifest)
-        return self._xl
+            return
+        for base, s in zip(self._bases.tolist(), self._segments):
+            for start in range(0, len(s), XL_BLOCK):
+                yield base + start, s.passages(start, min(len(s), start + XL_BLOCK))
+
+    def sentence_count(self) -> int:
+        """How many sentences the sentence table holds (0 without one)."""
+        return sum(len(s.xl["owner"]) for s in self._segments if s.xl is not None)
 
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(spans, USE vectors, e5 vectors or None) of one row's sentences."""

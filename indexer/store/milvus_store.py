@@ -605,7 +605,7 @@ class MilvusStore:
         drop = set(doc_ids)
         keep = [i for i, r in enumerate(self._rows) if r.chunk.doc_id not in drop]
         if self._xl is not None:
-            self._xl = self.cross_vectors().take(np.asarray(keep, np.int64))
+            self._xl = self._table().take(np.asarray(keep, np.int64))
         self._set_rows([self._rows[i] for i in keep])
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
@@ -647,10 +647,20 @@ class MilvusStore:
             return frozenset(t for terms in self._terms_of_rows() for t in terms if t)
         return self._keyword_index().vocabulary
 
-    def cross_vectors(self) -> PassageVectors | None:
+    def _table(self) -> PassageVectors | None:
+        """The sentence table of every row, kept whole in memory as the rows are (None: none)."""
         if self._xl_tail:
             self._xl, self._xl_tail = PassageVectors.concat([self._xl, *self._xl_tail]), []
         return self._xl
+
+    def sentence_tables(self) -> Iterator[tuple[int, PassageVectors]]:
+        """The sentence table as one piece (this store holds it in memory already)."""
+        if (table := self._table()) is not None:
+            yield 0, table
+
+    def sentence_count(self) -> int:
+        table = self._table()
+        return 0 if table is None else len(table.owner)
 
     def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, int]]:
         """BM25 of the query terms: the project's KeywordIndex over the stored terms (as the folder index),
@@ -676,7 +686,7 @@ class MilvusStore:
         return [self._rows[r].chunk for r in rows]
 
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        xl = self.cross_vectors()
+        xl = self._table()
         sel = xl.sentences_of(row)
         return xl.spans[sel], xl.sentences[sel], None if xl.dense is None else xl.dense[sel]
 
@@ -807,7 +817,7 @@ class MilvusStore:
     def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, PassageVectors | None]:
         """A document's chunks, vectors and cross-lingual vectors in row order (what an update reuses)."""
         rows = [i for i, r in enumerate(self._rows) if r.chunk.doc_id == doc_id]
-        xl = PassageVectors.gather([(self.cross_vectors(), i) for i in rows]) if self._xl is not None else None
+        xl = PassageVectors.gather([(self._table(), i) for i in rows]) if self._xl is not None else None
         return [self._rows[i].chunk for i in rows], self._vectors_at(rows), xl
 
     def vectors(self) -> np.ndarray:
@@ -1105,7 +1115,7 @@ class MilvusStore:
             out.append("the index uses the server's BM25 but its chunk collection has no BM25 field")
         out.extend(self._xl_problems)
         if self._xl is not None and not self._xl_problems:
-            out.extend(self.cross_vectors().problems(
+            out.extend(self._table().problems(
                 len(self._rows), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
         return out
 
