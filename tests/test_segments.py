@@ -65,6 +65,17 @@ def test_many_segments_answer_exactly_as_one(segmented):
     assert many.check() == [] and one.check() == []
 
 
+def test_a_merge_copies_the_live_rows_vectors_and_sentence_tables(segmented):
+    """The merged segment, written block by block from the parts' maps, holds exactly the live
+    rows' vectors and sentence tables of the segments it replaced, owners renumbered."""
+    many, one = segmented
+    np.testing.assert_array_equal(one.store.vectors(), many.store.vectors())
+    merged, parts = whole_table(one.store), whole_table(many.store).take(many.store.live_rows())
+    for name in ("chunks", "sentences", "owner", "spans"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(parts, name), err_msg=name)
+    assert len(merged.owner) == one.store.sentence_count() < many.store.sentence_count()
+
+
 def test_the_use_route_reads_the_sentence_table_in_pieces(segmented, monkeypatch):
     """English questions' USE route scores the sentence table one piece at a time (here 5 rows a
     piece, across segments and deletion marks), never the whole index's table, and ranks exactly

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from .atomic import _fsync_dir, _fsync_tree, writer_lock
 from .base import DocRecord, Manifest, check_upsert, empty_table, now
 from .legacy import is_legacy, read_legacy
 from .records import DB_FILE, DocTable, Records, chunk_json
-from .segment import Segment, write_segment
+from .segment import Segment, merge_segments, write_segment
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another writer
@@ -397,8 +397,9 @@ class FaissStore:
         db = self._begin()
         rows = [r for p in self._pending for r in zip(p[1], p[4])]
         if rows:
-            seg = self._write_segment(np.concatenate([p[2] for p in self._pending]), [t for _, t in rows],
-                                      self._pending_xl())
+            vectors, xl = np.concatenate([p[2] for p in self._pending]), self._pending_xl()
+            seg = self._write_segment(len(vectors), lambda folder, kind: write_segment(
+                folder, vectors, [t for _, t in rows], xl, kind))
             self._written.append(seg[0])
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
             db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
@@ -464,23 +465,24 @@ class FaissStore:
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                        [("manifest", json.dumps(core, ensure_ascii=False)), ("generation", str(gen))])
 
-    def _write_segment(self, vectors: np.ndarray, terms, xl: PassageVectors | None) -> tuple[int, int, str]:
-        """Write a new segment folder (fsynced, renamed into place) and return its (id, rows, kind)."""
+    def _write_segment(self, rows: int, write: Callable[[Path, str], None]) -> tuple[int, int, str]:
+        """Write a new segment of `rows` rows (`write(folder, kind)` fills the folder; it is then
+        fsynced and renamed into place) and return its (id, rows, kind)."""
         numbers = [int(m.group(1)) for p in self.path.iterdir() if (m := _SEG.match(p.name.lstrip(".").split(".")[0]))]
         used = [s for (s,) in self._records.query("SELECT seg FROM segments UNION SELECT seg FROM retired")]
         seg = max(numbers + used, default=0) + 1
-        kind = choose_index_type(self.manifest.index_type, len(vectors))
+        kind = choose_index_type(self.manifest.index_type, rows)
         name = f"seg-{seg:06d}"
         tmp = self.path / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            write_segment(tmp, vectors, terms, xl, kind)
+            write(tmp, kind)
             _fsync_tree(tmp)
             os.replace(tmp, self.path / name)
             _fsync_dir(self.path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return seg, len(vectors), kind
+        return seg, rows, kind
 
     def _after_commit(self) -> None:
         """Reopen what was committed, then drop what no commit needs: segments retired before the
@@ -526,15 +528,13 @@ class FaissStore:
     def merge(self, positions: list[int]) -> None:
         """Replace the segments at these positions by one holding their live rows, in order."""
         parts = [(self._segments[i], self._live_mask(i)) for i in positions]
-        vectors = np.concatenate([np.asarray(s.vectors if m is None else s.vectors[m]) for s, m in parts])
         postings = Postings.merge([(s.postings, m) for s, m in parts])
         words = {}
         for s, _ in parts:
             words.update(zip(s.postings.keys.tolist(), s.vocabulary()))
         vocabulary = [words[k] for k in postings.keys.tolist()]
-        xl = PassageVectors.concat([s.passages() if m is None else s.passages().take(np.flatnonzero(m))
-                                    for s, m in parts]) if self.manifest.crosslingual else None
-        seg = self._write_segment(vectors, (postings, vocabulary), xl)
+        rows = sum(len(s) if m is None else int(m.sum()) for s, m in parts)
+        seg = self._write_segment(rows, lambda folder, kind: merge_segments(folder, parts, postings, vocabulary, kind))
         moves = []
         for s, m in parts:
             old = np.arange(len(s)) if m is None else np.flatnonzero(m)

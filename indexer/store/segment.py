@@ -12,13 +12,14 @@ Rows are the segment's own (0 … rows-1); the store adds each segment's base to
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from ..crosslingual import PassageVectors
+from ..crosslingual import USE_DIM, PassageVectors
 from ..errors import StoreError
 from ..keyword import POSTING_ARRAYS, Postings
 
@@ -26,6 +27,7 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
 IVF_NPROBE = 32  # bench: recall@10 0.9993 at 100k (0.59 ms), 0.9997 at 1M (2.6 ms); nlist/16 cost 13x more at 1M
 IVF_TRAIN_PER_LIST = 32  # k-means on 32 rows a list: at 200k, 16 s instead of 83 s, recall@10 0.9999 either way
 XL_ARRAYS = ("chunks", "sentences", "owner", "spans", "dense")
+XL_TYPES = {"chunks": np.float16, "sentences": np.float16, "owner": np.int32, "spans": np.int32, "dense": np.float16}
 BLOCK = 65_536  # rows per matrix product in an exact search: bounded temporary memory
 
 
@@ -35,7 +37,9 @@ def ivf_nlist(n: int) -> int:
 
 
 def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
-    """A FAISS inner-product index of `kind` over `vectors` (rows are ids)."""
+    """A FAISS inner-product index of `kind` over `vectors` (rows are ids). `vectors` may be a
+    memory map: IVF trains on a sample of its rows and takes them a block at a time, so the
+    rows are never copied whole (FAISS's Python layer would copy them into one array)."""
     n, dim = vectors.shape
     if kind == "flat" or n == 0:
         index = faiss.IndexFlatIP(dim)
@@ -43,18 +47,27 @@ def build_faiss_index(vectors: np.ndarray, kind: str) -> faiss.Index:
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index.hnsw.efSearch = HNSW_EF_SEARCH
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # one call: HNSW inserts level by level
+        return index
     elif kind == "ivf":
         nlist = ivf_nlist(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.min_points_per_centroid = 1  # a small corpus gets one list; no "please provide 39 points" warning
-        index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST  # FAISS draws the sample (seeded)
-        index.train(vectors)
+        index.train(_training_sample(vectors, nlist * IVF_TRAIN_PER_LIST))
         index.nprobe = min(nlist, IVF_NPROBE)
     else:
         raise StoreError(f"unknown index type {kind!r}")
-    if n:
-        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    for start in range(0, n, BLOCK):
+        index.add(np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32))
     return index
+
+
+def _training_sample(vectors: np.ndarray, size: int, seed: int = 1234) -> np.ndarray:
+    """`size` rows drawn without replacement (all of them if there are no more), in row order:
+    k-means on 32 rows a list is as good as on all, and only these rows are read from a map."""
+    n = len(vectors)
+    rows = np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
 
 
 def _search_params(index: faiss.Index, rows: np.ndarray | None, dead: np.ndarray | None):
@@ -71,29 +84,94 @@ def _search_params(index: faiss.Index, rows: np.ndarray | None, dead: np.ndarray
     return faiss.SearchParameters(sel=sel)
 
 
-def write_segment(folder: Path, vectors: np.ndarray, terms: list[list[str]] | tuple[Postings, list[str]],
-                  xl: PassageVectors | None, kind: str) -> None:
-    """Write a segment's files into `folder` (the caller makes it live by committing it). `terms`:
-    each row's keyword terms, or (postings, vocabulary) already made by a merge."""
+def write_segment(folder: Path, vectors: np.ndarray, terms: list[list[str]], xl: PassageVectors | None,
+                  kind: str) -> None:
+    """Write the segment of one commit's new rows into `folder` (the caller makes it live by
+    committing it): their vectors, each row's keyword terms, their sentence table."""
     folder.mkdir(parents=True)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    np.save(folder / "vectors.npy", vectors)
+    _write_vectors(folder, [vectors], vectors.shape, kind)
+    _write_postings(folder, *Postings.build(terms))
+    if xl is not None:
+        table = {"chunks": xl.chunks, "sentences": xl.sentences, "owner": xl.owner, "spans": xl.spans, "dense": xl.dense}
+        _write_xl(folder, lambda name: [table[name]], len(xl), len(xl.owner), None if xl.dense is None else xl.dense.shape[1])
+
+
+def merge_segments(folder: Path, parts: list[tuple["Segment", np.ndarray | None]], postings: Postings,
+                   vocabulary: list[str], kind: str) -> None:
+    """Write into `folder` the segment holding the live rows of `parts` (segment, live mask or
+    None: all), in order, with their merged postings. Vectors and sentence tables are copied from
+    the parts' maps a block at a time: memory holds a block, never the merged arrays."""
+    folder.mkdir(parents=True)
+    live = [len(s) if m is None else int(m.sum()) for s, m in parts]
+    dim = parts[0][0].vectors.shape[1]
+    _write_vectors(folder, (piece for s, m in parts for _, piece in _live_blocks(s.vectors, m)), (sum(live), dim), kind)
+    _write_postings(folder, postings, vocabulary)
+    xl = [s.xl for s, _ in parts]
+    if all(x is not None for x in xl):
+        kept = [None if m is None else m[x["owner"]] for x, (_, m) in zip(xl, parts)]
+        sentences = sum(len(x["owner"]) if k is None else int(k.sum()) for x, k in zip(xl, kept))
+        dense = xl[0]["dense"].shape[1] if "dense" in xl[0] else None
+        _write_xl(folder, lambda name: _merged_table(parts, kept, live, name), sum(live), sentences, dense)
+
+
+def _live_blocks(array: np.ndarray, mask: np.ndarray | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, the live rows of a block) of a mapped array, BLOCK rows at a time."""
+    for start in range(0, len(array), BLOCK):
+        block = array[start:start + BLOCK]
+        yield start, block if mask is None else block[mask[start:start + BLOCK]]
+
+
+def _merged_table(parts: list[tuple["Segment", np.ndarray | None]], kept: list[np.ndarray | None], live: list[int],
+                  name: str) -> Iterator[np.ndarray]:
+    """One array of the merged sentence table, part by part: passage vectors of the live rows, or
+    the sentences those rows own (owners renumbered to the merged rows)."""
+    base = 0
+    for (s, mask), keep, n in zip(parts, kept, live):
+        if name == "chunks":
+            yield from (piece for _, piece in _live_blocks(s.xl["chunks"], mask))
+        elif name == "owner":
+            new_row = np.arange(len(s)) if mask is None else np.cumsum(mask) - 1
+            yield from (base + new_row[piece] for _, piece in _live_blocks(s.xl["owner"], keep))
+        else:
+            yield from (piece for _, piece in _live_blocks(s.xl[name], keep))
+        base += n
+
+
+def _save(path: Path, pieces: Iterable[np.ndarray], shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An .npy of `shape` written from `pieces` (consecutive rows), one piece in memory at a time;
+    returned memory-mapped."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    at = 0
+    for piece in pieces:
+        out[at:at + len(piece)] = piece
+        at += len(piece)
+    if at != shape[0]:
+        raise StoreError(f"{path.parent.name}: {path.name} got {at} rows of {shape[0]}")
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+def _write_vectors(folder: Path, pieces: Iterable[np.ndarray], shape: tuple[int, int], kind: str) -> None:
+    vectors = _save(folder / "vectors.npy", pieces, shape, np.float32)
     if kind != "flat":
         faiss.write_index(build_faiss_index(vectors, kind), str(folder / "index.faiss"))
-    if isinstance(terms, tuple):  # a merge: postings and vocabulary already joined
-        postings, vocabulary = terms
-    else:
-        postings, vocabulary = Postings.build(terms)
+
+
+def _write_postings(folder: Path, postings: Postings, vocabulary: list[str]) -> None:
     for name in POSTING_ARRAYS:
         np.save(folder / f"{name}.npy", getattr(postings, name))
     (folder / "vocabulary.txt").write_text("\n".join(vocabulary), encoding="utf-8")
-    if xl is not None:
-        arrays = {"chunks": xl.chunks.astype(np.float16), "sentences": xl.sentences.astype(np.float16),
-                  "owner": xl.owner.astype(np.int32), "spans": xl.spans.astype(np.int32).reshape(-1, 2),
-                  "dense": None if xl.dense is None else xl.dense.astype(np.float16)}
-        for name, array in arrays.items():
-            if array is not None:
-                np.save(folder / f"xl_{name}.npy", array)
+
+
+def _write_xl(folder: Path, pieces: Callable[[str], Iterable[np.ndarray]], rows: int, sentences: int,
+              dense_dim: int | None) -> None:
+    """The sentence table's files, each array written from its pieces (`pieces(name)`)."""
+    shapes = {"chunks": (rows, USE_DIM), "sentences": (sentences, USE_DIM), "owner": (sentences,),
+              "spans": (sentences, 2), "dense": (sentences, dense_dim)}
+    for name in XL_ARRAYS:
+        if name != "dense" or dense_dim is not None:
+            _save(folder / f"xl_{name}.npy", pieces(name), shapes[name], XL_TYPES[name])
 
 
 @dataclass
