@@ -279,7 +279,7 @@ class PassageVectors:
         if (self.dense is None) != (dense_dim is None) or (self.dense is not None and self.dense.shape != (m, dense_dim)):
             out.append(f"e5 sentence vectors are {None if self.dense is None else self.dense.shape}, "
                        f"expected {None if dense_dim is None else (m, dense_dim)}")
-        if not (np.all(np.isfinite(self.chunks)) and np.all(np.isfinite(self.sentences))):
+        if not (all_finite(self.chunks) and all_finite(self.sentences)):
             out.append("cross-lingual vectors contain NaN or infinity")
         return out
 
@@ -300,6 +300,11 @@ def use_scores(query_vecs: np.ndarray, passages: PassageVectors, sentence_weight
     best = chunk.copy()
     best[:, has] = np.maximum.reduceat(sent, starts, axis=1)
     return ((1 - sentence_weight) * chunk + sentence_weight * best).astype(np.float32)
+
+
+def all_finite(array: np.ndarray, block: int = 65_536) -> bool:
+    """No NaN or infinity in `array`, read `block` rows at a time (a memory map is never copied whole)."""
+    return all(np.isfinite(array[i:i + block]).all() for i in range(0, len(array), block))
 
 
 def use_search(query_vecs: np.ndarray, tables: Iterable[tuple[int, PassageVectors]], k: int,

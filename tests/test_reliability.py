@@ -239,6 +239,25 @@ def test_damaged_index_is_refused_not_repaired(case, speech_index, tmp_path, cap
     assert _files(path) == before  # nothing "repaired"
 
 
+def test_check_finds_nan_in_vectors_and_sentence_table(speech_index, tmp_path, capsys):
+    """`check` reads every vector and the sentence table (a block at a time, from the maps) and
+    names the segment whose numbers are not finite; a search still opens the index."""
+    import numpy as np
+
+    path = tmp_path / "index"
+    shutil.copytree(speech_index, path)
+    for name, value in (("vectors.npy", np.nan), ("xl_sentences.npy", np.inf)):
+        array = np.load(path / "seg-000001" / name, mmap_mode="r+")
+        array[3, 7] = value
+        array.flush()
+        del array
+    code, _, err = cli(capsys, "check", "--index", path)
+    one_line_error(code, err, "segment 1: vectors contain NaN or infinity")
+    assert "segment 1: cross-lingual vectors contain NaN or infinity" in err
+    code, out, _ = cli(capsys, "search", QUESTION, "--index", path)
+    assert code == 0 and out
+
+
 def test_missing_index_folder(tmp_path, capsys):
     for command in (["check"], ["search", QUESTION], ["info"], ["list"], ["remove", "x"], ["optimize"]):
         code, _, err = cli(capsys, *command, "--index", tmp_path / "none")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..chunking import Chunk
-from ..crosslingual import PassageVectors
+from ..crosslingual import PassageVectors, all_finite
 from ..errors import StoreError
 from ..keyword import Analyzer, Postings, bm25, term_keys, top_positive
 from .atomic import _fsync_dir, _fsync_tree, writer_lock
@@ -582,12 +582,10 @@ class FaissStore:
         """Inconsistencies between the records, the segments and the documents (empty: none)."""
         out = []
         for s in self._segments:  # (one chunk record per vector is checked on opening)
-            for start in range(0, len(s), 65_536):
-                if not np.all(np.isfinite(s.vectors[start:start + 65_536])):
-                    out.append(f"segment {s.seg}: vectors contain NaN or infinity")
-                    break
+            if not all_finite(s.vectors):
+                out.append(f"segment {s.seg}: vectors contain NaN or infinity")
             if s.xl is not None:
-                out.extend(f"segment {s.seg}: {p}" for p in s.passages().problems(
+                out.extend(f"segment {s.seg}: {p}" for p in s.stored_table().problems(
                     len(s), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
         live = ("FROM chunks c WHERE c.seg IN (SELECT seg FROM segments) AND NOT EXISTS "
                 "(SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)")

@@ -270,6 +270,11 @@ class Segment:
                               np.asarray(owner[a:b], np.int64) - start, np.asarray(x["spans"][a:b], np.int32),
                               np.asarray(x["dense"][a:b], np.float32) if "dense" in x else None)
 
+    def stored_table(self) -> PassageVectors:
+        """The sentence table as stored: its float16 maps, not converted or copied (for `check`)."""
+        x = self.xl
+        return PassageVectors(x["chunks"], x["sentences"], x["owner"], x["spans"], x.get("dense"))
+
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(spans, USE vectors, e5 vectors or None) of one row's sentences, read from the maps."""
         one = self.passages(row, row + 1)
