@@ -90,6 +90,30 @@ class Store(Protocol):
 
     manifest: Manifest
     generation: str | None
+    location: str  # where the index is, as given (a folder, or a Milvus address)
+    keyword_backend: str  # which BM25 scores the keyword route, as shown by `info`
+    index_kind: str  # the vector index, as shown by `info` ("flat", "ivf", "flat+ivf" …)
+
+    # the index at a location (class-level)
+    @staticmethod
+    def exists(location) -> bool:
+        """Whether an index is there (a StoreError for a location that holds something else)."""
+
+    @staticmethod
+    def lock(location):
+        """The writers' lock of that index: a context manager; two writers never overlap."""
+
+    @classmethod
+    def load(cls, location) -> "Store":
+        """The index as last committed there."""
+
+    @classmethod
+    def upgrade(cls, location) -> str:
+        """Convert an index of the previous format in place (lock held) and say what was done."""
+
+    @staticmethod
+    def display(location: str) -> str:
+        """The location as shown to people (no secrets)."""
 
     def __len__(self) -> int: ...
 
@@ -101,8 +125,15 @@ class Store(Protocol):
     def delete(self, doc_ids: list[str]) -> None:
         """Remove documents with all their chunks and vectors."""
 
+    def flush(self) -> None:
+        """Write what is pending into the commit being made, and let it go from memory (a build
+        stays within bounded memory); nothing is visible before `save`."""
+
     def save(self) -> None:
         """Commit atomically: the previous state stays intact until the new one is complete."""
+
+    def rollback(self) -> None:
+        """Drop an unfinished commit: the index stays as it was."""
 
     def optimize(self) -> int:
         """Merge what the store keeps in pieces into one; how many pieces there were."""
@@ -167,3 +198,6 @@ class Store(Protocol):
 
     def problems(self) -> list[str]:
         """What `check` reports (empty: consistent)."""
+
+    def recall_vs_exact(self) -> float | None:
+        """Recall@10 of the vector search against exact search (None: it is exact)."""
