@@ -248,24 +248,27 @@ class _StoreView:
     def translator(self) -> Translator:
         return Translator(self.store.vocabulary())
 
-    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None, segmenter: Segmenter) -> frozenset[int] | None:
-        """The rows (of the allowed ones; None: every live row) that hold a question's phrases and
-        none of its exclusions, both compared in the index's script (the segmenter's fold: a
-        Simplified phrase finds its Traditional text); None when it has neither. The posting lists of the terms
-        every holder of a phrase is indexed under (`phrase_terms`) narrow the rows first, so the
-        texts read are those of the candidates, not of the index."""
+    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None,
+              segmenter: Segmenter) -> tuple[frozenset[int] | None, frozenset[int]]:
+        """(scope, excluded) of a question, comparing in the index's script (the segmenter's fold:
+        a Simplified phrase finds its Traditional text). With phrases, the scope is the rows (of the
+        allowed ones; None: every live row) that hold them and none of its exclusions; with
+        exclusions alone, the scope is None and `excluded` the rows that hold an excluded word, so
+        the routes search as usual and drop those. The posting lists of the terms every holder of a
+        phrase is indexed under (`phrase_terms`) narrow the rows first: the texts read are those of
+        the candidates, not of the index."""
         if not parsed.constrained:
-            return None
+            return None, frozenset()
         fold, analyzer = segmenter.fold, segmenter.analyzer
         wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
         rows = self.store.live_rows() if allowed is None else allowed
         if wanted.phrases:
-            rows = suspects = self._holding(rows, wanted.phrases, analyzer)
-        else:  # exclusions only: the rows that may hold an excluded word are read, the others kept
+            suspects = self._holding(rows, wanted.phrases, analyzer)
+        else:  # the rows that may hold an excluded word are read
             suspects = np.unique(np.concatenate([self._holding(rows, (x,), analyzer) for x in wanted.excluded]))
-        failed = {row for row, c in zip(suspects.tolist(), self.store.chunks(suspects.tolist()))
-                  if not holds(self.folded(row, c.text, fold), wanted)}
-        return frozenset(rows.tolist()) - failed
+        failed = frozenset(row for row, c in zip(suspects.tolist(), self.store.chunks(suspects.tolist()))
+                           if not holds(self.folded(row, c.text, fold), wanted))
+        return (frozenset(suspects.tolist()) - failed, frozenset()) if wanted.phrases else (None, failed)
 
     def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> np.ndarray:
         """Those of `rows` indexed under every term that all holders of these phrases have (all
@@ -659,8 +662,10 @@ class Engine:
         encoding = self._encoding_pool().submit(self.encoder.encode_queries, asked) if mode != "bm25" else None
         plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
         fold = self.segmenter.fold
+        scopes = [view.scope(p, rows, self.segmenter) for p in parsed]
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
-                         scope=view.scope(p, rows, self.segmenter)) for plan, p in zip(plans, parsed)]  # repeats count in BM25
+                         scope=scope, excluded=excluded)  # repeats count in BM25
+                 for plan, p, (scope, excluded) in zip(plans, parsed, scopes)]
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0

@@ -89,7 +89,8 @@ class QueryPlan:
     cross_lingual: bool = False
     use_vector: np.ndarray | None = None  # set when the USE route runs for this question
     vector: np.ndarray | None = None  # its e5 vector (not needed in bm25 mode)
-    scope: frozenset[int] | None = None  # the only rows it may return (quoted phrases, exclusions)
+    scope: frozenset[int] | None = None  # the only rows it may return (quoted phrases)
+    excluded: frozenset[int] = frozenset()  # rows it must not return (exclusions alone: the few holding an excluded word)
 
 
 # ---------------------------------------------------------------------------- fusion (pure functions)
@@ -177,10 +178,12 @@ class DenseRoute:
     name: str = "dense"
 
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
-        """The index's nearest chunks; a question with a scope scores exactly the chunks in it."""
+        """The index's nearest chunks; a question with a scope scores exactly the chunks in it, one
+        with excluded rows asks for as many more and drops them."""
         free = [i for i, p in enumerate(plans) if p.scope is None]
-        found = self.store.search(np.stack([plans[i].vector for i in free]), n, self.allowed) if free else []
-        scores = dict(zip(free, ({row: s for s, row in ranked} for ranked in found)))
+        more = max((len(plans[i].excluded) for i in free), default=0)
+        found = self.store.search(np.stack([plans[i].vector for i in free]), n + more, self.allowed) if free else []
+        scores = {i: {row: s for s, row in ranked if row not in plans[i].excluded} for i, ranked in zip(free, found)}
         scoped = [i for i, p in enumerate(plans) if p.scope is not None]
         scores.update(zip(scoped, self.cosines([plans[i] for i in scoped], [sorted(plans[i].scope) for i in scoped])))
         return [sorted((self._rescored(p, scores[i]) if p.scope is None else scores[i]).items(),
@@ -216,7 +219,8 @@ class KeywordRoute:
 
     def _one(self, plan: QueryPlan, n: int) -> Ranked:
         if plan.scope is None:
-            return [(row, s) for s, row in self.store.keyword_search(plan.terms, n, self.allowed)]
+            found = self.store.keyword_search(plan.terms, n + len(plan.excluded), self.allowed)
+            return [(row, s) for s, row in found if row not in plan.excluded][:n]
         docs = set(self.store.doc_ids(sorted(plan.scope)))
         every = len(self.store.rows_of(docs))  # all their chunks: exact within the scope
         found = self.store.keyword_search(plan.terms, every, docs) if docs else []
@@ -236,7 +240,9 @@ class UseRoute:
         if not plans:
             return []
         allowed = self.store.live_rows() if self.allowed is None else self.allowed
-        within = [allowed if p.scope is None else np.array(sorted(p.scope), np.int64) for p in plans]
+        within = [np.array(sorted(p.scope), np.int64) if p.scope is not None else
+                  np.setdiff1d(allowed, np.fromiter(p.excluded, np.int64), assume_unique=True) if p.excluded else
+                  allowed for p in plans]
         found = use_search(np.stack([p.use_vector for p in plans]), self.store.sentence_tables(), n, within)
         return [[(int(r), float(v)) for v, r in zip(top_s, top_r)] for top_s, top_r in found]
 

@@ -131,6 +131,25 @@ def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch
     assert not narrowed[7][0].hits
 
 
+def test_an_exclusion_drops_rows_from_the_usual_search(segmented, monkeypatch):
+    """A question with exclusions and no phrase searches as the question without them and drops
+    the rows that hold an excluded word: the same ids and scores as the plain question's longer
+    list without them, in dense and BM25, across segments. Only the texts of rows that may hold
+    the word are read, not every live row's."""
+    many, _ = segmented
+    store = many.store
+    read: list[int] = []
+    chunks = store.chunks
+    monkeypatch.setattr(store, "chunks", lambda rows: (read.append(len(rows)), chunks(rows))[1])
+    for mode in ("dense", "bm25"):
+        read.clear()
+        got = many.search("民办学校党组织 -民办", k=5, mode=mode)
+        texts_read = sum(read) - len(got)  # the hits' own records are read to show them
+        plain = [h for h in many.search("民办学校党组织", k=40, mode=mode) if "民办" not in h.text][:5]
+        assert len(got) == 5 and [(h.chunk_id, h.score) for h in got] == [(h.chunk_id, h.score) for h in plain], mode
+        assert 0 < texts_read < len(store.live_rows()), (mode, texts_read)
+
+
 def test_merged_postings_equal_postings_built_from_the_live_rows():
     """Postings.merge of several parts with deletion masks gives exactly the arrays that building
     postings from the surviving rows' terms gives: keys, list starts, rows, term counts, lengths
