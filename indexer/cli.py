@@ -236,7 +236,7 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
            where: Optional[list[str]] = WhereOpt, group: str = GroupOpt,
            mode: str = ModeOpt, use: bool = UseOpt, translate: bool = TranslateOpt, as_json: bool = JsonOpt) -> None:
     """Search the index with one question; each hit marks its answering sentence (») and says why it
-    ranks there. Quoted phrases ("三重一大") must occur in a hit; -word excludes a word."""
+    ranks there. Quoted phrases ("三重一大") must occur in a hit; -word and -"a phrase" exclude."""
     result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode, where,
                                                                         group)[0]
     if as_json:

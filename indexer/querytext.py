@@ -4,6 +4,7 @@ exclusions that must not.
     "三重一大" 怎样落实        → the hit holds 三重一大 (straight, curly or corner quotes)
     民办学校 党建 -幼儿园       → the hit does not hold 幼儿园 (a minus after a space or at the start;
                                  the hyphen inside PPR-9087 is part of the word)
+    台湾 -"台北市"              → the hit does not hold the phrase 台北市 (a minus before quotes)
 
 The routes read the question without its quotes and exclusions; the phrases and exclusions
 become the question's scope, the chunks it may return (`scope_of`).
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 _PHRASE = re.compile(r'"([^"]+)"|“([^”]+)”|「([^」]+)」|『([^』]+)』|‘([^’]+)’')
 _EXCLUDED = re.compile(r"(?:^|(?<=\s))[-－]([^\s\"“”「」『』]+)")
+_EXCLUDED_PHRASE = re.compile(r"(?:^|(?<=\s))[-－](?:" + _PHRASE.pattern + ")")
 
 
 @dataclass(frozen=True)
@@ -30,14 +32,20 @@ class ParsedQuery:
         return bool(self.phrases or self.excluded)
 
 
+def _quoted(match: re.Match) -> str:
+    return next(g for g in match.groups() if g)
+
+
 def parse_query(question: str) -> ParsedQuery:
-    """Split out quoted phrases (kept in the text, without their quotes) and `-word` exclusions
-    (dropped from the text). A question of nothing but exclusions keeps its text as typed."""
-    phrases = tuple(dict.fromkeys(next(g for g in m.groups() if g).strip() for m in _PHRASE.finditer(question)))
-    unquoted = _PHRASE.sub(lambda m: " " + next(g for g in m.groups() if g) + " ", question)
-    excluded = tuple(dict.fromkeys(m.group(1) for m in _EXCLUDED.finditer(unquoted)))
+    """Split out quoted phrases (kept in the text, without their quotes), `-"phrase"` and `-word`
+    exclusions (dropped from the text). A question of nothing but exclusions keeps its text as typed."""
+    excluded = [_quoted(m).strip() for m in _EXCLUDED_PHRASE.finditer(question)]
+    rest = _EXCLUDED_PHRASE.sub(" ", question)
+    phrases = tuple(dict.fromkeys(_quoted(m).strip() for m in _PHRASE.finditer(rest)))
+    unquoted = _PHRASE.sub(lambda m: " " + _quoted(m) + " ", rest)
+    excluded += [m.group(1) for m in _EXCLUDED.finditer(unquoted)]
     text = " ".join(_EXCLUDED.sub(" ", unquoted).split())
-    return ParsedQuery(text or question.strip(), tuple(p for p in phrases if p), excluded)
+    return ParsedQuery(text or question.strip(), tuple(p for p in phrases if p), tuple(dict.fromkeys(x for x in excluded if x)))
 
 
 def holds(text: str, parsed: ParsedQuery) -> bool:

@@ -18,6 +18,8 @@ def test_parse_query_splits_phrases_and_exclusions():
     assert parsed.excluded == ("幼儿园", "高校")
     assert parsed.text == "三重一大 述职述廉 党建 制度 PPR-9087"  # the hyphen inside a code stays
     assert parse_query("民办学校怎样建立党组织？").constrained is False
+    quoted = parse_query('"党风廉政" 建设 -"廉洁" －“幼儿园”')  # a minus before quotes excludes the phrase
+    assert (quoted.text, quoted.phrases, quoted.excluded) == ("党风廉政 建设", ("党风廉政",), ("廉洁", "幼儿园"))
 
 
 def test_a_quoted_phrase_must_occur_in_every_hit(speech_engine):
@@ -35,6 +37,8 @@ def test_an_excluded_word_never_occurs_in_a_hit(speech_engine):
     for mode in ("dense", "bm25", "hybrid"):
         hits = speech_engine.search("民办学校党组织 -民办", k=5, mode=mode)
         assert len(hits) == 5 and not any("民办" in h.text for h in hits), mode
+    hits = speech_engine.search('党组织 -"民办学校"', k=5)
+    assert len(hits) == 5 and not any("民办学校" in h.text for h in hits)
     english = speech_engine.search("How do schools build Party organisations? -民办", k=3)
     assert len(english) == 3 and not any("民办" in h.text for h in english)
 
