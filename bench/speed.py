@@ -149,13 +149,15 @@ def section_mfu(backends: list[str], log=print) -> dict:
 
 
 def _tree(rev: str, keep: Path) -> Path:
-    """A checkout of `rev` ("HEAD" or "." is this tree itself) as a detached git worktree under `keep`."""
+    """A checkout of `rev` ("HEAD" or "." is this tree itself) as a detached git worktree under `keep`,
+    sharing this tree's model folders (not in git)."""
     if rev in (".", "HEAD"):
         return ROOT
     path = keep / f"rev-{rev}"
     if not path.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev], check=True,
                        capture_output=True)
+        (path / "models").symlink_to(ROOT / "models")
     return path
 
 

@@ -16,7 +16,7 @@ from .crosslingual import USE_DIM, USE_NAME, PassageVectors, Translator, USEEnco
 from .embedding import Encoder
 from . import filters
 from .errors import ModelError, QueryError, StoreError
-from .keyword import Analyzer, Segmenter, phrase_terms, with_synonyms
+from .keyword import Analyzer, Segmenter, phrase_is_term, phrase_terms, with_synonyms
 from .querytext import ParsedQuery, holds, parse_query
 from .search import (MODES, DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored, UseRoute, best_sentence,
                      group_documents, retrieve)
@@ -254,21 +254,44 @@ class _StoreView:
         a Simplified phrase finds its Traditional text). With phrases, the scope is the rows (of the
         allowed ones; None: every live row) that hold them and none of its exclusions; with
         exclusions alone, the scope is None and `excluded` the rows that hold an excluded word, so
-        the routes search as usual and drop those. The posting lists of the terms every holder of a
-        phrase is indexed under (`phrase_terms`) narrow the rows first: the texts read are those of
-        the candidates, not of the index."""
+        the routes search as usual and drop those. Posting lists answer first: a two-character
+        phrase or word is held exactly by the rows indexed under it, and a longer phrase only by
+        rows indexed under all its bigrams (`phrase_terms`), so the texts read are those of the
+        candidates for what the lists cannot decide, never the index's."""
         if not parsed.constrained:
             return None, frozenset()
         fold, analyzer = segmenter.fold, segmenter.analyzer
-        wanted = ParsedQuery(parsed.text, tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded)))
+        phrases, excluded = tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded))
         rows = self.store.live_rows() if allowed is None else allowed
-        if wanted.phrases:
-            suspects = self._holding(rows, wanted.phrases, analyzer)
-        else:  # the rows that may hold an excluded word are read
-            suspects = np.unique(np.concatenate([self._holding(rows, (x,), analyzer) for x in wanted.excluded]))
-        failed = frozenset(row for row, c in zip(suspects.tolist(), self.store.chunks(suspects.tolist()))
-                           if not holds(self.folded(row, c.text, fold), wanted))
-        return (frozenset(suspects.tolist()) - failed, frozenset()) if wanted.phrases else (None, failed)
+        exact = {x: self._held_exactly(rows, x, analyzer) for x in phrases + excluded}  # None: texts decide
+        unsure = ParsedQuery(parsed.text, tuple(p for p in phrases if exact[p] is None),
+                             tuple(x for x in excluded if exact[x] is None))
+        known_out = [exact[x] for x in excluded if exact[x] is not None]
+        if phrases:
+            suspects = self._holding(rows, phrases, analyzer)
+            for gone in known_out:
+                suspects = np.setdiff1d(suspects, gone, assume_unique=True)
+            return frozenset(suspects.tolist()) - self._failing(suspects, unsure, fold), frozenset()
+        suspects = np.unique(np.concatenate([self._holding(rows, (x,), analyzer) for x in unsure.excluded] or
+                                            [np.zeros(0, np.int64)]))
+        known = frozenset(np.concatenate(known_out).tolist()) if known_out else frozenset()
+        return None, known | self._failing(suspects, unsure, fold)
+
+    def _failing(self, rows: np.ndarray, wanted: ParsedQuery, fold: Callable[[str], str]) -> frozenset[int]:
+        """Those of `rows` whose text does not hold `wanted` (its phrases, none of its exclusions):
+        their texts are read, unless there is nothing to check."""
+        if not wanted.constrained or not len(rows):
+            return frozenset()
+        return frozenset(row for row, c in zip(rows.tolist(), self.store.chunks(rows.tolist()))
+                         if not holds(self.folded(row, c.text, fold), wanted))
+
+    def _held_exactly(self, rows: np.ndarray, phrase: str, analyzer: Analyzer) -> np.ndarray | None:
+        """Those of `rows` that hold `phrase`, from its posting list alone (`phrase_is_term`); None
+        where the list cannot decide or the store cannot tell."""
+        if not phrase_is_term(phrase, analyzer):
+            return None
+        held = self.store.rows_with_terms(phrase_terms(phrase, analyzer))
+        return None if held is None else np.intersect1d(rows, held, assume_unique=True)
 
     def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> np.ndarray:
         """Those of `rows` indexed under every term that all holders of these phrases have (all

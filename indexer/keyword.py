@@ -100,6 +100,13 @@ def phrase_terms(phrase: str, analyzer: Analyzer) -> list[str]:
             if _CJK.match(run) and len(run) > 1 for b in bigrams(run)]
 
 
+def phrase_is_term(phrase: str, analyzer: Analyzer) -> bool:
+    """Whether a text holds `phrase` exactly when it is indexed under the phrase's one term: a
+    two-character CJK phrase is its own bigram under the "mixed" analyzer, so its posting list
+    answers without reading a text."""
+    return phrase_terms(phrase, analyzer) == [unicodedata.normalize("NFKC", phrase).lower()]
+
+
 def codes(text: str) -> list[str]:
     """The codes in a text, each whole and normalised (NFKC, lower case, brackets as (), no 第 or
     spaces), so 〔2020〕第15号 and [2020]15号 are one term."""

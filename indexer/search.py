@@ -221,10 +221,9 @@ class KeywordRoute:
         if plan.scope is None:
             found = self.store.keyword_search(plan.terms, n + len(plan.excluded), self.allowed)
             return [(row, s) for s, row in found if row not in plan.excluded][:n]
-        docs = set(self.store.doc_ids(sorted(plan.scope)))
-        every = len(self.store.rows_of(docs))  # all their chunks: exact within the scope
-        found = self.store.keyword_search(plan.terms, every, docs) if docs else []
-        return [(row, s) for s, row in found if row in plan.scope][:n]
+        scope = np.array(sorted(plan.scope), np.int64)  # within the allowed documents already
+        found = self.store.keyword_search(plan.terms, n, None, scope)
+        return [(row, s) for s, row in found]
 
 
 @dataclass

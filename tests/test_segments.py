@@ -119,7 +119,7 @@ def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch
     chunks = store.chunks
     monkeypatch.setattr(store, "chunks", lambda rows: (read.append(len(rows)), chunks(rows))[1])
     questions = ['"党组织" 学校', '“三会一课”', '"黨組織"', '民办学校 -幼儿园', '党建 -党组织 -学校',
-                 '"党" 建设', '"Party" 建设', '"不存在的短语"', '"党风廉政" -"廉洁"']
+                 '"党" 建设', '"Party" 建设', '"不存在的短语"', '"党风廉政" -"廉洁"', '"党建" 学校 -民办']
     narrowed = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
     monkeypatch.setattr(store, "rows_with_terms", lambda terms: None)
     scanned = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
@@ -134,20 +134,22 @@ def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch
 def test_an_exclusion_drops_rows_from_the_usual_search(segmented, monkeypatch):
     """A question with exclusions and no phrase searches as the question without them and drops
     the rows that hold an excluded word: the same ids and scores as the plain question's longer
-    list without them, in dense and BM25, across segments. Only the texts of rows that may hold
-    the word are read, not every live row's."""
+    list without them, in dense and BM25, across segments. A two-character word's posting list
+    decides alone (no text read); for a longer one only the texts of rows indexed under all its
+    bigrams are read, not every live row's."""
     many, _ = segmented
     store = many.store
     read: list[int] = []
     chunks = store.chunks
     monkeypatch.setattr(store, "chunks", lambda rows: (read.append(len(rows)), chunks(rows))[1])
-    for mode in ("dense", "bm25"):
-        read.clear()
-        got = many.search("民办学校党组织 -民办", k=5, mode=mode)
-        texts_read = sum(read) - len(got)  # the hits' own records are read to show them
-        plain = [h for h in many.search("民办学校党组织", k=40, mode=mode) if "民办" not in h.text][:5]
-        assert len(got) == 5 and [(h.chunk_id, h.score) for h in got] == [(h.chunk_id, h.score) for h in plain], mode
-        assert 0 < texts_read < len(store.live_rows()), (mode, texts_read)
+    for word in ("民办", "民办学校"):
+        for mode in ("dense", "bm25"):
+            read.clear()
+            got = many.search(f"民办学校党组织 -{word}", k=5, mode=mode)
+            texts_read = sum(read) - len(got)  # the hits' own records are read to show them
+            plain = [h for h in many.search("民办学校党组织", k=40, mode=mode) if word not in h.text][:5]
+            assert len(got) == 5 and [(h.chunk_id, h.score) for h in got] == [(h.chunk_id, h.score) for h in plain]
+            assert texts_read == 0 if len(word) == 2 else 0 < texts_read < len(store.live_rows()), (word, mode)
 
 
 def test_merged_postings_equal_postings_built_from_the_live_rows():

@@ -151,8 +151,10 @@ class Store(Protocol):
     def dense_scores(self, queries: np.ndarray, rows: list[list[int]]) -> list[np.ndarray]:
         """For each query vector, its exact inner product with each of the given rows (float32)."""
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, int]]:
-        """The k best (score, row) by BM25 of the query terms, best first."""
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None,
+                       rows: np.ndarray | None = None) -> list[tuple[float, int]]:
+        """The k best (score, row) by BM25 of the query terms, best first, among the rows of these
+        documents (None: all) that are among `rows` (ascending; None: all)."""
 
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:
         """Σ idf of the query's terms (None where the BM25 is not the project's): BM25's ceiling."""

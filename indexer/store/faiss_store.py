@@ -283,10 +283,15 @@ class FaissStore:
             self._bm25_memo = (key, np.concatenate(parts) if parts else np.zeros(0, np.float32), ceiling)
         return self._bm25_memo[1], self._bm25_memo[2]
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, int]]:
-        """BM25 over every segment: the k best live rows with any query term, best first."""
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None,
+                       rows: np.ndarray | None = None) -> list[tuple[float, int]]:
+        """BM25 over every segment: the k best live rows with any query term (of these documents,
+        and of these rows, ascending), best first."""
         scores, _ = self._bm25(query_terms)
-        top_s, top_r = top_positive(scores, k, None if doc_ids is None else self.rows_of(doc_ids))
+        allowed = None if doc_ids is None else self.rows_of(doc_ids)
+        if rows is not None:
+            allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
+        top_s, top_r = top_positive(scores, k, allowed)
         return [(float(s), int(r)) for s, r in zip(top_s, top_r)]
 
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:

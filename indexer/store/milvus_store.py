@@ -662,13 +662,24 @@ class MilvusStore:
         table = self._table()
         return 0 if table is None else len(table.owner)
 
-    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None) -> list[tuple[float, int]]:
+    def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None,
+                       rows: np.ndarray | None = None) -> list[tuple[float, int]]:
         """BM25 of the query terms: the project's KeywordIndex over the stored terms (as the folder index),
-        or the server's full-text search where the index was built for it; best first, scores > 0."""
+        or the server's full-text search where the index was built for it; best first, scores > 0.
+        The server filters by document: with `rows`, it searches their documents whole and the
+        rows are picked from that."""
         if self._server_bm25:
-            return self._server_keyword_search(query_terms, k, doc_ids)
-        scores, rows = self._keyword_index().search(query_terms, k, self._rows_of(doc_ids))
-        return [(float(s), int(i)) for s, i in zip(scores, rows)]
+            if rows is None:
+                return self._server_keyword_search(query_terms, k, doc_ids)
+            docs = set(self.doc_ids(rows.tolist())) & (doc_ids if doc_ids is not None else set(self.manifest.documents))
+            wanted = set(rows.tolist())
+            every = self._server_keyword_search(query_terms, len(self._rows_of(docs)), docs)
+            return [(s, r) for s, r in every if r in wanted][:k]
+        allowed = self._rows_of(doc_ids)
+        if rows is not None:
+            allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
+        scores, found = self._keyword_index().search(query_terms, k, allowed)
+        return [(float(s), int(i)) for s, i in zip(scores, found)]
 
     def rows_of(self, doc_ids: set[str]) -> np.ndarray:
         return self._rows_of(set(doc_ids))
