@@ -7,7 +7,7 @@ exclusions that must not.
     台湾 -"台北市"              → the hit does not hold the phrase 台北市 (a minus before quotes)
 
 The routes read the question without its quotes and exclusions; the phrases and exclusions
-become the question's scope, the chunks it may return (`scope_of`).
+decide which chunks it may return (indexer.engine's `_StoreView.scope`).
 """
 from __future__ import annotations
 
