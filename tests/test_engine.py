@@ -1,7 +1,6 @@
 """The engine on the real speech with the real model: chunks, updates, persistence, batch."""
 from __future__ import annotations
 
-import re
 import shutil
 import sqlite3
 
