@@ -483,6 +483,10 @@ def test_bm25_route_is_chosen_by_the_server_and_shown(tmp_path, monkeypatch):
         assert {c.chunk_id for _, c in got} == {c.chunk_id for _, c in want}
         np.testing.assert_allclose(scores, [s for s, _ in want], rtol=1e-5)  # the same BM25 (k1, b, scale)
     assert [c.doc_id for _, c in chunked(server, server.keyword_search(["苹果"], 10, doc_ids={"c"}))] == ["c", "c"]
+    some = np.array([0, 5, 6], np.int64)  # a phrase's scope: rows of a and c; the server filters by document
+    got, want = server.keyword_search(["苹果"], 10, rows=some), local.keyword_search(["苹果"], 10, rows=some)
+    assert {r for _, r in got} <= set(some.tolist()) and len(got) == 3
+    assert [c.chunk_id for _, c in chunked(server, got)] == [c.chunk_id for _, c in chunked(local, want)]
     assert server.keyword_search(["西瓜"], 10) == [] and server.keyword_search([], 10) == []
     assert server.vocabulary() == local.vocabulary()
     reopened = MilvusStore.load(location)  # the route is kept with the index; an add keeps it
@@ -555,7 +559,8 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
 def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_index, same):
     milvus = Engine(milvus_speech, encoder=same)
     local = Engine(speech_index, encoder=same)
-    queries = [label.query for label in _speech_labels()]
+    queries = [label.query for label in _speech_labels()] + [  # phrases and exclusions: Milvus reads the texts
+        '"党组织" 学校', '“三会一课”', '民办学校党组织 -民办', '党组织 -"民办学校"', '"党风廉政" -"廉洁"']
     for mode in ("hybrid", "bm25"):
         a, b = milvus.batch(queries, k=10, mode=mode), local.batch(queries, k=10, mode=mode)
         assert _ids(a) == _ids(b), mode
