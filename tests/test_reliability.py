@@ -258,6 +258,20 @@ def test_check_finds_nan_in_vectors_and_sentence_table(speech_index, tmp_path, c
     assert code == 0 and out
 
 
+def test_check_finds_records_that_disagree(speech_index, tmp_path, capsys):
+    """`check` compares the chunk records in SQL, in one pass over the live ones: a chunk id held
+    twice, a chunk of a document the index does not know, a document whose live chunks do not
+    match its record's count; each named with an example, in one line."""
+    path = tmp_path / "index"
+    shutil.copytree(speech_index, path)
+    _sql(path, "UPDATE chunks SET chunk_id = (SELECT chunk_id FROM chunks WHERE row = 0) WHERE row = 1")
+    _sql(path, "UPDATE chunks SET doc_id = 'ghost.txt' WHERE row = 2")
+    code, _, err = cli(capsys, "check", "--index", path)
+    one_line_error(code, err, "duplicate chunk ids ['speech.txt#0']")
+    assert "chunks of unknown documents ['ghost.txt']" in err
+    assert "chunk count disagrees with the manifest for ['speech.txt']" in err
+
+
 def test_missing_index_folder(tmp_path, capsys):
     for command in (["check"], ["search", QUESTION], ["info"], ["list"], ["remove", "x"], ["optimize"]):
         code, _, err = cli(capsys, *command, "--index", tmp_path / "none")

@@ -39,6 +39,19 @@ APPROX_ABOVE = 100_000  # auto: exact search below this many vectors in a segmen
 MERGE_FACTOR = 10  # this many segments of one size tier (a power of ten of live rows) are merged
 FOLDER_FORMAT = 2  # 1: one generation folder rewritten whole (indexer.store.legacy); 2: segments + records.db
 XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores: ~70 MB in float32 at 4 sentences a row
+# check's record checks in SQL, one statement reading the live chunks once: (what, an example) rows
+CHECK_SQL = """
+WITH live AS MATERIALIZED (SELECT chunk_id, doc_id FROM chunks c WHERE c.seg IN (SELECT seg FROM segments)
+                           AND NOT EXISTS (SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)),
+     counts AS MATERIALIZED (SELECT doc_id, count(*) AS n FROM live GROUP BY doc_id)
+SELECT * FROM (SELECT 'duplicate chunk ids', chunk_id FROM live GROUP BY chunk_id HAVING count(*) > 1 LIMIT 3)
+UNION ALL
+SELECT * FROM (SELECT 'chunks of unknown documents', doc_id FROM counts
+               WHERE doc_id NOT IN (SELECT doc_id FROM documents) LIMIT 3)
+UNION ALL
+SELECT * FROM (SELECT 'chunk count disagrees with the manifest for', d.doc_id FROM documents d
+               LEFT JOIN counts h USING (doc_id) WHERE coalesce(h.n, 0) != json_extract(d.record, '$.chunks') LIMIT 3)
+"""
 _SEG = re.compile(r"^seg-(\d{6,})$")
 
 
@@ -592,21 +605,10 @@ class FaissStore:
             if s.xl is not None:
                 out.extend(f"segment {s.seg}: {p}" for p in s.stored_table().problems(
                     len(s), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
-        live = ("FROM chunks c WHERE c.seg IN (SELECT seg FROM segments) AND NOT EXISTS "
-                "(SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)")
-        checks = {  # each in SQL: no record is parsed in Python
-            "duplicate chunk ids": f"SELECT chunk_id {live} GROUP BY chunk_id HAVING count(*) > 1 LIMIT 3",
-            "chunks of unknown documents": f"SELECT DISTINCT doc_id {live} AND doc_id NOT IN "
-                                           "(SELECT doc_id FROM documents) LIMIT 3",
-            "chunk count disagrees with the manifest for": (
-                f"SELECT d.doc_id FROM documents d LEFT JOIN (SELECT doc_id, count(*) AS n {live} GROUP BY doc_id) "
-                "h USING (doc_id) WHERE coalesce(h.n, 0) != json_extract(d.record, '$.chunks') LIMIT 3"),
-        }
-        for what, sql in checks.items():
-            found = [x for (x,) in self._records.query(sql)]
-            if found:
-                out.append(f"{what} {found}")
-        return out
+        found: dict[str, list[str]] = {}
+        for what, x in self._records.query(CHECK_SQL):
+            found.setdefault(what, []).append(x)
+        return out + [f"{what} {xs}" for what, xs in found.items()]
 
 
 def read_manifest(records: Records, path: Path) -> Manifest:
