@@ -501,13 +501,13 @@ def test_bm25_route_is_chosen_by_the_server_and_shown(tmp_path, monkeypatch):
 def test_server_bm25_hybrid_within_two_points_of_local(tmp_path, speech_index, shared_sets, same):
     """The server's own BM25 (milvus-lite 3.2, jieba analyzer) in hybrid search, against the folder
     index cut the same way (jieba words alone: the server's analyzer cannot fold scripts or add
-    bigrams), on the speech (Chinese and English questions) and CMRC 2018 trial: within 2 points."""
+    bigrams), on the speech (Chinese and English questions) and every other CMRC 2018 trial question: within 2 points."""
     cmrc, cmrc_labels = shared_sets("cmrc")
     jieba_only = {"user_terms": [], "analyzer": LEGACY.to_json()}
     folders = {"speech": speech_index, "cmrc": cmrc}
     cases = [("speech zh", "speech", read_labelled(DATA / "speech_qa_zh.jsonl")),
              ("speech en", "speech", read_labelled(DATA / "speech_qa_en.jsonl")),
-             ("cmrc", "cmrc", cmrc_labels)]
+             ("cmrc", "cmrc", cmrc_labels[::2])]  # 500 of 1,000: two engines evaluate each (test time)
     copied = {}
     for name, key, labels in cases:
         if key not in copied:
@@ -532,7 +532,7 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     """Exact dense search on Milvus (FLAT) returns the same top-10 chunks, with the same scores, as
     FAISS exact search for every question of the set; hybrid evaluation figures agree."""
     folder, labels = (speech_index, _speech_labels()) if name == "speech" else shared_sets(name)
-    labels = labels[::3] if name == "drcd" else labels  # 1,175 of DRCD's 3,524 questions: the test's longest part
+    labels = labels[::6] if name == "drcd" else labels  # 588 of DRCD's 3,524 questions: the suite's longest test
     location = loc(f"exact_{name}")
     copy_into(folder, location)
     local, milvus = FaissStore.load(folder), MilvusStore.load(location)
