@@ -249,33 +249,34 @@ class _StoreView:
         return Translator(self.store.vocabulary())
 
     def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None,
-              segmenter: Segmenter) -> tuple[frozenset[int] | None, frozenset[int]]:
+              segmenter: Segmenter) -> tuple[np.ndarray | None, frozenset[int]]:
         """(scope, excluded) of a question, comparing in the index's script (the segmenter's fold:
         a Simplified phrase finds its Traditional text). With phrases, the scope is the rows (of the
-        allowed ones; None: every live row) that hold them and none of its exclusions; with
-        exclusions alone, the scope is None and `excluded` the rows that hold an excluded word, so
-        the routes search as usual and drop those. Posting lists answer first: a two-character
-        phrase or word is held exactly by the rows indexed under it, and a longer phrase only by
-        rows indexed under all its bigrams (`phrase_terms`), so the texts read are those of the
-        candidates for what the lists cannot decide, never the index's."""
+        allowed ones; None: every live row) that hold them and none of its exclusions, ascending;
+        with exclusions alone, the scope is None and `excluded` the rows that hold an excluded word,
+        so the routes search as usual and drop those. Posting lists answer first: a two-character
+        phrase or word is held exactly by the rows indexed under it (`phrase_is_term`), and a longer
+        phrase only by rows indexed under all its bigrams (`phrase_terms`), so the texts read are
+        those of the candidates for what the lists cannot decide, never the index's."""
         if not parsed.constrained:
             return None, frozenset()
         fold, analyzer = segmenter.fold, segmenter.analyzer
         phrases, excluded = tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded))
         rows = self.store.live_rows() if allowed is None else allowed
-        exact = {x: self._held_exactly(rows, x, analyzer) for x in phrases + excluded}  # None: texts decide
-        unsure = ParsedQuery(parsed.text, tuple(p for p in phrases if exact[p] is None),
-                             tuple(x for x in excluded if exact[x] is None))
-        known_out = [exact[x] for x in excluded if exact[x] is not None]
+        held = {x: self._holding(rows, (x,), analyzer) for x in excluded}
+        known = [h for x, (h, told) in held.items() if told and phrase_is_term(x, analyzer)]
+        unsure_out = tuple(x for x in excluded if not (held[x][1] and phrase_is_term(x, analyzer)))
         if phrases:
-            suspects = self._holding(rows, phrases, analyzer)
-            for gone in known_out:
+            suspects, told = self._holding(rows, phrases, analyzer)
+            for gone in known:
                 suspects = np.setdiff1d(suspects, gone, assume_unique=True)
-            return frozenset(suspects.tolist()) - self._failing(suspects, unsure, fold), frozenset()
-        suspects = np.unique(np.concatenate([self._holding(rows, (x,), analyzer) for x in unsure.excluded] or
-                                            [np.zeros(0, np.int64)]))
-        known = frozenset(np.concatenate(known_out).tolist()) if known_out else frozenset()
-        return None, known | self._failing(suspects, unsure, fold)
+            unsure = ParsedQuery(parsed.text, tuple(p for p in phrases if not (told and phrase_is_term(p, analyzer))),
+                                 unsure_out)
+            failed = np.fromiter(self._failing(suspects, unsure, fold), np.int64)
+            return np.setdiff1d(suspects, failed, assume_unique=True), frozenset()
+        suspects = np.unique(np.concatenate([held[x][0] for x in unsure_out] or [np.zeros(0, np.int64)]))
+        gone = frozenset(np.concatenate(known).tolist()) if known else frozenset()
+        return None, gone | self._failing(suspects, ParsedQuery(parsed.text, (), unsure_out), fold)
 
     def _failing(self, rows: np.ndarray, wanted: ParsedQuery, fold: Callable[[str], str]) -> frozenset[int]:
         """Those of `rows` whose text does not hold `wanted` (its phrases, none of its exclusions):
@@ -285,20 +286,13 @@ class _StoreView:
         return frozenset(row for row, c in zip(rows.tolist(), self.store.chunks(rows.tolist()))
                          if not holds(self.folded(row, c.text, fold), wanted))
 
-    def _held_exactly(self, rows: np.ndarray, phrase: str, analyzer: Analyzer) -> np.ndarray | None:
-        """Those of `rows` that hold `phrase`, from its posting list alone (`phrase_is_term`); None
-        where the list cannot decide or the store cannot tell."""
-        if not phrase_is_term(phrase, analyzer):
-            return None
-        held = self.store.rows_with_terms(phrase_terms(phrase, analyzer))
-        return None if held is None else np.intersect1d(rows, held, assume_unique=True)
-
-    def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> np.ndarray:
-        """Those of `rows` indexed under every term that all holders of these phrases have (all
-        `rows` where there is no such term, or the store cannot tell)."""
+    def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> tuple[np.ndarray, bool]:
+        """Those of `rows` indexed under every term that all holders of these phrases have, and
+        whether the posting lists told (False: all `rows`, as there is no such term or the store
+        cannot tell)."""
         must = [t for p in phrases for t in phrase_terms(p, analyzer)]
         held = self.store.rows_with_terms(must) if must else None
-        return rows if held is None else np.intersect1d(rows, held, assume_unique=True)
+        return (rows, False) if held is None else (np.intersect1d(rows, held, assume_unique=True), True)
 
     def folded(self, row: int, original: str, fold: Callable[[str], str]) -> str:
         """Row `row`'s text in the index's script, folded once per loaded store. OpenCC's t2s

@@ -89,7 +89,7 @@ class QueryPlan:
     cross_lingual: bool = False
     use_vector: np.ndarray | None = None  # set when the USE route runs for this question
     vector: np.ndarray | None = None  # its e5 vector (not needed in bm25 mode)
-    scope: frozenset[int] | None = None  # the only rows it may return (quoted phrases)
+    scope: np.ndarray | None = None  # the only rows it may return, ascending (quoted phrases)
     excluded: frozenset[int] = frozenset()  # rows it must not return (exclusions alone: the few holding an excluded word)
 
 
@@ -185,7 +185,7 @@ class DenseRoute:
         found = self.store.search(np.stack([plans[i].vector for i in free]), n + more, self.allowed) if free else []
         scores = {i: {row: s for s, row in ranked if row not in plans[i].excluded} for i, ranked in zip(free, found)}
         scoped = [i for i, p in enumerate(plans) if p.scope is not None]
-        scores.update(zip(scoped, self.cosines([plans[i] for i in scoped], [sorted(plans[i].scope) for i in scoped])))
+        scores.update(zip(scoped, self.cosines([plans[i] for i in scoped], [plans[i].scope.tolist() for i in scoped])))
         return [sorted((self._rescored(p, scores[i]) if p.scope is None else scores[i]).items(),
                        key=lambda kv: -kv[1])[:n] for i, p in enumerate(plans)]
 
@@ -221,8 +221,7 @@ class KeywordRoute:
         if plan.scope is None:
             found = self.store.keyword_search(plan.terms, n + len(plan.excluded), self.allowed)
             return [(row, s) for s, row in found if row not in plan.excluded][:n]
-        scope = np.array(sorted(plan.scope), np.int64)  # within the allowed documents already
-        found = self.store.keyword_search(plan.terms, n, None, scope)
+        found = self.store.keyword_search(plan.terms, n, None, plan.scope)  # within the allowed documents already
         return [(row, s) for s, row in found]
 
 
@@ -239,7 +238,7 @@ class UseRoute:
         if not plans:
             return []
         allowed = self.store.live_rows() if self.allowed is None else self.allowed
-        within = [np.array(sorted(p.scope), np.int64) if p.scope is not None else
+        within = [p.scope if p.scope is not None else
                   np.setdiff1d(allowed, np.fromiter(p.excluded, np.int64), assume_unique=True) if p.excluded else
                   allowed for p in plans]
         found = use_search(np.stack([p.use_vector for p in plans]), self.store.sentence_tables(), n, within)
