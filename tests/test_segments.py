@@ -232,6 +232,28 @@ def test_segments_of_a_tier_are_merged(tmp_path, encoder, monkeypatch):
     assert {p.name for p in engine.path.glob("seg-*")} == live | retired  # older ones are gone
 
 
+def test_flat_segments_merge_into_one_approximate_segment_at_its_size(tmp_path, encoder, monkeypatch):
+    """Each question scans every flat segment whole: once together they hold as many live rows as
+    an approximate segment starts at, they are merged into one, below the tiers' own merges."""
+    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
+    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 12)
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    flat_rows = []
+    for path in _sections(tmp_path):
+        engine.add([path])
+        flat = [s for i, s in enumerate(engine.store._segments) if s.kind == "flat"]
+        flat_rows.append(sum(len(s) for s in flat))
+        assert len(flat) <= 1 or flat_rows[-1] < 12, flat_rows
+    kinds = [s.kind for s in engine.store._segments]
+    assert "ivf" in kinds and engine.check() == []
+    assert any(b < a for a, b in zip(flat_rows, flat_rows[1:]))  # the flat rows grew to the size, then merged
+    exact = Engine(tmp_path / "exact", encoder=encoder)
+    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10**9)
+    exact.build(_sections(tmp_path))
+    for x, y in zip(engine.query(QUESTIONS, k=5), exact.query(QUESTIONS, k=5)):
+        assert [h.chunk_id for h in x.hits] == [h.chunk_id for h in y.hits], x.query
+
+
 def test_format_one_index_is_refused_then_upgraded(tmp_path, encoder, capsys):
     """An index of the previous layout is never misread: it is refused with the command that
     converts it, and the conversion keeps every answer."""

@@ -8,7 +8,8 @@ what it changes, and a kill leaves the old commit or the new one. A search runs 
 segment and joins the results exactly: BM25 takes its statistics from all segments' live rows,
 exact (flat) dense search scores every live row, so scores do not depend on how the index is
 segmented (an approximate segment, IVF at 100k rows and more by default, is as exact as its index).
-Segments are merged when ten of one size tier pile up (`MERGE_FACTOR`), and all at once by
+Segments are merged when ten of one size tier pile up (`MERGE_FACTOR`), the flat ones into one
+approximate segment once together they reach its size (`APPROX_ABOVE`), and all at once by
 `optimize`. Rows are global: a segment's rows follow the previous segment's, deleted ones included.
 """
 from __future__ import annotations
@@ -525,16 +526,25 @@ class FaissStore:
     # ---------------------------------------------------------------- merges
 
     def _merge_tiers(self) -> None:
-        """Merge the segments of a size tier once MERGE_FACTOR of them are there (Lucene's log merge)."""
-        while True:
-            tiers: dict[int, list[int]] = {}
-            for i, s in enumerate(self._segments):
-                mask = self._live_mask(i)
-                tiers.setdefault(_tier(len(s) if mask is None else int(mask.sum())), []).append(i)
-            full = [members for _, members in sorted(tiers.items()) if len(members) >= MERGE_FACTOR]
-            if not full:
-                return
-            self.merge(full[0][:MERGE_FACTOR])
+        """Merge while `_next_merge` names segments to merge."""
+        while (positions := self._next_merge()) is not None:
+            self.merge(positions)
+
+    def _next_merge(self) -> list[int] | None:
+        """MERGE_FACTOR segments of one size tier (Lucene's log merge); else every exactly searched
+        segment, once together they hold enough rows for an approximate one: a question scans each
+        flat segment whole, so without this nine flat segments of 99k rows each (one tier) would
+        cost every question a scan of 891k vectors."""
+        live = [len(s) if (m := self._live_mask(i)) is None else int(m.sum()) for i, s in enumerate(self._segments)]
+        tiers: dict[int, list[int]] = {}
+        for i, rows in enumerate(live):
+            tiers.setdefault(_tier(rows), []).append(i)
+        full = [members for _, members in sorted(tiers.items()) if len(members) >= MERGE_FACTOR]
+        if full:
+            return full[0][:MERGE_FACTOR]
+        flat = [i for i, s in enumerate(self._segments) if s.kind == "flat"]
+        rows = sum(live[i] for i in flat)
+        return flat if len(flat) > 1 and choose_index_type(self.manifest.index_type, rows) != "flat" else None
 
     def optimize(self) -> int:
         """Merge every segment into one, dropping deleted rows; the number of segments merged."""
