@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 
+import faiss
 import numpy as np
 import pytest
 
@@ -214,6 +215,34 @@ def test_an_ivf_segment_answers_as_the_exact_one(segmented, tmp_path, encoder, m
     gone = ivf.search(QUESTIONS[0], k=1, mode="dense")[0].doc_id
     ivf.remove([gone])
     assert gone not in {h.doc_id for h in ivf.search(QUESTIONS[0], k=20, mode="dense")}
+    assert ivf.check() == []
+
+
+def test_a_merge_into_an_ivf_segment_keeps_its_centroids(segmented, tmp_path, encoder, monkeypatch):
+    """A merge whose biggest part is an IVF segment holding at least half the rows adds every row
+    to that segment's lists: no k-means, the same centroids, and answers still exact."""
+    from indexer.store import segment
+
+    many, one = segmented
+    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10)
+    shutil.copytree(many.path, tmp_path / "ivf")
+    ivf = Engine(tmp_path / "ivf", encoder=encoder)
+    ivf.optimize()  # the flat segments become one IVF segment, trained
+    before = faiss.downcast_index(ivf.store._segments[0].index.quantizer)
+    centroids = before.reconstruct_n(0, before.ntotal)
+    extra = tmp_path / "notice.txt"
+    extra.write_text("关于举办全市中小学生足球联赛的通知。比赛于五月举行，各校组队参加。", encoding="utf-8")
+    ivf.add([extra])
+    monkeypatch.setattr(segment, "_training_sample", lambda *a: pytest.fail("k-means ran again"))
+    ivf.optimize()
+    (merged,) = ivf.store._segments
+    after = faiss.downcast_index(merged.index.quantizer)
+    assert merged.kind == "ivf" and merged.index.ntotal == len(ivf.store)
+    np.testing.assert_array_equal(after.reconstruct_n(0, after.ntotal), centroids)
+    for x in ivf.query(QUESTIONS[:3], k=5, mode="dense"):  # Chinese: the dense route is e5's alone
+        got = [h.chunk_id for h in x.hits]
+        exact = ivf.store.search(ivf.encoder.encode_queries([x.query]), 5, exact=True)[0]
+        assert got == [c.chunk_id for c in ivf.store.chunks([r for _, r in exact])], x.query
     assert ivf.check() == []
 
 
