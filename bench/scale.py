@@ -44,6 +44,7 @@ EVAL = ROOT.parent / "shared" / "eval"
 POOL_SOURCES = ("drcd_dev_retrieval_simplified", "cmrc2018_trial_retrieval", "drcd_dev_retrieval_traditional")
 QUESTIONS = EVAL / "drcd_dev_retrieval_simplified" / "queries.jsonl"
 ENGLISH = "How should schools fight corruption?"  # with cross-lingual on: the USE route reads the sentence table
+RELOADS = 3  # adds per round, each followed by the page's first search: the figures are their medians
 POOL_SIZE = 3000
 CHUNKS_PER_DOC = 5
 PIECE_MIN, PIECE_MAX = 160, 300  # characters of a pool text: about a chunk of the engine's 256 tokens
@@ -217,23 +218,26 @@ def small_document(folder: Path, tag: str) -> Path:
     return path
 
 
-def reload_probe(index: Path, question: str, doc: Path) -> dict:
-    """What the page sees: an Engine that has answered (cold, then warm), a change committed by
-    another process, then the next search, which loads the new commit."""
+def reload_probe(index: Path, question: str, docs: list[Path]) -> dict:
+    """What the page sees: an Engine that has answered (cold, then warm), then for each document
+    a warm search, the document added by another process, and the next search, which loads the
+    new commit; the medians (one search each is at the mercy of a busy moment)."""
     from indexer.engine import Engine
 
     engine = Engine(index)
     engine.search(question)  # cold: the model and the index load
-    t = time.perf_counter()
-    before = engine.query([question], 5)[0].generation
-    out = {"warm_s": time.perf_counter() - t}
-    timed(cli("add", str(doc), "--index", str(index)))
-    t = time.perf_counter()
-    after = engine.query([question], 5)[0].generation
-    out["reload_s"] = time.perf_counter() - t
-    if after == before:
-        raise RuntimeError(f"{index}: the search after an add still answered from {before}")
-    return out
+    warm, reload = [], []
+    for doc in docs:
+        t = time.perf_counter()
+        before = engine.query([question], 5)[0].generation
+        warm.append(time.perf_counter() - t)
+        timed(cli("add", str(doc), "--index", str(index)))
+        t = time.perf_counter()
+        after = engine.query([question], 5)[0].generation
+        reload.append(time.perf_counter() - t)
+        if after == before:
+            raise RuntimeError(f"{index}: the search after an add still answered from {before}")
+    return {"warm_s": float(np.median(warm)), "reload_s": float(np.median(reload))}
 
 
 def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: str, optimize: bool = True,
@@ -256,7 +260,8 @@ def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: st
                                                                   allow_missing=True)
         finally:
             shutil.rmtree(copy, ignore_errors=True)
-    _, _, out = timed(child("reload", str(index), question, str(small_document(work, f"{tag}-reload"))))
+    docs = [str(small_document(work, f"{tag}-reload{i}")) for i in range(RELOADS)]
+    _, _, out = timed(child("reload", str(index), question, *docs))
     probe = json.loads(out.strip().splitlines()[-1])
     row["reload_s"], row["warm_s"] = probe["reload_s"], probe["warm_s"]
     return row
@@ -375,7 +380,7 @@ def print_scale(res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The child processes of this section: `build PATH N` (prints its record) and `reload INDEX
-    QUESTION FILE` (prints the page's timings), one JSON line each."""
+    QUESTION FILE…` (prints the page's timings), one JSON line each."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m bench.scale", description=main.__doc__)
@@ -389,12 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reload")
     p.add_argument("index", type=Path)
     p.add_argument("question")
-    p.add_argument("doc", type=Path)
+    p.add_argument("docs", type=Path, nargs="+")
     args = ap.parse_args(argv)
     if args.what == "build":
         result = build_stub(args.path, args.n, args.xl, args.seed, args.commit)
     else:
-        result = reload_probe(args.index, args.question, args.doc)
+        result = reload_probe(args.index, args.question, args.docs)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
