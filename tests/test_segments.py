@@ -219,12 +219,14 @@ def test_an_ivf_segment_answers_as_the_exact_one(segmented, tmp_path, encoder, m
 
 
 def test_a_merge_into_an_ivf_segment_keeps_its_centroids(segmented, tmp_path, encoder, monkeypatch):
-    """A merge whose biggest part is an IVF segment holding at least half the rows adds every row
-    to that segment's lists: no k-means, the same centroids, and answers still exact."""
+    """A merge whose biggest part is an IVF segment holding at least half the rows keeps that
+    segment's lists: no k-means, the same centroids, its rows in the lists they were in, and the
+    new rows in their nearest centroid's, as FAISS's own add would put them; answers still exact."""
     from indexer.store import segment
 
     many, one = segmented
     monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10)
+    monkeypatch.setattr(segment, "ivf_nlist", lambda n: 4)  # four lists of these ~25 rows, every one probed
     shutil.copytree(many.path, tmp_path / "ivf")
     ivf = Engine(tmp_path / "ivf", encoder=encoder)
     ivf.optimize()  # the flat segments become one IVF segment, trained
@@ -233,12 +235,16 @@ def test_a_merge_into_an_ivf_segment_keeps_its_centroids(segmented, tmp_path, en
     extra = tmp_path / "notice.txt"
     extra.write_text("关于举办全市中小学生足球联赛的通知。比赛于五月举行，各校组队参加。", encoding="utf-8")
     ivf.add([extra])
+    ivf.remove(["part2.txt"])  # deletion marks in the IVF segment: its kept rows shift
     monkeypatch.setattr(segment, "_training_sample", lambda *a: pytest.fail("k-means ran again"))
     ivf.optimize()
     (merged,) = ivf.store._segments
     after = faiss.downcast_index(merged.index.quantizer)
     assert merged.kind == "ivf" and merged.index.ntotal == len(ivf.store)
     np.testing.assert_array_equal(after.reconstruct_n(0, after.ntotal), centroids)
+    nearest = np.argmax(np.asarray(merged.vectors) @ centroids.T, axis=1)
+    np.testing.assert_array_equal(segment._row_lists(merged.index), nearest)
+    assert len(set(nearest.tolist())) > 1
     for x in ivf.query(QUESTIONS[:3], k=5, mode="dense"):  # Chinese: the dense route is e5's alone
         got = [h.chunk_id for h in x.hits]
         exact = ivf.store.search(ivf.encoder.encode_queries([x.query]), 5, exact=True)[0]

@@ -36,11 +36,12 @@ def ivf_nlist(n: int) -> int:
     return max(1, min(int(4 * np.sqrt(max(n, 1))), n // 39, 65_536))
 
 
-def build_faiss_index(vectors: np.ndarray, kind: str, centroids: np.ndarray | None = None) -> faiss.Index:
+def build_faiss_index(vectors: np.ndarray, kind: str, lists: tuple[np.ndarray, np.ndarray] | None = None) -> faiss.Index:
     """A FAISS inner-product index of `kind` over `vectors` (rows are ids). `vectors` may be a
     memory map: IVF trains on a sample of its rows and takes them a block at a time, so the
     rows are never copied whole (FAISS's Python layer would copy them into one array). IVF given
-    `centroids` (a merge's, from its biggest part) adds the rows to those lists and trains nothing."""
+    `lists` (a merge's: the centroids of its biggest part, and each row's list there or -1) trains
+    nothing and puts each row in its list, finding the nearest centroid only for rows without one."""
     n, dim = vectors.shape
     if kind == "flat" or n == 0:
         index = faiss.IndexFlatIP(dim)
@@ -51,21 +52,47 @@ def build_faiss_index(vectors: np.ndarray, kind: str, centroids: np.ndarray | No
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))  # one call: HNSW inserts level by level
         return index
     elif kind == "ivf":
-        nlist = ivf_nlist(n) if centroids is None else len(centroids)
+        nlist = ivf_nlist(n) if lists is None else len(lists[0])
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        if centroids is None:
+        if lists is None:
             index.cp.min_points_per_centroid = 1  # a small corpus gets one list; no "please provide 39 points" warning
             index.train(_training_sample(vectors, nlist * IVF_TRAIN_PER_LIST))
         else:  # an IVF is trained once its quantizer holds the centroids
-            quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
+            quantizer.add(np.ascontiguousarray(lists[0], dtype=np.float32))
             index.is_trained = True
         index.nprobe = min(nlist, IVF_NPROBE)
     else:
         raise StoreError(f"unknown index type {kind!r}")
     for start in range(0, n, BLOCK):
-        index.add(np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32))
+        block = np.ascontiguousarray(vectors[start:start + BLOCK], dtype=np.float32)
+        if lists is None:
+            index.add(block)
+        else:
+            _add_to_lists(index, block, start, lists[1][start:start + BLOCK])
     return index
+
+
+def _add_to_lists(index: faiss.IndexIVF, block: np.ndarray, start: int, assigned: np.ndarray) -> None:
+    """Add a block of rows (ids from `start`) to their IVF lists: `assigned`, or where it is -1
+    the nearest centroid, as `add` would find it."""
+    assigned = np.array(assigned, dtype=np.int64)
+    new = assigned < 0
+    if new.any():
+        assigned[new] = index.quantizer.search(block[new], 1)[1][:, 0]
+    ids = np.arange(start, start + len(block), dtype=np.int64)
+    index.add_core(len(block), faiss.swig_ptr(block), faiss.swig_ptr(ids), faiss.swig_ptr(assigned))
+
+
+def _row_lists(index: faiss.IndexIVF) -> np.ndarray:
+    """The IVF list of each row of an IVF index (its ids are its rows)."""
+    out = np.full(index.ntotal, -1, np.int64)
+    lists = index.invlists
+    for i in range(index.nlist):
+        size = lists.list_size(i)
+        if size:
+            out[faiss.rev_swig_ptr(lists.get_ids(i), size)] = i
+    return out
 
 
 def _training_sample(vectors: np.ndarray, size: int, seed: int = 1234) -> np.ndarray:
@@ -111,7 +138,7 @@ def merge_segments(folder: Path, parts: list[tuple["Segment", np.ndarray | None]
     live = [len(s) if m is None else int(m.sum()) for s, m in parts]
     dim = parts[0][0].vectors.shape[1]
     _write_vectors(folder, (piece for s, m in parts for _, piece in _live_blocks(s.vectors, m)), (sum(live), dim), kind,
-                   _kept_centroids(parts, live) if kind == "ivf" else None)
+                   _kept_lists(parts, live) if kind == "ivf" else None)
     _write_postings(folder, postings, vocabulary)
     xl = [s.xl for s, _ in parts]
     if all(x is not None for x in xl):
@@ -121,15 +148,21 @@ def merge_segments(folder: Path, parts: list[tuple["Segment", np.ndarray | None]
         _write_xl(folder, lambda name: _merged_table(parts, kept, live, name), sum(live), sentences, dense)
 
 
-def _kept_centroids(parts: list[tuple["Segment", np.ndarray | None]], live: list[int]) -> np.ndarray | None:
-    """The IVF centroids of the biggest part, where it is an IVF segment holding at least half the
-    merged rows: FAISS's "train once, then add" (k-means costs most of a merge: 9 of 14 s at 100k
-    rows). Its lists stay at least 0.7 of the merged size's own count (4√(n/2) of 4√n)."""
-    rows, biggest = max(zip(live, (s for s, _ in parts)), key=lambda t: t[0])
+def _kept_lists(parts: list[tuple["Segment", np.ndarray | None]], live: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The IVF lists of the biggest part, where it is an IVF segment holding at least half the
+    merged rows: its centroids, and each merged row's list (its rows keep theirs; -1 for the
+    others). FAISS's "train once, then add": k-means was 9 of 14 s of a merge at 100k rows, and
+    finding each row's list again most of the rest. The lists stay at least 0.7 of the merged
+    size's own count (4√(n/2) of 4√n)."""
+    rows, at = max((n, i) for i, n in enumerate(live))
+    (biggest, mask), base = parts[at], sum(live[:at])
     if biggest.kind != "ivf" or 2 * rows < sum(live):
         return None
     quantizer = faiss.downcast_index(biggest.index.quantizer)
-    return quantizer.reconstruct_n(0, quantizer.ntotal)
+    assigned = np.full(sum(live), -1, np.int64)
+    kept = _row_lists(faiss.extract_index_ivf(biggest.index))
+    assigned[base:base + rows] = kept if mask is None else kept[mask]
+    return quantizer.reconstruct_n(0, quantizer.ntotal), assigned
 
 
 def _live_blocks(array: np.ndarray, mask: np.ndarray | None) -> Iterator[tuple[int, np.ndarray]]:
@@ -171,10 +204,10 @@ def _save(path: Path, pieces: Iterable[np.ndarray], shape: tuple[int, ...], dtyp
 
 
 def _write_vectors(folder: Path, pieces: Iterable[np.ndarray], shape: tuple[int, int], kind: str,
-                   centroids: np.ndarray | None = None) -> None:
+                   lists: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     vectors = _save(folder / "vectors.npy", pieces, shape, np.float32)
     if kind != "flat":
-        faiss.write_index(build_faiss_index(vectors, kind, centroids), str(folder / "index.faiss"))
+        faiss.write_index(build_faiss_index(vectors, kind, lists), str(folder / "index.faiss"))
 
 
 def _write_postings(folder: Path, postings: Postings, vocabulary: list[str]) -> None:
