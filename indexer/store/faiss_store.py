@@ -53,6 +53,11 @@ UNION ALL
 SELECT * FROM (SELECT 'chunk count disagrees with the manifest for', d.doc_id FROM documents d
                LEFT JOIN counts h USING (doc_id) WHERE coalesce(h.n, 0) != json_extract(d.record, '$.chunks') LIMIT 3)
 """
+# a merge's records: a part's live chunk records, in row order, into the merged segment from row ?
+MOVE_SQL = """
+INSERT INTO chunks SELECT ?, ? + row_number() OVER (ORDER BY row) - 1, doc_id, chunk_id, record FROM chunks c
+WHERE seg = ? AND NOT EXISTS (SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)
+"""
 _SEG = re.compile(r"^seg-(\d{6,})$")
 
 
@@ -563,16 +568,13 @@ class FaissStore:
         vocabulary = [words[k] for k in postings.keys.tolist()]
         rows = sum(len(s) if m is None else int(m.sum()) for s, m in parts)
         seg = self._write_segment(rows, lambda folder, kind: merge_segments(folder, parts, postings, vocabulary, kind))
-        moves = []
-        for s, m in parts:
-            old = np.arange(len(s)) if m is None else np.flatnonzero(m)
-            moves += [(old_row, s.seg) for old_row in old.tolist()]
         with self._records.transaction() as db:
             gen = self._records.generation() + 1
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
-            db.executemany("INSERT INTO chunks SELECT ?, row_number, doc_id, chunk_id, record FROM "
-                           "(SELECT ? AS row_number, doc_id, chunk_id, record FROM chunks WHERE seg = ? AND row = ?)",
-                           ((seg[0], new, old_seg, old) for new, (old, old_seg) in enumerate(moves)))
+            base = 0
+            for s, m in parts:  # each part's live records, renumbered after the parts before it
+                db.execute(MOVE_SQL, [seg[0], base, s.seg])
+                base += len(s) if m is None else int(m.sum())
             for s, _ in parts:
                 db.execute("DELETE FROM segments WHERE seg = ?", [s.seg])
                 db.execute("DELETE FROM deleted WHERE seg = ?", [s.seg])
