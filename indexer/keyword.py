@@ -291,16 +291,17 @@ class Postings:
 
 
 def bm25(parts: list[tuple[Postings, np.ndarray | None]], terms: list[str], k1: float = 1.2,
-         b: float = 0.75) -> tuple[list[np.ndarray], float]:
-    """BM25 (Lucene's form, as bm25s computes it) of every row of every part for the query terms,
+         b: float = 0.75) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """BM25 (Lucene's form, as bm25s computes it) of the rows of every part for the query terms,
     repeats counted, with the statistics (rows, average length, document frequencies) of the live
     rows of all the parts together: a row scores the same however the index is split into
     segments. `parts`: each segment's postings and its live rows' mask (None: all live). Returns
-    each part's float32 scores (dead rows 0) and the query's ceiling, Σ idf of its known terms."""
+    per part the live rows that hold a query term (ascending) with their float32 scores, and the
+    query's ceiling, Σ idf of its known terms. Lengths are normalised only for the rows of the
+    query's posting lists."""
     keys = dict(zip(dict.fromkeys(t for t in terms if t), term_keys(dict.fromkeys(t for t in terms if t))))
     n = sum(len(p) if live is None else int(np.count_nonzero(live)) for p, live in parts)
-    total = sum(int(p.lengths.sum(dtype=np.int64)) if live is None else int(p.lengths[live].sum(dtype=np.int64))
-                for p, live in parts)
+    total = sum(int(p.lengths.sum(dtype=np.int64)) if live is None else int(p.lengths[live].sum(dtype=np.int64)) for p, live in parts)
     found: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
     df = dict.fromkeys(keys, 0)
     for p, live in parts:
@@ -318,12 +319,13 @@ def bm25(parts: list[tuple[Postings, np.ndarray | None]], terms: list[str], k1: 
     out = []
     for (p, _), got in zip(parts, found):
         scores = np.zeros(len(p), np.float32)
-        norm = np.float32(k1) * (np.float32(1 - b) + np.float32(b) * p.lengths.astype(np.float32) / np.float32(avg))
         for term in terms:
             if term in idf:
                 rows, tf = got[term]
-                scores[rows] += idf[term] * tf / (norm[rows] + tf)
-        out.append(scores)
+                norm = np.float32(k1) * (np.float32(1 - b) + np.float32(b) * p.lengths[rows].astype(np.float32) / np.float32(avg))
+                scores[rows] += idf[term] * tf / (norm + tf)
+        hit = np.flatnonzero(scores)  # every term's share is positive: the rows holding one
+        out.append((hit, scores[hit]))
     return out, float(sum(float(idf[t]) for t in terms if t in idf))
 
 
@@ -341,20 +343,24 @@ class KeywordIndex:
         weight a text matches, on the same 0–1 scale for every question."""
         return bm25([(self.postings, None)], query_terms, self.k1, self.b)[1]
 
-    def scores(self, query_terms: list[str]) -> np.ndarray:
-        """BM25 score of every row for the query terms (zeros when none is in the corpus)."""
-        return bm25([(self.postings, None)], query_terms, self.k1, self.b)[0][0]
-
     def search(self, query_terms: list[str], k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) with a positive score, best first, optionally within `rows`."""
-        return top_positive(self.scores(query_terms), k, rows)
+        ((hit, scores),), _ = bm25([(self.postings, None)], query_terms, self.k1, self.b)
+        return top_positive(hit, scores, k, rows)
 
 
-def top_positive(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (scores, rows) with a positive score, best first (ties: lower row first),
-    optionally only among `rows`."""
-    candidates = np.flatnonzero(scores > 0) if rows is None else rows[scores[rows] > 0]
-    if not len(candidates):
-        return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    top = candidates[np.lexsort((candidates, -scores[candidates]))[:k]]
-    return scores[top], top.astype(np.int64)
+def top_positive(rows: np.ndarray, scores: np.ndarray, k: int,
+                 within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (scores, rows) of scored rows (ascending) with a positive score, best first
+    (ties: lower row first), optionally only among the rows `within` (ascending). Only the
+    candidates at or above the k-th score are sorted (a common term's list is long)."""
+    keep = scores > 0
+    if within is not None:
+        at = np.minimum(np.searchsorted(within, rows), max(len(within) - 1, 0))
+        keep &= (within[at] == rows) if len(within) else False
+    rows, scores = rows[keep], scores[keep]
+    if len(rows) > k > 0:
+        pick = scores >= np.partition(scores, len(scores) - k)[len(scores) - k]
+        rows, scores = rows[pick], scores[pick]
+    top = np.lexsort((rows, -scores))[:k]
+    return scores[top], rows[top].astype(np.int64)

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, ROOT, whole_table
+from conftest import DATA, ROOT, SPEECH, whole_table
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
-from indexer.keyword import KeywordIndex, Segmenter
+from indexer.keyword import KeywordIndex, Postings, Segmenter, bm25, top_positive
 from indexer.search import rrf_fuse, score_fuse
 
 
@@ -84,6 +84,37 @@ def test_bm25_scores_rank_term_matches():
     assert set(rows.tolist()) == {0, 2} and np.all(np.diff(scores) <= 0)
     assert index.search(seg.terms("足球"), k=5)[1].size == 0
     assert index.search(seg.terms("主题党日"), k=5, rows=np.array([1]))[1].tolist() == [1]
+
+
+def test_bm25_over_segments_is_the_formula_over_the_live_rows():
+    """BM25 over two segments, one with deletion marks, scores exactly the live rows that hold a
+    query term, each as Lucene's formula computed over the live rows alone, and top_positive
+    ranks them (within a row set too) as a sort of every score would."""
+    seg = Segmenter()
+    terms = seg.terms_many([p for p in SPEECH.read_text(encoding="utf-8").split("\n") if p.strip()])
+    cut = len(terms) // 2
+    (a, _), (b, _) = Postings.build(terms[:cut]), Postings.build(terms[cut:])
+    live_b = np.ones(len(terms) - cut, bool)
+    live_b[[0, 3, 5]] = False
+    question = seg.terms("学校党组织要加强党风廉政建设，学校")
+    parts, ceiling = bm25([(a, None), (b, live_b)], question)
+    live = [t for i, t in enumerate(terms) if i < cut or live_b[i - cut]]
+    n, avg = len(live), np.mean([len(t) for t in live])
+    idf = {q: np.log1p((n - df + 0.5) / (df + 0.5)) for q in set(question) if (df := sum(q in t for t in live))}
+    want = {}
+    for i, t in enumerate(terms):
+        if (i < cut or live_b[i - cut]) and any(q in t for q in idf):
+            want[i] = sum(idf[q] * t.count(q) / (t.count(q) + 1.2 * (0.25 + 0.75 * len(t) / avg)) for q in question if q in idf)
+    rows = np.concatenate([parts[0][0], parts[1][0] + cut])
+    scores = np.concatenate([parts[0][1], parts[1][1]])
+    assert rows.tolist() == sorted(want) and len(want) > 10
+    np.testing.assert_allclose(scores, [want[r] for r in rows.tolist()], rtol=1e-5)
+    assert ceiling == pytest.approx(sum(idf[q] for q in question if q in idf), rel=1e-6)
+    within = np.arange(0, len(terms), 2)
+    for allowed in (None, within):
+        pool = rows if allowed is None else np.intersect1d(rows, allowed)
+        ranked = sorted(pool.tolist(), key=lambda r: (-scores[rows.tolist().index(r)], r))[:7]
+        assert top_positive(rows, scores, 7, allowed)[1].tolist() == ranked
 
 
 def test_hybrid_lifts_an_exact_term_question(speech_engine):

@@ -291,31 +291,33 @@ class FaissStore:
             out[pick] = self._segments[i].vectors[local[pick]]
         return out
 
-    def _bm25(self, terms: list[str]) -> tuple[np.ndarray, float]:
-        """Every row's BM25 for the terms (dead rows 0) and the ceiling; the last question's kept,
-        as the keyword route asks for both."""
+    def _bm25(self, terms: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+        """The live rows holding a query term (ascending), their BM25 and the ceiling; the last
+        question's kept, as the keyword route asks for both."""
         key = tuple(terms)
         if self._bm25_memo is None or self._bm25_memo[0] != key:
             analyzer = Analyzer.of(self.manifest.keyword)
             parts, ceiling = bm25([(s.postings, self._live_mask(i)) for i, s in enumerate(self._segments)],
                                   list(terms), analyzer.k1, analyzer.b)
-            self._bm25_memo = (key, np.concatenate(parts) if parts else np.zeros(0, np.float32), ceiling)
-        return self._bm25_memo[1], self._bm25_memo[2]
+            rows = np.concatenate([hit + base for (hit, _), base in zip(parts, self._bases.tolist())] or [np.zeros(0, np.int64)])
+            scores = np.concatenate([s for _, s in parts] or [np.zeros(0, np.float32)])
+            self._bm25_memo = (key, rows, scores, ceiling)
+        return self._bm25_memo[1:]
 
     def keyword_search(self, query_terms: list[str], k: int, doc_ids: set[str] | None = None,
                        rows: np.ndarray | None = None) -> list[tuple[float, int]]:
         """BM25 over every segment: the k best live rows with any query term (of these documents,
         and of these rows, ascending), best first."""
-        scores, _ = self._bm25(query_terms)
+        hit, scores, _ = self._bm25(query_terms)
         allowed = None if doc_ids is None else self.rows_of(doc_ids)
         if rows is not None:
             allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
-        top_s, top_r = top_positive(scores, k, allowed)
+        top_s, top_r = top_positive(hit, scores, k, allowed)
         return [(float(s), int(r)) for s, r in zip(top_s, top_r)]
 
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:
         """Σ idf of the query's terms over the live rows: BM25's ceiling (indexer.keyword.bm25)."""
-        return self._bm25(query_terms)[1]
+        return self._bm25(query_terms)[2]
 
     def vocabulary(self) -> frozenset[str]:
         """Every keyword term of the live rows (read from the segments' files on the first
