@@ -284,15 +284,53 @@ class PassageVectors:
         return out
 
 
+def inner_products(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """queries (float32 [q, d]) · table ([n, d])ᵀ, float32 [q, n]. A float16 table (the stored
+    sentence table: a segment's map, or Milvus's table in memory) is multiplied where it lies by
+    OpenVINO, which converts each row as it reads it: numpy would first copy the whole table into
+    float32, which took 5-8x the time of the product (300k sentences: 61 ms against 340-485 ms,
+    the same float32 results). numpy does the rest, and all of it where OpenVINO is missing."""
+    run = _f16_product() if table.dtype == np.float16 and len(table) and table.flags.writeable else None
+    if run is None:
+        return queries @ np.asarray(table, np.float32).T
+    return run(queries, table)
+
+
+@functools.cache
+def _f16_product() -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    """A compiled OpenVINO graph, queries · float32(table)ᵀ, run on the caller's arrays without a
+    copy (one inference request per thread); None without OpenVINO."""
+    try:
+        import openvino as ov
+        from openvino import opset13 as ops
+    except ImportError:
+        return None
+    table = ops.parameter([-1, -1], ov.Type.f16, name="table")
+    queries = ops.parameter([-1, -1], ov.Type.f32, name="queries")
+    product = ops.matmul(queries, ops.convert(table, ov.Type.f32), False, True)
+    compiled = ov.Core().compile_model(ov.Model([product], [table, queries]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})  # exact float32, never bf16
+    local = threading.local()
+
+    def run(q: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if not hasattr(local, "request"):
+            local.request = compiled.create_infer_request()
+        inputs = {0: ov.Tensor(np.ascontiguousarray(t), shared_memory=True),
+                  1: np.ascontiguousarray(q, dtype=np.float32)}
+        return np.array(local.request.infer(inputs, share_inputs=True)[0], dtype=np.float32)
+    return run
+
+
 def use_scores(query_vecs: np.ndarray, passages: PassageVectors, sentence_weight: float = SENTENCE_WEIGHT) -> np.ndarray:
     """Score of every passage for every query, float32 [q, n]:
     (1 - w)·cos(query, passage) + w·max over the passage's sentences of cos(query, sentence).
-    A passage without sentence vectors scores by its passage vector alone."""
+    A passage without sentence vectors scores by its passage vector alone. The vectors may be
+    float16, as stored (`inner_products`)."""
     q = np.asarray(query_vecs, dtype=np.float32)
-    chunk = q @ passages.chunks.T
+    chunk = inner_products(q, passages.chunks)
     if not len(passages.sentences) or sentence_weight == 0:
         return chunk
-    sent = q @ passages.sentences.T
+    sent = inner_products(q, passages.sentences)
     n = len(passages.chunks)
     counts = np.bincount(passages.owner, minlength=n)
     has = counts > 0

@@ -333,13 +333,13 @@ class FaissStore:
 
     def sentence_tables(self) -> Iterator[tuple[int, PassageVectors]]:
         """The sentence table in pieces of at most XL_BLOCK rows, (first row, its table), in row order
-        (deleted rows included, as rows are); nothing where the index keeps none. Each piece is read
-        from the segment's maps when it is reached, so the USE route holds one piece at a time."""
+        (deleted rows included, as rows are); nothing where the index keeps none. Each piece is a
+        slice of the segment's float16 maps, read where it lies when it is scored."""
         if not self.manifest.crosslingual:
             return
         for base, s in zip(self._bases.tolist(), self._segments):
             for start in range(0, len(s), XL_BLOCK):
-                yield base + start, s.passages(start, min(len(s), start + XL_BLOCK))
+                yield base + start, s.stored_table().rows(start, min(len(s), start + XL_BLOCK))
 
     def sentence_count(self) -> int:
         """How many sentences the sentence table holds (0 without one)."""

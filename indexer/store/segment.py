@@ -248,9 +248,9 @@ class Segment:
         if not folder.is_dir():
             raise StoreError(f"{where} is missing")
 
-        def load(name: str) -> np.ndarray:
+        def load(name: str, mode: str = "r") -> np.ndarray:
             try:  # a plain ndarray over the map: np.memmap's slicing costs ~80 µs a call in Python
-                return np.asarray(np.load(folder / name, mmap_mode="r"))
+                return np.asarray(np.load(folder / name, mmap_mode=mode))
             except FileNotFoundError:
                 raise StoreError(f"{where}: {name} is missing") from None
             except (ValueError, OSError, EOFError) as exc:
@@ -275,7 +275,10 @@ class Segment:
                 raise StoreError(f"{where}: index.faiss holds {index.ntotal} vectors but there are {rows} chunks")
         xl = None
         if crosslingual:
-            xl = {name: load(f"xl_{name}.npy") for name in XL_ARRAYS if name != "dense" or (folder / "xl_dense.npy").exists()}
+            # USE vectors copy-on-write: a writable map, which OpenVINO multiplies in place
+            # (crosslingual.inner_products); nothing ever writes to it
+            xl = {name: load(f"xl_{name}.npy", "c" if name in ("chunks", "sentences") else "r")
+                  for name in XL_ARRAYS if name != "dense" or (folder / "xl_dense.npy").exists()}
         return Segment(seg, folder, kind, vectors, postings, index, xl)
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None,
