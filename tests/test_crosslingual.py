@@ -13,6 +13,7 @@ from indexer.crosslingual import (
     Translator,
     USEEncoder,
     corpus_vocabulary,
+    inner_products,
     is_cross_lingual,
     sentence_spans,
     top_rows,
@@ -304,3 +305,28 @@ def test_answering_sentence_offsets_point_into_the_original_text(speech_index, e
                 total += 1
                 found += any(r in top.sentence or top.sentence in r for r in label.relevant)
         assert total >= 30 and found / total >= 0.8, (lang, found, total)
+
+
+def test_a_float16_table_is_multiplied_in_place_as_numpy_would(tmp_path, monkeypatch):
+    """The USE route's product over a stored float16 table: OpenVINO on the copy-on-write map (as a
+    segment opens it) gives numpy's float32 product of the converted table, for one question and
+    several; a read-only map and a float32 table take numpy's path, with the same result."""
+    from indexer import crosslingual
+
+    rng = np.random.default_rng(7)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731 - USE vectors are unit length
+    table = unit(rng.standard_normal((3000, USE_DIM))).astype(np.float16)
+    np.save(tmp_path / "t.npy", table)
+    queries = unit(rng.standard_normal((3, USE_DIM))).astype(np.float32)
+    want = queries @ table.astype(np.float32).T
+    fast, calls = crosslingual._f16_product(), []
+    assert fast is not None  # OpenVINO is installed
+    monkeypatch.setattr(crosslingual, "_f16_product", lambda: lambda q, t: calls.append(len(t)) or fast(q, t))
+    for mode in ("c", "r"):
+        mapped = np.load(tmp_path / "t.npy", mmap_mode=mode)
+        for q in (queries[:1], queries):
+            got = inner_products(q, mapped[100:2900])
+            assert got.dtype == np.float32 and got.shape == (len(q), 2800)
+            np.testing.assert_allclose(got, want[:len(q), 100:2900], atol=1e-6)  # float32, summed in another order
+    assert calls == [2800, 2800]  # OpenVINO read the copy-on-write map; the read-only one went to numpy
+    np.testing.assert_array_equal(inner_products(queries, table.astype(np.float32)), want)
