@@ -66,7 +66,8 @@ MEASURES = [("search_s", "search (cold): wall s"), ("search_rss_mib", "search (c
             ("check_s", "check: wall s"), ("check_rss_mib", "check: peak RSS MiB"),
             ("optimize_s", "optimize (a copy of the index): wall s"), ("optimize_rss_mib", "optimize: peak RSS MiB"),
             ("reload_s", "page: first search after an add, s"),
-            ("warm_s", "page: a search before it (no change), s")]
+            ("warm_s", "page: a search before it (no change), s"),
+            ("en_warm_s", "page: a question in English, warm, s")]
 
 
 # ---------------------------------------------------------------- the stub index
@@ -218,14 +219,19 @@ def small_document(folder: Path, tag: str) -> Path:
     return path
 
 
-def reload_probe(index: Path, question: str, docs: list[Path]) -> dict:
+def reload_probe(index: Path, question: str, docs: list[Path], english: str | None = None) -> dict:
     """What the page sees: an Engine that has answered (cold, then warm), then for each document
     a warm search, the document added by another process, and the next search, which loads the
-    new commit; the medians (one search each is at the mercy of a busy moment)."""
+    new commit; the medians (one search each is at the mercy of a busy moment). With `english`,
+    also that question warm (the USE route reads the whole sentence table each time)."""
     from indexer.engine import Engine
 
     engine = Engine(index)
     engine.search(question)  # cold: the model and the index load
+    out = {}
+    if english:
+        engine.query([english], 5)
+        out["en_warm_s"] = float(np.median([_seconds(lambda: engine.query([english], 5)) for _ in range(RELOADS)]))
     warm, reload = [], []
     for doc in docs:
         t = time.perf_counter()
@@ -237,7 +243,13 @@ def reload_probe(index: Path, question: str, docs: list[Path]) -> dict:
         reload.append(time.perf_counter() - t)
         if after == before:
             raise RuntimeError(f"{index}: the search after an add still answered from {before}")
-    return {"warm_s": float(np.median(warm)), "reload_s": float(np.median(reload))}
+    return {**out, "warm_s": float(np.median(warm)), "reload_s": float(np.median(reload))}
+
+
+def _seconds(call) -> float:
+    t = time.perf_counter()
+    call()
+    return time.perf_counter() - t
 
 
 def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: str, optimize: bool = True,
@@ -261,9 +273,8 @@ def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: st
         finally:
             shutil.rmtree(copy, ignore_errors=True)
     docs = [str(small_document(work, f"{tag}-reload{i}")) for i in range(RELOADS)]
-    _, _, out = timed(child("reload", str(index), question, *docs))
-    probe = json.loads(out.strip().splitlines()[-1])
-    row["reload_s"], row["warm_s"] = probe["reload_s"], probe["warm_s"]
+    _, _, out = timed(child("reload", str(index), question, *docs, *(["--english", ENGLISH] if english else [])))
+    row.update(json.loads(out.strip().splitlines()[-1]))
     return row
 
 
@@ -395,11 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("index", type=Path)
     p.add_argument("question")
     p.add_argument("docs", type=Path, nargs="+")
+    p.add_argument("--english")
     args = ap.parse_args(argv)
     if args.what == "build":
         result = build_stub(args.path, args.n, args.xl, args.seed, args.commit)
     else:
-        result = reload_probe(args.index, args.question, args.docs)
+        result = reload_probe(args.index, args.question, args.docs, args.english)
     print(json.dumps(result, ensure_ascii=False))
     return 0
 
