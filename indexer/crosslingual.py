@@ -286,8 +286,8 @@ class PassageVectors:
 
 def inner_products(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
     """queries (float32 [q, d]) · table ([n, d])ᵀ, float32 [q, n]. A float16 table (the stored
-    sentence table: a segment's map, or Milvus's table in memory) is multiplied where it lies by
-    OpenVINO, which converts each row as it reads it: numpy would first copy the whole table into
+    sentence table, a piece of a segment's map) is multiplied where it lies by OpenVINO, which
+    converts each row as it reads it: numpy would first copy the whole table into
     float32, which took 5-8x the time of the product (300k sentences: 61 ms against 340-485 ms,
     the same float32 results). numpy does the rest, and all of it where OpenVINO is missing."""
     run = _f16_product() if table.dtype == np.float16 and len(table) and table.flags.writeable else None

@@ -301,7 +301,8 @@ def bm25(parts: list[tuple[Postings, np.ndarray | None]], terms: list[str], k1: 
     query's posting lists."""
     keys = dict(zip(dict.fromkeys(t for t in terms if t), term_keys(dict.fromkeys(t for t in terms if t))))
     n = sum(len(p) if live is None else int(np.count_nonzero(live)) for p, live in parts)
-    total = sum(int(p.lengths.sum(dtype=np.int64)) if live is None else int(p.lengths[live].sum(dtype=np.int64)) for p, live in parts)
+    total = sum(int(p.lengths.sum(dtype=np.int64)) if live is None else int(p.lengths[live].sum(dtype=np.int64))
+                for p, live in parts)
     found: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
     df = dict.fromkeys(keys, 0)
     for p, live in parts:

@@ -315,8 +315,9 @@ class Segment:
         return text.split("\n") if text else []
 
     def passages(self, start: int = 0, stop: int | None = None) -> PassageVectors:
-        """The sentence table of rows start..stop-1 (default: all, which the USE route scores),
-        renumbered from 0, in float32; only those rows' slices of the maps are read."""
+        """The sentence table of rows start..stop-1 (default: all), renumbered from 0, in float32
+        (a document's rows for an update, one row's sentences); only those rows' slices of the
+        maps are read. The USE route scores the stored float16 maps (`stored_table`)."""
         stop = len(self) if stop is None else stop
         x, owner = self.xl, self.xl["owner"]
         a, b = int(np.searchsorted(owner, start, "left")), int(np.searchsorted(owner, stop - 1, "right"))
