@@ -310,12 +310,13 @@ def test_answering_sentence_offsets_point_into_the_original_text(speech_index, e
 def test_a_float16_table_is_multiplied_in_place_as_numpy_would(tmp_path, monkeypatch):
     """The USE route's product over a stored float16 table: OpenVINO on the copy-on-write map (as a
     segment opens it) gives numpy's float32 product of the converted table, for one question and
-    several; a read-only map and a float32 table take numpy's path, with the same result."""
+    several; a read-only map, a small table and a float32 table take numpy's path, with the same
+    result."""
     from indexer import crosslingual
 
     rng = np.random.default_rng(7)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731 - USE vectors are unit length
-    table = unit(rng.standard_normal((3000, USE_DIM))).astype(np.float16)
+    table = unit(rng.standard_normal((6000, USE_DIM))).astype(np.float16)
     np.save(tmp_path / "t.npy", table)
     queries = unit(rng.standard_normal((3, USE_DIM))).astype(np.float32)
     want = queries @ table.astype(np.float32).T
@@ -325,8 +326,11 @@ def test_a_float16_table_is_multiplied_in_place_as_numpy_would(tmp_path, monkeyp
     for mode in ("c", "r"):
         mapped = np.load(tmp_path / "t.npy", mmap_mode=mode)
         for q in (queries[:1], queries):
-            got = inner_products(q, mapped[100:2900])
-            assert got.dtype == np.float32 and got.shape == (len(q), 2800)
-            np.testing.assert_allclose(got, want[:len(q), 100:2900], atol=1e-6)  # float32, summed in another order
-    assert calls == [2800, 2800]  # OpenVINO read the copy-on-write map; the read-only one went to numpy
+            got = inner_products(q, mapped[100:5900])
+            assert got.dtype == np.float32 and got.shape == (len(q), 5800)
+            np.testing.assert_allclose(got, want[:len(q), 100:5900], atol=1e-6)  # float32, summed in another order
+    assert calls == [5800, 5800]  # OpenVINO read the copy-on-write map; the read-only one went to numpy
+    small = np.load(tmp_path / "t.npy", mmap_mode="c")[:100]  # below F16_PRODUCT_ROWS: numpy, no graph to compile
+    np.testing.assert_allclose(inner_products(queries, small), want[:, :100], atol=1e-6)
+    assert calls == [5800, 5800]
     np.testing.assert_array_equal(inner_products(queries, table.astype(np.float32)), want)
