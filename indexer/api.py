@@ -340,8 +340,10 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
         return await anyio.to_thread.run_sync(svc().remove, doc_id)
 
     @app.get("/info", dependencies=[read], summary="What the index holds and how it was built")
-    async def info() -> dict:
-        return await anyio.to_thread.run_sync(svc().reader.info)
+    async def info(recall: bool = False) -> dict:
+        """`recall=true` also measures the vector index's recall@10 against exact search (seconds on
+        a big index; left out by default, as clients poll /info for the generation)."""
+        return await anyio.to_thread.run_sync(svc().reader.info, recall)
 
     @app.get("/health", summary="Up, with the model loaded")
     async def health() -> dict:

@@ -157,6 +157,8 @@ def test_upload_list_search_and_remove_documents(api):
 def test_info_health_and_the_openapi_page(api):
     info = api.get("/info").json()
     assert info["documents"] >= 1 and info["chunks"] >= 22 and info["model"] == "multilingual-e5-small"
+    assert "recall@10_vs_exact" not in info  # measured only when asked: clients poll /info
+    assert api.get("/info", params={"recall": "true"}).json()["recall@10_vs_exact"] is None  # exact index
     assert api.get("/health").json() == {"status": "ok"}
     assert "swagger" in api.get("/docs").text.lower()
     paths = api.get("/openapi.json").json()["paths"]

@@ -108,6 +108,8 @@ def test_list_info_check(index):
     assert run("list", "--index", str(index)).stdout.startswith("speech.txt\t")
     info = json.loads(run("info", "--index", str(index), "--json").stdout)
     assert info["model"] == "multilingual-e5-small" and info["dim"] == 384 and info["documents"] == 1
+    assert "recall@10_vs_exact" not in info
+    assert run("info", "--index", str(index), "--recall").stdout.split("\n")[-2].split() == ["recall@10_vs_exact", "None"]
     assert run("check", "--index", str(index)).stdout.startswith("ok: ")
 
 
