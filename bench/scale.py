@@ -228,28 +228,28 @@ def reload_probe(index: Path, question: str, docs: list[Path], english: str | No
 
     engine = Engine(index)
     engine.search(question)  # cold: the model and the index load
+    generation = lambda q: engine.query([q], 5)[0].generation  # noqa: E731 - answer, and say from which commit
     out = {}
     if english:
-        engine.query([english], 5)
-        out["en_warm_s"] = float(np.median([_seconds(lambda: engine.query([english], 5)) for _ in range(RELOADS)]))
+        generation(english)
+        out["en_warm_s"] = float(np.median([_clocked(generation, english)[0] for _ in range(RELOADS)]))
     warm, reload = [], []
     for doc in docs:
-        t = time.perf_counter()
-        before = engine.query([question], 5)[0].generation
-        warm.append(time.perf_counter() - t)
+        seconds, before = _clocked(generation, question)
+        warm.append(seconds)
         timed(cli("add", str(doc), "--index", str(index)))
-        t = time.perf_counter()
-        after = engine.query([question], 5)[0].generation
-        reload.append(time.perf_counter() - t)
+        seconds, after = _clocked(generation, question)
+        reload.append(seconds)
         if after == before:
             raise RuntimeError(f"{index}: the search after an add still answered from {before}")
     return {**out, "warm_s": float(np.median(warm)), "reload_s": float(np.median(reload))}
 
 
-def _seconds(call) -> float:
+def _clocked(call, *args):
+    """(wall seconds, result) of one call."""
     t = time.perf_counter()
-    call()
-    return time.perf_counter() - t
+    result = call(*args)
+    return time.perf_counter() - t, result
 
 
 def run_commands(index: Path, question: str, work: Path, tag: str, remove_id: str, optimize: bool = True,

@@ -264,8 +264,9 @@ class _StoreView:
         phrases, excluded = tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded))
         rows = self.store.live_rows() if allowed is None else allowed
         held = {x: self._holding(rows, (x,), analyzer) for x in excluded}
-        known = [h for x, (h, told) in held.items() if told and phrase_is_term(x, analyzer)]
-        unsure_out = tuple(x for x in excluded if not (held[x][1] and phrase_is_term(x, analyzer)))
+        decided = {x: told and phrase_is_term(x, analyzer) for x, (_, told) in held.items()}  # the list alone tells
+        known = [held[x][0] for x in excluded if decided[x]]
+        unsure_out = tuple(x for x in excluded if not decided[x])
         if phrases:
             suspects, told = self._holding(rows, phrases, analyzer)
             for gone in known:

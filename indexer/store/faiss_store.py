@@ -39,7 +39,7 @@ LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another 
 APPROX_ABOVE = 100_000  # auto: exact search below this many vectors in a segment, IVF from there
 MERGE_FACTOR = 10  # this many segments of one size tier (a power of ten of live rows) are merged
 FOLDER_FORMAT = 2  # 1: one generation folder rewritten whole (indexer.store.legacy); 2: segments + records.db
-XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores: ~70 MB in float32 at 4 sentences a row
+XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores, in place (numpy's fallback: ~70 MB of float32)
 # check's record checks in SQL, one statement reading the live chunks once: (what, an example) rows
 CHECK_SQL = """
 WITH live AS MATERIALIZED (SELECT chunk_id, doc_id FROM chunks c WHERE c.seg IN (SELECT seg FROM segments)
