@@ -164,8 +164,8 @@ def test_missing_and_damaged_index(tmp_path, speech_index, encoder):
     broken = tmp_path / "broken"
     shutil.copytree(speech_index, broken)
     with sqlite3.connect(broken / "records.db") as db:
-        db.execute("DELETE FROM chunks WHERE row = (SELECT max(row) FROM chunks)")
-    with pytest.raises(StoreError, match="broken: segment 1 has 23 vectors but there are 22 chunks"):
+        db.execute("DELETE FROM chunks WHERE id = (SELECT max(id) FROM chunks)")
+    with pytest.raises(StoreError, match="broken: the segments hold 23 rows but there are 22 chunk records"):
         FaissStore.load(broken)
 
 

@@ -214,8 +214,9 @@ DAMAGES = {
     "missing segment": (lambda path: shutil.rmtree(path / "seg-000001"), "seg-000001 is missing"),
     "newer format": (_manifest_field("format_version", 99), "newer than this tool"),
     "other dimension": (_manifest_field("dim", 768), "expected (23, 768)"),
-    "lost chunk record": (lambda path: _sql(path, "DELETE FROM chunks WHERE row = 5"),
-                          "segment 1 has 23 vectors but there are 22 chunks"),
+    "lost chunk record": (lambda path: _sql(path, "DELETE FROM chunks WHERE id = 6"),
+                          "the segments hold 23 rows but there are 22 chunk records"),
+    "missing record ids": (lambda path: (path / "seg-000001" / "ids.npy").unlink(), "ids.npy is missing"),
     "no records": (lambda path: (path / "records.db").unlink(), "not an index folder"),
 }
 
@@ -259,15 +260,18 @@ def test_check_finds_nan_in_vectors_and_sentence_table(speech_index, tmp_path, c
 
 
 def test_check_finds_records_that_disagree(speech_index, tmp_path, capsys):
-    """`check` compares the chunk records in SQL, in one pass over the live ones: a chunk id held
-    twice, a chunk of a document the index does not know, a document whose live chunks do not
-    match its record's count; each named with an example, in one line."""
+    """`check` compares the chunk records in SQL, in one pass over the live ones: a live row whose
+    record is gone (here renumbered, so the counts still agree), a chunk id held twice, a chunk of
+    a document the index does not know, a document whose live chunks do not match its record's
+    count; each named with an example, in one line."""
     path = tmp_path / "index"
     shutil.copytree(speech_index, path)
-    _sql(path, "UPDATE chunks SET chunk_id = (SELECT chunk_id FROM chunks WHERE row = 0) WHERE row = 1")
-    _sql(path, "UPDATE chunks SET doc_id = 'ghost.txt' WHERE row = 2")
+    _sql(path, "UPDATE chunks SET chunk_id = (SELECT chunk_id FROM chunks WHERE id = 1) WHERE id = 2")
+    _sql(path, "UPDATE chunks SET doc_id = 'ghost.txt' WHERE id = 3")
+    _sql(path, "UPDATE chunks SET id = 999 WHERE id = 4")
     code, _, err = cli(capsys, "check", "--index", path)
     one_line_error(code, err, "duplicate chunk ids ['speech.txt#0']")
+    assert "live rows without a chunk record: [4]" in err
     assert "chunks of unknown documents ['ghost.txt']" in err
     assert "chunk count disagrees with the manifest for ['speech.txt']" in err
 

@@ -197,6 +197,52 @@ def test_a_write_adds_a_segment_and_marks_deletions(segmented, tmp_path, encoder
     assert "notice.txt" not in {h.doc_id for h in engine.search("足球联赛什么时候举行", k=20)}
 
 
+def test_a_merge_moves_no_record(segmented, tmp_path, encoder):
+    """Chunk records are keyed by a stable id: a merge writes its rows' ids and leaves every live
+    record where it is, byte for byte; the deleted rows' records wait one commit (a reader of the
+    previous one may still read them), then go."""
+    import sqlite3
+    from contextlib import closing
+
+    many, _ = segmented
+    shutil.copytree(many.path, tmp_path / "index")
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    store = engine.store
+    live = np.concatenate([s.ids[store._live_mask(i)] if store._live_mask(i) is not None else s.ids
+                           for i, s in enumerate(store._segments)])
+    dead = sorted(set(np.concatenate([s.ids for s in store._segments]).tolist()) - set(live.tolist()))
+
+    def records():
+        with closing(sqlite3.connect(engine.path / "records.db")) as db:
+            return dict(db.execute("SELECT id, record FROM chunks")), [i for (i,) in db.execute("SELECT id FROM dropped")]
+
+    before, _ = records()
+    assert dead and sorted(before) == sorted(live.tolist() + dead)
+    engine.optimize()
+    after, dropped = records()
+    np.testing.assert_array_equal(engine.store._segments[0].ids, live)  # the live rows' ids, in row order
+    assert after == before and sorted(dropped) == dead  # nothing copied; the deleted rows' records wait
+    notice = tmp_path / "notice.txt"
+    notice.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。", encoding="utf-8")
+    engine.add([notice])
+    after, dropped = records()
+    assert not dropped and {i: after[i] for i in live.tolist()} == {i: before[i] for i in live.tolist()}
+    assert not set(after) & set(dead) and min(set(after) - set(before)) > max(before)  # ids never return
+    assert engine.check() == []
+
+
+def test_rows_are_found_by_id_where_a_merge_left_them_out_of_order():
+    """A merge of segments that were not neighbours leaves a segment's ids out of order; rows are
+    still found by id."""
+    from indexer.store.segment import Segment
+
+    ids = np.array([40, 7, 12, 3, 41], np.int64)
+    seg = Segment(1, None, "flat", ids, np.zeros((5, 2), np.float32), None)
+    assert seg.rows_holding(np.array([3, 12, 41, 99])).tolist() == [2, 3, 4]
+    ascending = Segment(2, None, "flat", np.array([3, 7, 12], np.int64), np.zeros((3, 2), np.float32), None)
+    assert ascending.rows_holding(np.array([1, 7, 12])).tolist() == [1, 2]
+
+
 def test_an_ivf_segment_answers_as_the_exact_one(segmented, tmp_path, encoder, monkeypatch):
     """Merged into a segment big enough for IVF (the threshold lowered to this index's size), the
     index is memory-mapped IVF on disk, its k-means trained on a sample; with every list probed it
@@ -336,6 +382,52 @@ def _write_format_one(engine: Engine, folder) -> None:
     (gen / "terms.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in terms), encoding="utf-8")
     np.save(gen / "vectors.npy", store.vectors())
     (gen / "xl.npz").write_bytes(whole_table(store).to_bytes())
+
+
+def test_format_two_index_is_refused_then_upgraded(segmented, tmp_path, encoder, capsys):
+    """Format 2 kept chunk records keyed (segment, row), so every merge copied them. It is refused
+    with the command that converts it; the conversion, in place, gives every record a stable id and
+    every segment its ids.npy, and keeps every answer, deletion marks included."""
+    from indexer.cli import main
+
+    many, one = segmented
+    old = tmp_path / "old"
+    _write_format_two(many.path, old)
+    assert main(["search", QUESTIONS[0], "--index", str(old)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "format 2" in err and f"python -m indexer upgrade --index {old}" in err and len(err.splitlines()) == 1
+    assert main(["upgrade", "--index", str(old)]) == 0
+    assert "from format 2 to 3" in capsys.readouterr().out
+    upgraded = Engine(old, encoder=encoder)
+    assert upgraded.check() == []
+    for x, y in zip(upgraded.query(QUESTIONS, k=5), many.query(QUESTIONS, k=5)):
+        assert [(h.chunk_id, h.score) for h in x.hits] == [(h.chunk_id, h.score) for h in y.hits], x.query
+    upgraded.optimize()
+    for x, y in zip(upgraded.query(QUESTIONS, k=5), one.query(QUESTIONS, k=5)):
+        assert [(h.chunk_id, h.score) for h in x.hits] == [(h.chunk_id, h.score) for h in y.hits], x.query
+    assert main(["upgrade", "--index", str(old)]) != 0
+    assert "nothing to upgrade" in capsys.readouterr().err
+
+
+def _write_format_two(source, folder) -> None:
+    """A copy of an index as format 2 kept it: chunk records keyed (segment, row), no ids.npy."""
+    import sqlite3
+    from contextlib import closing
+
+    shutil.copytree(source, folder)
+    at = [(s.seg, row, i) for s in faiss_store.FaissStore.load(folder)._segments for row, i in enumerate(s.ids.tolist())]
+    with closing(sqlite3.connect(folder / "records.db")) as db, db:
+        db.execute("CREATE TABLE chunks_v2 (seg INTEGER NOT NULL, row INTEGER NOT NULL, doc_id TEXT NOT NULL, "
+                   "chunk_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (seg, row))")
+        db.execute("CREATE TEMP TABLE at_row (seg INTEGER, row INTEGER, id INTEGER)")
+        db.executemany("INSERT INTO at_row VALUES (?, ?, ?)", at)
+        db.execute("INSERT INTO chunks_v2 SELECT a.seg, a.row, c.doc_id, c.chunk_id, c.record FROM at_row a JOIN chunks c USING (id)")
+        for statement in ("DROP TABLE chunks", "DROP TABLE dropped", "ALTER TABLE chunks_v2 RENAME TO chunks",
+                          "CREATE INDEX chunks_by_doc ON chunks (doc_id)",
+                          "UPDATE meta SET value = json_set(value, '$.format_version', 2) WHERE key = 'manifest'"):
+            db.execute(statement)
+    for seg in {s for s, _, _ in at}:
+        (folder / f"seg-{seg:06d}" / "ids.npy").unlink()
 
 
 def test_build_streams_in_batches(tmp_path, encoder, monkeypatch):

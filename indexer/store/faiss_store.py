@@ -30,7 +30,7 @@ from ..errors import StoreError
 from ..keyword import Analyzer, Postings, bm25, term_keys, top_positive
 from .atomic import _fsync_dir, _fsync_tree, writer_lock
 from .base import DocRecord, Manifest, check_upsert, empty_table, now
-from .legacy import is_legacy, read_legacy
+from .legacy import is_legacy, read_legacy, stable_ids
 from .records import DB_FILE, DocTable, Records, chunk_json
 from .segment import Segment, merge_segments, write_segment
 
@@ -38,13 +38,16 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another writer
 APPROX_ABOVE = 100_000  # auto: exact search below this many vectors in a segment, IVF from there
 MERGE_FACTOR = 10  # this many segments of one size tier (a power of ten of live rows) are merged
-FOLDER_FORMAT = 2  # 1: one generation folder rewritten whole (indexer.store.legacy); 2: segments + records.db
+FOLDER_FORMAT = 3  # 1: one generation folder rewritten whole (indexer.store.legacy); 2: segments + records.db,
+# records keyed (segment, row); 3: records keyed by a stable id, each segment's rows mapped to ids (ids.npy)
 XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores, in place (numpy's fallback: ~70 MB of float32)
 # check's record checks in SQL, one statement reading the live chunks once: (what, an example) rows
 CHECK_SQL = """
-WITH live AS MATERIALIZED (SELECT chunk_id, doc_id FROM chunks c WHERE c.seg IN (SELECT seg FROM segments)
-                           AND NOT EXISTS (SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)),
+WITH ids AS MATERIALIZED (SELECT value AS id FROM json_each(?)),  -- the live rows' record ids
+     live AS MATERIALIZED (SELECT chunk_id, doc_id FROM ids JOIN chunks USING (id)),
      counts AS MATERIALIZED (SELECT doc_id, count(*) AS n FROM live GROUP BY doc_id)
+SELECT * FROM (SELECT 'live rows without a chunk record:', id FROM ids WHERE id NOT IN (SELECT id FROM chunks) LIMIT 3)
+UNION ALL
 SELECT * FROM (SELECT 'duplicate chunk ids', chunk_id FROM live GROUP BY chunk_id HAVING count(*) > 1 LIMIT 3)
 UNION ALL
 SELECT * FROM (SELECT 'chunks of unknown documents', doc_id FROM counts
@@ -52,11 +55,6 @@ SELECT * FROM (SELECT 'chunks of unknown documents', doc_id FROM counts
 UNION ALL
 SELECT * FROM (SELECT 'chunk count disagrees with the manifest for', d.doc_id FROM documents d
                LEFT JOIN counts h USING (doc_id) WHERE coalesce(h.n, 0) != json_extract(d.record, '$.chunks') LIMIT 3)
-"""
-# a merge's records: a part's live chunk records, in row order, into the merged segment from row ?
-MOVE_SQL = """
-INSERT INTO chunks SELECT ?, ? + row_number() OVER (ORDER BY row) - 1, doc_id, chunk_id, record FROM chunks c
-WHERE seg = ? AND NOT EXISTS (SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)
 """
 _SEG = re.compile(r"^seg-(\d{6,})$")
 
@@ -77,9 +75,9 @@ def _tier(rows: int) -> int:
     return len(str(max(rows, 1)))
 
 
-def _upgrade_hint(path: Path) -> str:
-    return (f"{path} is an index of format 1 (rewritten whole on every change); convert it once with "
-            f"`python -m indexer upgrade --index {path}`")
+def _upgrade_hint(path: Path, version: int) -> str:
+    what = {1: "rewritten whole on every change", 2: "its chunk records keyed by segment and row"}[version]
+    return f"{path} is an index of format {version} ({what}); convert it once with `python -m indexer upgrade --index {path}`"
 
 
 class FaissStore:
@@ -134,7 +132,7 @@ class FaissStore:
         if not path.is_dir():
             raise StoreError(f"no index at {path}: build one with `python -m indexer build PATHS --index {path}`")
         if not (path / DB_FILE).is_file():
-            raise StoreError(_upgrade_hint(path) if is_legacy(path) else f"{path} is not an index folder (no {DB_FILE})")
+            raise StoreError(_upgrade_hint(path, 1) if is_legacy(path) else f"{path} is not an index folder (no {DB_FILE})")
         records = Records(path / DB_FILE)
         store = cls(path, read_manifest(records, path), records)
         store._open()
@@ -156,10 +154,13 @@ class FaissStore:
             gen = self._records.generation()
             segments = self._records.segments()
             marks = self._records.deleted()
+            held = self._records.held()
         finally:
             db.execute("COMMIT")
-        self._segments = [already[seg] if seg in already and len(already[seg]) == rows else
-                          self._open_segment(seg, rows, kind, crosslingual) for seg, rows, kind in segments]
+        if held != (total := sum(rows for _, rows, _ in segments)):
+            raise StoreError(f"{self.path}: the segments hold {total} rows but there are {held} chunk records")
+        self._segments = [already[seg] if seg in already and len(already[seg]) == rows else Segment.open(
+            seg, self.path / f"seg-{seg:06d}", kind, rows, self.manifest.dim, crosslingual) for seg, rows, kind in segments]
         self._bases = np.cumsum([0] + [len(s) for s in self._segments]).astype(np.int64)
         self._dead = {}
         position = {s.seg: i for i, s in enumerate(self._segments)}
@@ -169,13 +170,6 @@ class FaissStore:
                 mask[row] = True
         self._live = self._bm25_memo = None
         self.generation = f"gen-{gen:06d}"
-
-    def _open_segment(self, seg: int, rows: int, kind: str, crosslingual: bool) -> Segment:
-        """Open a segment, checking that the records hold one chunk per vector."""
-        records = self._records.query("SELECT count(*) FROM chunks WHERE seg = ?", [seg])[0][0]
-        if records != rows:
-            raise StoreError(f"{self.path}: segment {seg} has {rows} vectors but there are {records} chunks")
-        return Segment.open(seg, self.path / f"seg-{seg:06d}", kind, rows, self.manifest.dim, crosslingual)
 
     def is_current(self) -> bool:
         """False once another process has committed a newer generation."""
@@ -211,9 +205,18 @@ class FaissStore:
         at = np.searchsorted(self._bases, rows, "right") - 1
         return at, rows - self._bases[at]
 
-    def _keys(self, rows: list[int]) -> list[tuple[int, int]]:
-        at, local = self._locate(np.asarray(rows, np.int64))
+    def _keys(self, rows: np.ndarray) -> list[tuple[int, int]]:
+        """(segment, local row) of global rows: deletion marks."""
+        at, local = self._locate(rows)
         return [(self._segments[a].seg, int(r)) for a, r in zip(at.tolist(), local.tolist())]
+
+    def _ids(self, rows: list[int]) -> list[int]:
+        """The chunk record ids of global rows."""
+        at, local = self._locate(np.asarray(rows, np.int64))
+        out = np.zeros(len(local), np.int64)
+        for i in set(at.tolist()):
+            out[at == i] = self._segments[i].ids[local[at == i]]
+        return out.tolist()
 
     def _live_mask(self, i: int) -> np.ndarray | None:
         dead = self._dead.get(self._segments[i].seg)
@@ -242,12 +245,15 @@ class FaissStore:
 
     def rows_of(self, doc_ids: set[str]) -> np.ndarray:
         """The live rows of these documents, ascending."""
-        position = {s.seg: i for i, s in enumerate(self._segments)}
-        keys = self._records.doc_keys(doc_ids) if self._records and doc_ids else []
-        return np.array(sorted(int(self._bases[position[s]]) + r for s, r in keys if s in position), np.int64)
+        ids = self._records.chunk_ids(doc_ids) if self._records and doc_ids else np.zeros(0, np.int64)
+        parts = [np.zeros(0, np.int64)]
+        for i, s in enumerate(self._segments):
+            rows, mask = s.rows_holding(ids), self._live_mask(i)
+            parts.append((rows if mask is None else rows[mask[rows]]) + self._bases[i])
+        return np.concatenate(parts)
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
-        return self._records.chunks(self._keys(rows)) if len(rows) else []
+        return self._records.chunks(self._ids(rows)) if len(rows) else []
 
     def doc_ids(self, rows: list[int]) -> list[str]:
         return [c.doc_id for c in self.chunks(rows)]
@@ -411,7 +417,7 @@ class FaissStore:
         drop = set(doc_ids)
         self._pending = [p for p in self._pending if p[0].doc_id not in drop]
         if self._records is not None and not self._replace:
-            self._marks.update(self._records.doc_keys(drop))
+            self._marks.update(self._keys(self.rows_of(drop)))
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
         self.manifest.updated = now()
@@ -424,12 +430,13 @@ class FaissStore:
         rows = [r for p in self._pending for r in zip(p[1], p[4])]
         if rows:
             vectors, xl = np.concatenate([p[2] for p in self._pending]), self._pending_xl()
+            ids = self._records.next_chunk_id() + np.arange(len(rows), dtype=np.int64)
             seg = self._write_segment(len(vectors), lambda folder, kind: write_segment(
-                folder, vectors, [t for _, t in rows], xl, kind))
+                folder, ids, vectors, [t for _, t in rows], xl, kind))
             self._written.append(seg[0])
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
-            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
-                           ((seg[0], row, c.doc_id, c.chunk_id, chunk_json(c)) for row, (c, _) in enumerate(rows)))
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)",
+                           ((i, c.doc_id, c.chunk_id, chunk_json(c)) for i, (c, _) in zip(ids.tolist(), rows)))
         db.executemany("INSERT OR IGNORE INTO deleted VALUES (?, ?)", sorted(self._marks))
         docs = self.manifest.documents
         db.executemany("DELETE FROM documents WHERE doc_id = ?", [(d,) for d, r in docs.pending.items() if r is None])
@@ -454,6 +461,7 @@ class FaissStore:
         if self._replace:
             gen = self._records.generation() + 1
             db.execute("INSERT OR REPLACE INTO retired SELECT seg, ? FROM segments", [gen])
+            db.execute("INSERT OR REPLACE INTO dropped SELECT id, ? FROM chunks", [gen])
             for table in ("segments", "documents", "deleted"):
                 db.execute(f"DELETE FROM {table}")
         return db
@@ -518,11 +526,11 @@ class FaissStore:
         self.manifest.documents = DocTable(self._records)
         self._open({s.seg: s for s in self._segments})
         gen = self._records.generation()
-        gone = [s for (s,) in self._records.query("SELECT seg FROM retired WHERE generation < ?", [gen])]
-        if gone:
+        if self._records.query("SELECT EXISTS (SELECT 1 FROM retired WHERE generation < ?)", [gen])[0][0]:
             with self._records.transaction() as db:
-                db.executemany("DELETE FROM chunks WHERE seg = ?", [(s,) for s in gone])
-                db.executemany("DELETE FROM retired WHERE seg = ?", [(s,) for s in gone])
+                db.execute("DELETE FROM chunks WHERE id IN (SELECT id FROM dropped WHERE generation < ?)", [gen])
+                for table in ("dropped", "retired"):
+                    db.execute(f"DELETE FROM {table} WHERE generation < ?", [gen])
         keep = {f"seg-{s:06d}" for (s,) in self._records.query("SELECT seg FROM segments UNION SELECT seg FROM retired")}
         for item in self.path.iterdir():
             stale = (_SEG.match(item.name) and item.name not in keep) or item.name.endswith(".tmp") or \
@@ -573,11 +581,9 @@ class FaissStore:
         with self._records.transaction() as db:
             gen = self._records.generation() + 1
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
-            base = 0
-            for s, m in parts:  # each part's live records, renumbered after the parts before it
-                db.execute(MOVE_SQL, [seg[0], base, s.seg])
-                base += len(s) if m is None else int(m.sum())
-            for s, _ in parts:
+            for s, m in parts:  # the live rows' records stay where they are; the deleted rows' go next commit
+                if m is not None:
+                    db.executemany("INSERT INTO dropped VALUES (?, ?)", ((i, gen) for i in s.ids[~m].tolist()))
                 db.execute("DELETE FROM segments WHERE seg = ?", [s.seg])
                 db.execute("DELETE FROM deleted WHERE seg = ?", [s.seg])
                 db.execute("INSERT OR REPLACE INTO retired VALUES (?, ?)", [s.seg, gen])
@@ -586,11 +592,20 @@ class FaissStore:
 
     @classmethod
     def upgrade(cls, path: Path) -> str:
-        """Convert a format-1 index at `path` into this format (its records into records.db, its
-        rows into one segment, its vectors unchanged) and say what was done. Call with the lock held."""
+        """Convert an index of an earlier format at `path` into this one and say what was done
+        (format 1: its records into records.db, its rows into one segment, its vectors unchanged;
+        format 2: in place, indexer.store.legacy.stable_ids). Call with the lock held."""
         path = Path(path)
         if (path / DB_FILE).is_file():
-            raise StoreError(f"{path} is already an index of format {FOLDER_FORMAT}; nothing to upgrade")
+            records = Records(path / DB_FILE)
+            version = read_manifest(records, path, upgrading=True).format_version
+            if version == FOLDER_FORMAT:
+                raise StoreError(f"{path} is already an index of format {FOLDER_FORMAT}; nothing to upgrade")
+            segments, chunks = stable_ids(path, records, FOLDER_FORMAT)
+            cls.load(path)._after_commit()  # the retired segments' folders go
+            return (f"upgraded {path} from format {version} to {FOLDER_FORMAT}: its {chunks} chunk records are keyed "
+                    f"by a stable id and each of its {segments} segments maps its rows to theirs (ids.npy), so a "
+                    "merge no longer copies records; vectors and postings unchanged")
         if not is_legacy(path):
             raise StoreError(f"no index at {path} to upgrade")
         manifest, chunks, texts, terms, vectors, xl = read_legacy(path)
@@ -619,13 +634,14 @@ class FaissStore:
             if s.xl is not None:
                 out.extend(f"segment {s.seg}: {p}" for p in s.stored_table().problems(
                     len(s), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
+        live = [s.ids if (m := self._live_mask(i)) is None else s.ids[m] for i, s in enumerate(self._segments)]
         found: dict[str, list[str]] = {}
-        for what, x in self._records.query(CHECK_SQL):
+        for what, x in self._records.query(CHECK_SQL, [json.dumps(np.concatenate(live or [[]]).tolist())]):
             found.setdefault(what, []).append(x)
         return out + [f"{what} {xs}" for what, xs in found.items()]
 
 
-def read_manifest(records: Records, path: Path) -> Manifest:
+def read_manifest(records: Records, path: Path, upgrading: bool = False) -> Manifest:
     """The manifest kept in the record database; refuse a newer format than this code knows."""
     raw = records.meta().get("manifest")
     if raw is None:
@@ -639,6 +655,8 @@ def read_manifest(records: Records, path: Path) -> Manifest:
     if not isinstance(version, int) or version > FOLDER_FORMAT:
         raise StoreError(f"{path}: index format version {version!r} is newer than this tool "
                          f"understands ({FOLDER_FORMAT}); upgrade the tool")
+    if version < FOLDER_FORMAT and not upgrading:
+        raise StoreError(_upgrade_hint(path, version))
     try:
         return Manifest.from_json({**data, "documents": {}})
     except TypeError as exc:

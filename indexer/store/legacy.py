@@ -1,12 +1,16 @@
-"""Reading an index of format 1 (one generation folder, rewritten whole on every change), for
-`python -m indexer upgrade` only: the store refuses to open one, so it is never silently misread.
+"""Indexes of earlier formats, for `python -m indexer upgrade` only: the store refuses to open
+one, so it is never silently misread.
 
 Format 1 kept, in DIR/gen-NNNNNN/ named by DIR/CURRENT: manifest.json, chunks.jsonl, texts.jsonl,
-terms.jsonl, vectors.npy, index.faiss and (with the cross-lingual table) xl.npz.
+terms.jsonl, vectors.npy, index.faiss and (with the cross-lingual table) xl.npz. It is read whole
+and written again as segments.
+Format 2 is format 3 with its chunk records keyed (segment, row), so that a merge copied them; it
+is converted in place (`stable_ids`): every record gets an id and every segment its ids.npy.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +18,9 @@ import numpy as np
 from ..chunking import Chunk
 from ..crosslingual import PassageVectors
 from ..errors import StoreError
+from .atomic import _fsync_dir
 from .base import Manifest
-from .records import chunk_from_json
+from .records import SCHEMA, Records, chunk_from_json
 
 CURRENT = "CURRENT"
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy")
@@ -48,3 +53,43 @@ def read_legacy(path: Path) -> tuple[Manifest, list[Chunk], dict[str, str], list
     if not len(chunks) == len(terms) == len(vectors):
         raise StoreError(f"{path}: the format-1 index's parts disagree; it cannot be upgraded")
     return manifest, chunks, texts, terms, vectors, xl
+
+
+def stable_ids(path: Path, records: Records, version: int) -> tuple[int, int]:
+    """Convert a format-2 folder index at `path` to `version` in place: (segments, chunk records).
+
+    Each live segment gets ids.npy first (the next ids in (segment, row) order; a format-2 reader
+    ignores the file), then one transaction renumbers the records, forgets the retired segments
+    and their records, and sets the format: a kill leaves format 2 whole, or format 3."""
+    segments = records.segments()
+    first = 1
+    for seg, rows, _ in segments:
+        folder = path / f"seg-{seg:06d}"
+        if not folder.is_dir():
+            raise StoreError(f"{path}: segment {folder.name} is missing; it cannot be upgraded")
+        tmp = folder / ".ids.npy.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.arange(first, first + rows, dtype=np.int64))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / "ids.npy")
+        _fsync_dir(folder)
+        first += rows
+    chunks_table = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS chunks"):SCHEMA.index("CREATE INDEX")]
+    with records.transaction() as db:
+        db.execute("ALTER TABLE chunks RENAME TO chunks_by_row")
+        db.execute("DROP INDEX IF EXISTS chunks_by_doc")
+        db.execute(chunks_table)
+        db.execute("INSERT INTO chunks SELECT row_number() OVER (ORDER BY seg, row), doc_id, chunk_id, record "
+                   "FROM chunks_by_row WHERE seg IN (SELECT seg FROM segments) ORDER BY seg, row")
+        db.execute("DROP TABLE chunks_by_row")
+        for statement in SCHEMA.split(";"):  # the index on documents and the new tables
+            if statement.strip():
+                db.execute(statement)
+        db.execute("DELETE FROM retired")
+        moved = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        if moved != first - 1:
+            raise StoreError(f"{path}: the segments hold {first - 1} rows but there are {moved} chunk records; "
+                             "it cannot be upgraded")
+        db.execute("UPDATE meta SET value = json_set(value, '$.format_version', ?) WHERE key = 'manifest'", [version])
+    return len(segments), moved

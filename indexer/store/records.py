@@ -6,14 +6,18 @@ It holds everything that is not a vector or a posting list, and it is the index'
     segments   the live segments, in order (their files are in the folder, seg-NNNNNN/)
     retired    segments merged away, kept one more commit for readers that are still opening them
     documents  one row per document: its record (hash, title, source, metadata) and its full text
-    chunks     one row per chunk of every segment, keyed (segment, row); rows are never rewritten.
-               A rowid table: in a WITHOUT ROWID one each ~1.7 KB record spills into an overflow
-               page of its own (bench/records.py: the file 42% larger, a page of hits 2.3x slower)
+    chunks     one row per chunk, keyed by a stable id that never changes or returns (AUTOINCREMENT);
+               each segment maps its rows to these ids (its ids.npy), so a merge writes the ids of
+               the rows it keeps and moves no record. A rowid table: in a WITHOUT ROWID one each
+               ~1.7 KB record spills into an overflow page of its own (bench/records.py: the file
+               42% larger, a page of hits 2.3x slower)
     deleted    deletion marks (segment, row): a removed or replaced document's old chunks
+    dropped    the records of deleted rows a merge left behind, removed one commit later
 Segments are immutable: a write adds one and marks deletions; the commit that names it is one
 SQLite transaction, so a kill leaves the old commit or the new one. Readers use WAL snapshots and
-never wait for a writer. Chunk records are read by (segment, row) when a hit needs them, so a
-search never loads the records of the whole index.
+never wait for a writer. Chunk records are read by id when a hit needs them, so a search never
+loads the records of the whole index. Every record is held by exactly one live segment's row or
+waits in `dropped`: opening checks those counts agree.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from ..chunking import Chunk
 from ..errors import StoreError
 from .base import DocRecord
@@ -35,10 +41,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS segments (seg INTEGER PRIMARY KEY, rows INTEGER NOT NULL, kind TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS retired (seg INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (doc_id TEXT PRIMARY KEY, record TEXT NOT NULL, text TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks (seg INTEGER NOT NULL, row INTEGER NOT NULL, doc_id TEXT NOT NULL,
-                                   chunk_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (seg, row));
+CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL,
+                                   chunk_id TEXT NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id);
 CREATE TABLE IF NOT EXISTS deleted (seg INTEGER NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (seg, row)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 """
 _CHUNK_FIELDS = ("chunk_id", "doc_id", "text", "start", "end", "position", "section_path", "paragraph")
 
@@ -115,31 +122,36 @@ class Records:
     def deleted(self) -> list[tuple[int, int]]:
         return self.query("SELECT seg, row FROM deleted")
 
-    def chunks(self, keys: list[tuple[int, int]]) -> list[Chunk]:
-        """The chunk records at these (segment, row) keys, in the order given."""
-        found: dict[tuple[int, int], Chunk] = {}
-        for seg in {s for s, _ in keys}:
-            rows = sorted({r for s, r in keys if s == seg})
-            for start in range(0, len(rows), 900):  # SQLite's limit on bound parameters
-                part = rows[start:start + 900]
-                for row, text in self.query(f"SELECT row, record FROM chunks WHERE seg = ? AND row IN "
-                                            f"({','.join('?' * len(part))})", [seg, *part]):
-                    found[seg, row] = chunk_from_json(text)
-        missing = [k for k in keys if k not in found]
+    def chunks(self, ids: list[int]) -> list[Chunk]:
+        """The chunk records of these ids, in the order given."""
+        found: dict[int, Chunk] = {}
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), 900):  # SQLite's limit on bound parameters
+            part = wanted[start:start + 900]
+            found.update((i, chunk_from_json(text)) for i, text in self.query(
+                f"SELECT id, record FROM chunks WHERE id IN ({','.join('?' * len(part))})", part))
+        missing = [i for i in ids if i not in found]
         if missing:
-            raise StoreError(f"{self.path.parent}: no chunk record at segment {missing[0][0]}, row {missing[0][1]}")
-        return [found[k] for k in keys]
+            raise StoreError(f"{self.path.parent}: no chunk record with id {missing[0]}")
+        return [found[i] for i in ids]
 
-    def doc_keys(self, doc_ids: Iterable[str]) -> list[tuple[int, int]]:
-        """(segment, row) of the live chunks of these documents."""
-        ids = sorted(set(doc_ids))
-        out: list[tuple[int, int]] = []
-        for start in range(0, len(ids), 900):
-            part = ids[start:start + 900]
-            out += self.query(f"SELECT c.seg, c.row FROM chunks c WHERE c.doc_id IN ({','.join('?' * len(part))}) "
-                              "AND c.seg IN (SELECT seg FROM segments) AND NOT EXISTS "
-                              "(SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)", part)
-        return sorted(out)
+    def chunk_ids(self, doc_ids: Iterable[str]) -> np.ndarray:
+        """The ids of every chunk record of these documents (the segments tell which are live)."""
+        docs = sorted(set(doc_ids))
+        out: list[int] = []
+        for start in range(0, len(docs), 900):
+            part = docs[start:start + 900]
+            out += [i for (i,) in self.query(f"SELECT id FROM chunks WHERE doc_id IN ({','.join('?' * len(part))})", part)]
+        return np.array(sorted(out), np.int64)
+
+    def next_chunk_id(self) -> int:
+        """The id the next chunk record gets: ids are never reused, even after their record is gone."""
+        got = self.query("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'")
+        return (got[0][0] if got else 0) + 1
+
+    def held(self) -> int:
+        """How many chunk records a live segment should hold: all but those waiting in `dropped`."""
+        return self.query("SELECT (SELECT count(*) FROM chunks) - (SELECT count(*) FROM dropped)")[0][0]
 
 
 class DocTable(Mapping):

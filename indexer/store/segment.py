@@ -3,6 +3,7 @@ table of the chunks one write added (or one merge joined).
 
 Files of seg-NNNNNN/ (every array a .npy, memory-mapped on open, never copied):
     vectors.npy            float32 [rows, dim], L2-normalised
+    ids.npy                int64 [rows]: each row's chunk record id (indexer.store.records)
     index.faiss            only for an approximate kind (hnsw, ivf); a flat segment is searched
                            exactly from vectors.npy
     keys.npy starts.npy rows.npy tf.npy lengths.npy vocabulary.txt   the postings (indexer.keyword)
@@ -117,11 +118,12 @@ def _search_params(index: faiss.Index, rows: np.ndarray | None, dead: np.ndarray
     return faiss.SearchParameters(sel=sel)
 
 
-def write_segment(folder: Path, vectors: np.ndarray, terms: list[list[str]], xl: PassageVectors | None,
-                  kind: str) -> None:
+def write_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray, terms: list[list[str]],
+                  xl: PassageVectors | None, kind: str) -> None:
     """Write the segment of one commit's new rows into `folder` (the caller makes it live by
-    committing it): their vectors, each row's keyword terms, their sentence table."""
+    committing it): their record ids, vectors, each row's keyword terms, their sentence table."""
     folder.mkdir(parents=True)
+    _save(folder / "ids.npy", [ids], (len(ids),), np.int64)
     _write_vectors(folder, [vectors], vectors.shape, kind)
     _write_postings(folder, *Postings.build(terms))
     if xl is not None:
@@ -137,6 +139,7 @@ def merge_segments(folder: Path, parts: list[tuple["Segment", np.ndarray | None]
     folder.mkdir(parents=True)
     live = [len(s) if m is None else int(m.sum()) for s, m in parts]
     dim = parts[0][0].vectors.shape[1]
+    _save(folder / "ids.npy", (piece for s, m in parts for _, piece in _live_blocks(s.ids, m)), (sum(live),), np.int64)
     _write_vectors(folder, (piece for s, m in parts for _, piece in _live_blocks(s.vectors, m)), (sum(live), dim), kind,
                    _kept_lists(parts, live) if kind == "ivf" else None)
     _write_postings(folder, postings, vocabulary)
@@ -233,13 +236,28 @@ class Segment:
     seg: int
     folder: Path
     kind: str
+    ids: np.ndarray
     vectors: np.ndarray
     postings: Postings
     index: faiss.Index | None = None
     xl: dict[str, np.ndarray] | None = None
+    _lookup: tuple[np.ndarray, np.ndarray | None] | None = None  # (ids ascending, their rows or None: in order)
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    def rows_holding(self, ids: np.ndarray) -> np.ndarray:
+        """The rows (ascending) whose record id is among `ids`: a binary search in the ids, which
+        ascend in every written segment and most merged ones (else in a sorted copy, made once)."""
+        if self._lookup is None:
+            ascending = bool(np.all(self.ids[1:] > self.ids[:-1]))
+            order = None if ascending else np.argsort(self.ids)
+            self._lookup = (self.ids, None) if ascending else (self.ids[order], order)
+        keys, order = self._lookup
+        at = np.searchsorted(keys, ids)
+        hit = at < len(keys)
+        at = at[hit][keys[at[hit]] == np.asarray(ids)[hit]]
+        return np.sort(at if order is None else order[at])
 
     @staticmethod
     def open(seg: int, folder: Path, kind: str, rows: int, dim: int, crosslingual: bool) -> "Segment":
@@ -259,6 +277,9 @@ class Segment:
         vectors = load("vectors.npy")
         if vectors.shape != (rows, dim) or vectors.dtype != np.float32:
             raise StoreError(f"{where}: vectors.npy is {vectors.shape}, expected ({rows}, {dim})")
+        ids = load("ids.npy")
+        if ids.shape != (rows,) or ids.dtype != np.int64:
+            raise StoreError(f"{where}: ids.npy is {ids.shape}, expected ({rows},)")
         if not (folder / "vocabulary.txt").is_file():
             raise StoreError(f"{where}: vocabulary.txt is missing")
         postings = Postings(*(load(f"{name}.npy") for name in POSTING_ARRAYS))
@@ -279,7 +300,7 @@ class Segment:
             # (crosslingual.inner_products); nothing ever writes to it
             xl = {name: load(f"xl_{name}.npy", "c" if name in ("chunks", "sentences") else "r")
                   for name in XL_ARRAYS if name != "dense" or (folder / "xl_dense.npy").exists()}
-        return Segment(seg, folder, kind, vectors, postings, index, xl)
+        return Segment(seg, folder, kind, ids, vectors, postings, index, xl)
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None,
                dead: np.ndarray | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
