@@ -346,7 +346,13 @@ def use_scores(query_vecs: np.ndarray, passages: PassageVectors, sentence_weight
 
 
 def all_finite(array: np.ndarray, block: int = 65_536) -> bool:
-    """No NaN or infinity in `array`, read `block` rows at a time (a memory map is never copied whole)."""
+    """No NaN or infinity in `array`, read `block` rows at a time (a memory map is never copied whole).
+    A float16 array is read as its bits: NaN and infinity are the values whose exponent bits are all
+    set, so the largest magnitude (bits & 0x7FFF) tells, in a third of np.isfinite's time (its float16
+    loop is not vectorised: 0.12 s against 0.35 s for 300k sentences)."""
+    if array.dtype == np.float16:
+        return all(int(np.bitwise_and(array[i:i + block].view(np.uint16), 0x7FFF).max(initial=0)) < 0x7C00
+                   for i in range(0, len(array), block))
     return all(np.isfinite(array[i:i + block]).all() for i in range(0, len(array), block))
 
 

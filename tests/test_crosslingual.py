@@ -334,3 +334,16 @@ def test_a_float16_table_is_multiplied_in_place_as_numpy_would(tmp_path, monkeyp
     np.testing.assert_allclose(inner_products(queries, small), want[:, :100], atol=1e-6)
     assert calls == [5800, 5800]
     np.testing.assert_array_equal(inner_products(queries, table.astype(np.float32)), want)
+
+
+@pytest.mark.parametrize("value,finite", [(np.inf, False), (-np.inf, False), (np.nan, False), (65504.0, True),
+                                          (-65504.0, True), (6e-8, True), (-0.0, True)])
+def test_all_finite_reads_float16_by_its_bits(value, finite):
+    """`check` reads the float16 sentence table by its bits: every NaN and infinity (either sign)
+    is found, in any block, and the largest and smallest finite values pass."""
+    from indexer.crosslingual import all_finite
+
+    table = np.ones((70_000, 4), np.float16)
+    table[66_000, 3] = value  # in the second block
+    assert all_finite(table, block=65_536) is finite
+    assert all_finite(table.astype(np.float32)) is finite
