@@ -260,10 +260,10 @@ def test_check_finds_nan_in_vectors_and_sentence_table(speech_index, tmp_path, c
 
 
 def test_check_finds_records_that_disagree(speech_index, tmp_path, capsys):
-    """`check` compares the chunk records in SQL, in one pass over the live ones: a live row whose
-    record is gone (here renumbered, so the counts still agree), a chunk id held twice, a chunk of
-    a document the index does not know, a document whose live chunks do not match its record's
-    count; each named with an example, in one line."""
+    """`check` compares the chunk records with the segments' rows (a row whose record is gone, here
+    renumbered so that the counts still agree) and, in SQL, in one pass over the live ones: a chunk
+    id held twice, a chunk of a document the index does not know, a document whose live chunks do
+    not match its record's count; each named with an example, in one line."""
     path = tmp_path / "index"
     shutil.copytree(speech_index, path)
     _sql(path, "UPDATE chunks SET chunk_id = (SELECT chunk_id FROM chunks WHERE id = 1) WHERE id = 2")
@@ -271,7 +271,7 @@ def test_check_finds_records_that_disagree(speech_index, tmp_path, capsys):
     _sql(path, "UPDATE chunks SET id = 999 WHERE id = 4")
     code, _, err = cli(capsys, "check", "--index", path)
     one_line_error(code, err, "duplicate chunk ids ['speech.txt#0']")
-    assert "live rows without a chunk record: [4]" in err
+    assert "rows without a chunk record [4]" in err and "chunk records no row holds [999]" in err
     assert "chunks of unknown documents ['ghost.txt']" in err
     assert "chunk count disagrees with the manifest for ['speech.txt']" in err
 

@@ -43,11 +43,9 @@ FOLDER_FORMAT = 3  # 1: one generation folder rewritten whole (indexer.store.leg
 XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores, in place (numpy's fallback: ~70 MB of float32)
 # check's record checks in SQL, one statement reading the live chunks once: (what, an example) rows
 CHECK_SQL = """
-WITH ids AS MATERIALIZED (SELECT value AS id FROM json_each(?)),  -- the live rows' record ids
-     live AS MATERIALIZED (SELECT chunk_id, doc_id FROM ids JOIN chunks USING (id)),
+WITH live AS MATERIALIZED (SELECT chunk_id, doc_id FROM chunks WHERE id NOT IN (SELECT id FROM dropped)
+                           AND id NOT IN (SELECT value FROM json_each(?))),  -- ? the deleted rows' ids
      counts AS MATERIALIZED (SELECT doc_id, count(*) AS n FROM live GROUP BY doc_id)
-SELECT * FROM (SELECT 'live rows without a chunk record:', id FROM ids WHERE id NOT IN (SELECT id FROM chunks) LIMIT 3)
-UNION ALL
 SELECT * FROM (SELECT 'duplicate chunk ids', chunk_id FROM live GROUP BY chunk_id HAVING count(*) > 1 LIMIT 3)
 UNION ALL
 SELECT * FROM (SELECT 'chunks of unknown documents', doc_id FROM counts
@@ -634,9 +632,18 @@ class FaissStore:
             if s.xl is not None:
                 out.extend(f"segment {s.seg}: {p}" for p in s.stored_table().problems(
                     len(s), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
-        live = [s.ids if (m := self._live_mask(i)) is None else s.ids[m] for i, s in enumerate(self._segments)]
+        # every record not waiting in `dropped` is held by exactly one row (compared in numpy: SQLite
+        # would look each id up in the table's pages, 1.7 KB records among them)
+        held = np.sort(np.concatenate([s.ids for s in self._segments] or [np.zeros(0, np.int64)]))
+        stored = np.sort(np.array(json.loads(self._records.query(
+            "SELECT json_group_array(id) FROM chunks WHERE id NOT IN (SELECT id FROM dropped)")[0][0]), np.int64))
+        if not np.array_equal(held, stored):
+            for what, ids in (("rows without a chunk record", np.setdiff1d(held, stored)),
+                              ("chunk records no row holds", np.setdiff1d(stored, held))):
+                out += [f"{what} {ids[:3].tolist()}"] if len(ids) else []
+        dead = [s.ids[~m] for i, s in enumerate(self._segments) if (m := self._live_mask(i)) is not None]
         found: dict[str, list[str]] = {}
-        for what, x in self._records.query(CHECK_SQL, [json.dumps(np.concatenate(live or [[]]).tolist())]):
+        for what, x in self._records.query(CHECK_SQL, [json.dumps(np.concatenate(dead or [[]]).tolist())]):
             found.setdefault(what, []).append(x)
         return out + [f"{what} {xs}" for what, xs in found.items()]
 
