@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS retired (seg INTEGER PRIMARY KEY, generation INTEGER 
 CREATE TABLE IF NOT EXISTS documents (doc_id TEXT PRIMARY KEY, record TEXT NOT NULL, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL,
                                    chunk_id TEXT NOT NULL, record TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, chunk_id);  -- covers check's scan of the live chunks
 CREATE TABLE IF NOT EXISTS deleted (seg INTEGER NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (seg, row)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dropped (id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);
 """
