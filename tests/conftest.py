@@ -63,6 +63,29 @@ def speech_engine(speech_index, encoder, tmp_path):
 START_TIMEOUT = 180  # seconds: a server imports torch and loads the model before it answers
 
 
+def write_format_two(source: Path, folder: Path) -> None:
+    """A copy of an index as format 2 kept it: chunk records keyed (segment, row), no ids.npy."""
+    import sqlite3
+    from contextlib import closing
+
+    from indexer.store import faiss_store
+
+    shutil.copytree(source, folder)
+    at = [(s.seg, row, i) for s in faiss_store.FaissStore.load(folder)._segments for row, i in enumerate(s.ids.tolist())]
+    with closing(sqlite3.connect(folder / "records.db")) as db, db:
+        db.execute("CREATE TABLE chunks_v2 (seg INTEGER NOT NULL, row INTEGER NOT NULL, doc_id TEXT NOT NULL, "
+                   "chunk_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (seg, row))")
+        db.execute("CREATE TEMP TABLE at_row (seg INTEGER, row INTEGER, id INTEGER)")
+        db.executemany("INSERT INTO at_row VALUES (?, ?, ?)", at)
+        db.execute("INSERT INTO chunks_v2 SELECT a.seg, a.row, c.doc_id, c.chunk_id, c.record FROM at_row a JOIN chunks c USING (id)")
+        for statement in ("DROP TABLE chunks", "DROP TABLE dropped", "ALTER TABLE chunks_v2 RENAME TO chunks",
+                          "CREATE INDEX chunks_by_doc ON chunks (doc_id)",
+                          "UPDATE meta SET value = json_set(value, '$.format_version', 2) WHERE key = 'manifest'"):
+            db.execute(statement)
+    for seg in {s for s, _, _ in at}:
+        (folder / f"seg-{seg:06d}" / "ids.npy").unlink()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

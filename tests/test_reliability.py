@@ -310,6 +310,16 @@ elif point == "before-commit":  # the transaction holds everything but has not c
     def commit(self, db, gen):
         orig(self, db, gen); pause()
     fs.FaissStore._commit_meta = commit
+elif point == "upgrade-before-commit":  # format 2 → 3: ids.npy written, the records' transaction open
+    from contextlib import contextmanager
+    import indexer.store.legacy as legacy
+    real_transaction = legacy.Records.transaction
+    @contextmanager
+    def transaction(self):
+        with real_transaction(self) as db:
+            yield db
+            pause()
+    legacy.Records.transaction = transaction
 else:  # after-commit: committed, nothing cleaned up yet
     def after(self):
         pause()
@@ -367,6 +377,25 @@ def test_sigkill_leaves_old_or_new_index(command, point, speech_engine, tmp_path
     assert not [p.name for p in speech_engine.path.iterdir() if p.name.endswith(".tmp")]
     assert {p.name for p in speech_engine.path.glob("seg-*")} <= live | {
         f"seg-{s:06d}" for (s,) in reloaded.store._records.query("SELECT seg FROM retired")}
+
+
+def test_sigkill_in_an_upgrade_leaves_the_old_format_or_the_new(speech_engine, tmp_path, capsys):
+    """An upgrade from format 2 killed with its ids written and its transaction open leaves format
+    2 whole: refused with the upgrade command, never misread; the upgrade run again converts it."""
+    from conftest import write_format_two
+
+    before = [(h.chunk_id, h.score) for h in speech_engine.search(QUESTION, k=5)]
+    old = tmp_path / "old"
+    write_format_two(speech_engine.path, old)
+    _kill_at("upgrade-before-commit", ["upgrade", "--index", str(old)])
+    code, _, err = cli(capsys, "search", QUESTION, "--index", old)
+    one_line_error(code, err, f"format 2 (its chunk records keyed by segment and row); convert it once with "
+                              f"`python -m indexer upgrade --index {old}`")
+    code, out, _ = cli(capsys, "upgrade", "--index", old)
+    assert code == 0 and "from format 2 to 3" in out
+    code, out, err = cli(capsys, "check", "--index", old)
+    assert code == 0 and out.startswith("ok:"), err
+    assert [(h.chunk_id, h.score) for h in Engine(old, encoder=speech_engine.encoder).search(QUESTION, k=5)] == before
 
 
 # ---------------------------------------------------------------- concurrent use

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from conftest import SPEECH, whole_table
+from conftest import SPEECH, whole_table, write_format_two
 from indexer.engine import Engine
 from indexer.store import faiss_store
 
@@ -392,7 +392,7 @@ def test_format_two_index_is_refused_then_upgraded(segmented, tmp_path, encoder,
 
     many, one = segmented
     old = tmp_path / "old"
-    _write_format_two(many.path, old)
+    write_format_two(many.path, old)
     assert main(["search", QUESTIONS[0], "--index", str(old)]) != 0
     err = capsys.readouterr().err.strip()
     assert "format 2" in err and f"python -m indexer upgrade --index {old}" in err and len(err.splitlines()) == 1
@@ -407,27 +407,6 @@ def test_format_two_index_is_refused_then_upgraded(segmented, tmp_path, encoder,
         assert [(h.chunk_id, h.score) for h in x.hits] == [(h.chunk_id, h.score) for h in y.hits], x.query
     assert main(["upgrade", "--index", str(old)]) != 0
     assert "nothing to upgrade" in capsys.readouterr().err
-
-
-def _write_format_two(source, folder) -> None:
-    """A copy of an index as format 2 kept it: chunk records keyed (segment, row), no ids.npy."""
-    import sqlite3
-    from contextlib import closing
-
-    shutil.copytree(source, folder)
-    at = [(s.seg, row, i) for s in faiss_store.FaissStore.load(folder)._segments for row, i in enumerate(s.ids.tolist())]
-    with closing(sqlite3.connect(folder / "records.db")) as db, db:
-        db.execute("CREATE TABLE chunks_v2 (seg INTEGER NOT NULL, row INTEGER NOT NULL, doc_id TEXT NOT NULL, "
-                   "chunk_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (seg, row))")
-        db.execute("CREATE TEMP TABLE at_row (seg INTEGER, row INTEGER, id INTEGER)")
-        db.executemany("INSERT INTO at_row VALUES (?, ?, ?)", at)
-        db.execute("INSERT INTO chunks_v2 SELECT a.seg, a.row, c.doc_id, c.chunk_id, c.record FROM at_row a JOIN chunks c USING (id)")
-        for statement in ("DROP TABLE chunks", "DROP TABLE dropped", "ALTER TABLE chunks_v2 RENAME TO chunks",
-                          "CREATE INDEX chunks_by_doc ON chunks (doc_id)",
-                          "UPDATE meta SET value = json_set(value, '$.format_version', 2) WHERE key = 'manifest'"):
-            db.execute(statement)
-    for seg in {s for s, _, _ in at}:
-        (folder / f"seg-{seg:06d}" / "ids.npy").unlink()
 
 
 def test_build_streams_in_batches(tmp_path, encoder, monkeypatch):
