@@ -60,6 +60,10 @@ try:  # the engine's retrieval modes, when it has them (see mode_kwargs)
 except ImportError:  # pragma: no cover - an engine without modes: the selector is not shown
     MODES = ("dense", "bm25", "hybrid")
 CONTEXT_CHUNKS = 2  # chunks shown on each side of a hit when it is expanded
+# Up to this many documents, the document filter, the Documents tab and the remove list offer them
+# all; beyond, each offers what a typed part of a title or file name finds (at most this many).
+# Every list goes to the browser on every click: at 200,000 documents, three lists of them did.
+LIST_ALL = int(os.environ.get("INDEXER_PAGE_LIST") or 1000)
 
 # Example questions for the sample speech (shown when it is in the index).
 SAMPLE_DOC = "speech.txt"
@@ -139,7 +143,8 @@ class Catalog:
     records: list[DocRecord] = field(default_factory=list)
     by_id: dict[str, DocRecord] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # how the document filter names each one
-    table: list[dict] = field(default_factory=list)  # the Documents tab's rows
+    table: dict[str, dict] = field(default_factory=dict)  # the Documents tab's row of each
+    folded: dict[str, str] = field(default_factory=dict)  # each label case-folded, for finding documents
     types: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
 
@@ -152,13 +157,25 @@ def catalog(path: str, generation: str) -> Catalog:
     records = get_engine(path).documents()
     labels = {d.doc_id: d.doc_id if not d.title or d.title == Path(d.doc_id).stem else f"{d.title} ({d.doc_id})"
               for d in records}
-    table = [{"id": d.doc_id, "title": d.title, "type": d.meta.get("type", ""),
-              "tags": "、".join(d.meta.get("tags") or []), "chunks": d.chunks, "characters": d.chars,
-              "read by": d.meta.get("reader") or d.encoding or "", "source": d.source, "added": when(d.added)}
-             for d in records]
+    table = {d.doc_id: {"id": d.doc_id, "title": d.title, "type": d.meta.get("type", ""),
+                        "tags": "、".join(d.meta.get("tags") or []), "chunks": d.chunks, "characters": d.chars,
+                        "read by": d.meta.get("reader") or d.encoding or "", "source": d.source,
+                        "added": when(d.added)} for d in records}
     return Catalog(records, {d.doc_id: d for d in records}, labels, table,
+                   {d: label.casefold() for d, label in labels.items()},
                    sorted({str(r.meta["type"]) for r in records if r.meta.get("type")}),
                    sorted({str(t) for r in records for t in (r.meta.get("tags") or [])}))
+
+
+def listed(known: Catalog, typed: str = "") -> list[str]:
+    """The documents a list offers: all of them up to LIST_ALL; beyond, the first LIST_ALL whose
+    title or file name holds what was typed (case-insensitive), or none until something is typed."""
+    if len(known.records) <= LIST_ALL:
+        return list(known.by_id)
+    typed = typed.strip().casefold()
+    if not typed:
+        return []
+    return [d for d, label in known.folded.items() if typed in label][:LIST_ALL]
 
 
 @st.cache_resource(show_spinner=False)
@@ -356,7 +373,10 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catal
     docs = known.by_id
     if "docs" in st.session_state:  # a removed document leaves the filter
         st.session_state.docs = [d for d in st.session_state.docs if d in docs]
-    chosen = sb.multiselect("Search in 文档筛选", list(docs), key="docs", placeholder="All documents",
+    typed = "" if len(docs) <= LIST_ALL else sb.text_input(
+        "Find documents 查找文档", key="docs_find", placeholder=f"{len(docs):,} documents: part of a title or name")
+    options = list(dict.fromkeys([*st.session_state.get("docs", []), *listed(known, typed)]))
+    chosen = sb.multiselect("Search in 文档筛选", options, key="docs", placeholder="All documents",
                             format_func=known.labels.__getitem__)
     group = sb.radio("Show 显示", GROUPS, key="group", horizontal=True,
                      format_func=lambda g: {"passages": "passages 段落", "documents": "documents 文档"}[g],
@@ -614,9 +634,15 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
         st.session_state.upload_round = st.session_state.get("upload_round", 0) + 1
     records = known.records
     st.subheader(f"In the index 已收录 ({len(records)})")
-    if records:
-        st.dataframe(known.table, hide_index=True, width="stretch")
-    else:
+    typed = "" if len(records) <= LIST_ALL else st.text_input(
+        "Find 查找", key="table_find", placeholder="part of a title or file name")
+    shown = listed(known, typed)
+    if len(records) > LIST_ALL:
+        st.caption(f"{len(shown):,} of {len(records):,} documents shown" +
+                   ("" if typed.strip() else ": type part of a title or file name to list them"))
+    if shown:
+        st.dataframe([known.table[d] for d in shown], hide_index=True, width="stretch")
+    elif not records:
         st.caption("No documents yet.")
     if not can_write():
         st.info(read_only_note())
@@ -652,8 +678,9 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
         if not records:
             st.caption("Nothing to remove.")
             return
-        doc_id = st.selectbox("Document", [d.doc_id for d in records], key="remove_doc")
-        if st.button("Remove from the index", key="remove", icon=":material/delete:"):
+        doc_id = st.selectbox("Document", shown, key="remove_doc",
+                              placeholder="Find it above first" if not shown else "Choose a document")
+        if st.button("Remove from the index", key="remove", icon=":material/delete:", disabled=doc_id is None):
             try:
                 engine.remove([doc_id])
             except IndexerError as exc:

@@ -173,6 +173,29 @@ def test_the_document_list_follows_commits_made_elsewhere(app_index, encoder):
     assert at.dataframe[0].value["id"].tolist() == ["speech.txt"]
 
 
+def test_a_large_archive_is_found_by_typing_not_listed(app_index, encoder, monkeypatch):
+    """Beyond INDEXER_PAGE_LIST documents (1,000 by default; 1 here) the document filter, the
+    Documents tab and the remove list offer what a typed part of a title or file name finds, not
+    every document: each list went to the browser whole on every click (200,000 on the 1M stub)."""
+    monkeypatch.setenv("INDEXER_PAGE_LIST", "1")
+    Engine(app_index, encoder=encoder).add_documents([Document("panda.txt", PANDA_TEXT, "熊猫基地")])
+    at = run_app()
+    assert at.multiselect(key="docs").options == [] and not at.dataframe
+    assert any("0 of 2 documents shown" in c.value for c in at.caption)
+    at.text_input(key="docs_find").input("熊猫").run()
+    assert at.multiselect(key="docs").options == ["熊猫基地 (panda.txt)"]
+    at.multiselect(key="docs").set_value(["panda.txt"]).run()
+    ask(at, QUESTION)
+    assert passages(at) and all("熊猫基地" in h for h in heads(at))
+    at.text_input(key="docs_find").input("Speech").run()  # the chosen one stays beside what is found
+    assert at.multiselect(key="docs").options == ["熊猫基地 (panda.txt)", "speech.txt"]
+    assert at.multiselect(key="docs").value == ["panda.txt"]
+    at.text_input(key="table_find").input("PANDA").run()
+    no_exception(at)
+    assert at.dataframe[0].value["id"].tolist() == ["panda.txt"]
+    assert at.selectbox(key="remove_doc").options == ["panda.txt"]
+
+
 def test_retrieval_mode_when_the_engine_has_modes(app_index):
     import inspect
 
