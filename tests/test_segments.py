@@ -231,6 +231,29 @@ def test_a_merge_moves_no_record(segmented, tmp_path, encoder):
     assert engine.check() == []
 
 
+def test_a_document_replaced_within_one_commit_keeps_one_copy(segmented, tmp_path, encoder):
+    """A document written by one flush and replaced before the commit (in an add's store and in a
+    build's, which replaces the index) leaves one live copy: its rows in the segment the same
+    commit wrote, not yet open, get deletion marks too."""
+    from indexer.reading import Document
+
+    many, _ = segmented
+    shutil.copytree(many.path, tmp_path / "index")
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    first = Document("notice.txt", "关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。", "通知")
+    second = Document("notice.txt", "关于开展校园篮球联赛的通知\n各中小学要在十一月组织校园篮球联赛。", "通知")
+    for store in (faiss_store.FaissStore.load(engine.path), engine._new_store()):
+        with faiss_store.FaissStore.lock(engine.path):
+            engine._upsert_all(store, [first], False)
+            store.flush()
+            engine._upsert_all(store, [second], False)
+            store.save()
+        reopened = Engine(engine.path, encoder=encoder)
+        assert reopened.check() == []
+        text = "".join(c.text for c in reopened.store.chunks_of("notice.txt"))
+        assert "篮球" in text and "足球" not in text
+
+
 def test_rows_are_found_by_id_where_a_merge_left_them_out_of_order():
     """A merge of segments that were not neighbours leaves a segment's ids out of order; rows are
     still found by id."""

@@ -414,11 +414,20 @@ class FaissStore:
         """Mark the documents' chunks deleted (nothing is rebuilt; a merge drops them)."""
         drop = set(doc_ids)
         self._pending = [p for p in self._pending if p[0].doc_id not in drop]
-        if self._records is not None and not self._replace:
-            self._marks.update(self._keys(self.rows_of(drop)))
+        if self._records is not None:  # (a new store's commit retires every segment it did not write)
+            self._marks.update(self._written_keys(drop) + ([] if self._replace else self._keys(self.rows_of(drop))))
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
         self.manifest.updated = now()
+
+    def _written_keys(self, doc_ids: set[str]) -> list[tuple[int, int]]:
+        """(segment, row) of these documents' rows in the segments this open commit has written (a
+        flush's, not open until the commit), found through their ids.npy."""
+        if not self._written:
+            return []
+        ids = self._records.chunk_ids(doc_ids)  # the open transaction sees its own records
+        return [(seg, int(row)) for seg in self._written for row in
+                np.flatnonzero(np.isin(np.load(self.path / f"seg-{seg:06d}" / "ids.npy", mmap_mode="r"), ids))]
 
     def flush(self) -> None:
         """Write the pending documents as a segment and their records into the open commit (begun
