@@ -167,6 +167,11 @@ def catalog(path: str, generation: str) -> Catalog:
                    sorted({str(t) for r in records for t in (r.meta.get("tags") or [])}))
 
 
+def find_box(where, known: Catalog, label: str, key: str, placeholder: str) -> str:
+    """What is typed in a list's find box, which is there only beyond LIST_ALL documents ("" below)."""
+    return "" if len(known.records) <= LIST_ALL else where.text_input(label, key=key, placeholder=placeholder)
+
+
 def listed(known: Catalog, typed: str = "") -> list[str]:
     """The documents a list offers: all of them up to LIST_ALL; beyond, the first LIST_ALL whose
     title or file name holds what was typed (case-insensitive), or none until something is typed."""
@@ -373,8 +378,7 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catal
     docs = known.by_id
     if "docs" in st.session_state:  # a removed document leaves the filter
         st.session_state.docs = [d for d in st.session_state.docs if d in docs]
-    typed = "" if len(docs) <= LIST_ALL else sb.text_input(
-        "Find documents 查找文档", key="docs_find", placeholder=f"{len(docs):,} documents: part of a title or name")
+    typed = find_box(sb, known, "Find documents 查找文档", "docs_find", f"{len(docs):,} documents: part of a title or name")
     options = list(dict.fromkeys([*st.session_state.get("docs", []), *listed(known, typed)]))
     chosen = sb.multiselect("Search in 文档筛选", options, key="docs", placeholder="All documents",
                             format_func=known.labels.__getitem__)
@@ -634,8 +638,7 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
         st.session_state.upload_round = st.session_state.get("upload_round", 0) + 1
     records = known.records
     st.subheader(f"In the index 已收录 ({len(records)})")
-    typed = "" if len(records) <= LIST_ALL else st.text_input(
-        "Find 查找", key="table_find", placeholder="part of a title or file name")
+    typed = find_box(st, known, "Find 查找", "table_find", "part of a title or file name")
     shown = listed(known, typed)
     if len(records) > LIST_ALL:
         st.caption(f"{len(shown):,} of {len(records):,} documents shown" +

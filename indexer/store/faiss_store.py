@@ -208,13 +208,27 @@ class FaissStore:
         at, local = self._locate(rows)
         return [(self._segments[a].seg, int(r)) for a, r in zip(at.tolist(), local.tolist())]
 
+    def _gather(self, rows: list[int], field: str, tail: tuple[int, ...], dtype) -> np.ndarray:
+        """Each global row's entry of a per-segment array (`field`: its vector, its record id), in
+        the order given."""
+        out = np.zeros((len(rows), *tail), dtype)
+        at, local = self._locate(np.asarray(rows, np.int64))
+        for i in set(at.tolist()):
+            pick = at == i
+            out[pick] = getattr(self._segments[i], field)[local[pick]]
+        return out
+
     def _ids(self, rows: list[int]) -> list[int]:
         """The chunk record ids of global rows."""
-        at, local = self._locate(np.asarray(rows, np.int64))
-        out = np.zeros(len(local), np.int64)
-        for i in set(at.tolist()):
-            out[at == i] = self._segments[i].ids[local[at == i]]
-        return out.tolist()
+        return self._gather(rows, "ids", (), np.int64).tolist()
+
+    def _live_where(self, local: Callable[[Segment], np.ndarray]) -> np.ndarray:
+        """The live ones of each segment's rows `local(segment)` (ascending), as global rows, ascending."""
+        parts = [np.zeros(0, np.int64)]
+        for i, s in enumerate(self._segments):
+            rows, mask = local(s), self._live_mask(i)
+            parts.append((rows if mask is None else rows[mask[rows]]) + self._bases[i])
+        return np.concatenate(parts)
 
     def _live_mask(self, i: int) -> np.ndarray | None:
         dead = self._dead.get(self._segments[i].seg)
@@ -234,21 +248,12 @@ class FaissStore:
         if not terms:
             return self.live_rows()
         keys = term_keys(dict.fromkeys(terms))
-        parts = []
-        for i, s in enumerate(self._segments):
-            rows = s.postings.holding_all(keys)
-            mask = self._live_mask(i)
-            parts.append((rows if mask is None else rows[mask[rows]]) + self._bases[i])
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self._live_where(lambda s: s.postings.holding_all(keys))
 
     def rows_of(self, doc_ids: set[str]) -> np.ndarray:
         """The live rows of these documents, ascending."""
         ids = self._records.chunk_ids(doc_ids) if self._records and doc_ids else np.zeros(0, np.int64)
-        parts = [np.zeros(0, np.int64)]
-        for i, s in enumerate(self._segments):
-            rows, mask = s.rows_holding(ids), self._live_mask(i)
-            parts.append((rows if mask is None else rows[mask[rows]]) + self._bases[i])
-        return np.concatenate(parts)
+        return self._live_where(lambda s: s.rows_holding(ids))
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
         return self._records.chunks(self._ids(rows)) if len(rows) else []
@@ -288,12 +293,7 @@ class FaissStore:
         return [self._vectors_at(r) @ np.asarray(q, dtype=np.float32) for q, r in zip(queries, rows)]
 
     def _vectors_at(self, rows: list[int]) -> np.ndarray:
-        out = np.zeros((len(rows), self.manifest.dim), np.float32)
-        at, local = self._locate(np.asarray(rows, np.int64))
-        for i in set(at.tolist()):
-            pick = at == i
-            out[pick] = self._segments[i].vectors[local[pick]]
-        return out
+        return self._gather(rows, "vectors", (self.manifest.dim,), np.float32)
 
     def _bm25(self, terms: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
         """The live rows holding a query term (ascending), their BM25 and the ceiling; the last
