@@ -195,7 +195,7 @@ def optimize(index: Optional[str] = IndexOpt) -> None:
 
 @app.command()
 def upgrade(index: Optional[str] = IndexOpt) -> None:
-    """Convert an index of the previous folder format (format 1) to the current one, in place."""
+    """Convert an index of an earlier folder format (1 or 2) to the current one, in place, and say what was done."""
     typer.echo(_engine(index, None).upgrade())
 
 
