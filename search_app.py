@@ -117,9 +117,7 @@ def page_argument(name: str, argv: list[str] | None = None) -> str | None:
 
 
 def index_path(argv: list[str] | None = None) -> str:
-    """`--index DIR` after `--` on the streamlit command line, else $INDEXER_INDEX, else indexes/default.
-
-    A string, not a Path: a Milvus location (milvus://HOST:PORT/COLLECTION) is not a folder."""
+    """`--index DIR` after `--` on the streamlit command line, else $INDEXER_INDEX, else indexes/default."""
     return str(page_argument("index", argv) or os.environ.get("INDEXER_INDEX") or DEFAULT_INDEX)
 
 
@@ -717,7 +715,7 @@ def main() -> None:
     try:
         engine = get_engine(str(index_path()))
         info, problem = index_state(engine)
-    except IndexerError as exc:  # the model cannot be loaded
+    except IndexerError as exc:  # the model cannot be loaded, or the index is not a folder
         st.error(str(exc))
         st.stop()
     known = catalog(str(index_path()), info["generation"]) if info else Catalog()

@@ -3,7 +3,7 @@
     python -m bench.milvus_bench                       # 200,000 vectors, starts `milvus-server` itself
     python -m bench.milvus_bench --n 20000 --quick     # a smoke run
     python -m bench.milvus_bench --uri http://HOST:19530   # an existing server (its collection is dropped after)
-    python -m bench.milvus_bench --eval speech-zh,speech-en,cmrc,drcd   # BM25 routes: hybrid eval figures
+    python -m bench.milvus_bench --eval speech-zh,speech-en,cmrc,drcd   # the same index, vectors in FAISS or Milvus
 
 Data: N random unit vectors in 384 dimensions, drawn from the e5-shaped Gaussian mixture of
 bench/faiss_bench.py (`--data uniform` for plain uniform directions, on which every ANN index looks
@@ -18,11 +18,11 @@ Measured per index, in one run on the same data:
   Strong (what the store uses) and Bounded; recall@10 over all queries.
 Writes bench/results/milvus.json and prints a markdown table.
 
---eval: retrieval quality of the keyword routes on real sets. Each set's passages are embedded once
-into a folder index (the speech with its cross-lingual index, for the English questions), which is
-copied as it is into milvus-lite twice: with the project's BM25 (INDEXER_MILVUS_BM25=local) and with
-milvus-lite's own (the default there). Hit@1 / Hit@3 / Recall@10 / MRR@10 of each store, per mode;
-writes bench/results/milvus_bm25.json.
+--eval: retrieval quality on real sets with the vectors in FAISS files or in Milvus. Each set's
+passages are embedded once into a folder index (the speech with its cross-lingual index, for the
+English questions), which is copied as it is into a second folder whose vectors a milvus-lite
+collection keeps (records, postings and sentence tables are the same code). Hit@1 / Hit@3 /
+Recall@10 / MRR@10 of each, per mode; writes bench/results/milvus_eval.json.
 """
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ from .common import fmt_table, ms, pct, system_info
 from .milvus_server import MilvusServer, ServerError, port_open
 
 D, K = 384, 10
-HNSW_M, HNSW_EFC, HNSW_EF = 32, 80, 128  # as indexer/store/faiss_store.py and milvus_store.py use them
+HNSW_M, HNSW_EFC, HNSW_EF = 32, 80, 128  # as indexer/store/segment.py and milvus_vectors.py use them
 INSERT_BATCH = 5000
 OUT = Path(__file__).resolve().parent / "results" / "milvus.json"
-OUT_EVAL = Path(__file__).resolve().parent / "results" / "milvus_bm25.json"
+OUT_EVAL = Path(__file__).resolve().parent / "results" / "milvus_eval.json"
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
 CORPORA = {  # name: (documents, keep the cross-lingual index)
@@ -188,30 +188,24 @@ def bench_milvus(uri: str, xb, xq, gt, n_latency: int, server: MilvusServer | No
     return rows, facts
 
 
-def bench_bm25_routes(names: list[str], workdir: Path, modes=("hybrid", "bm25")) -> list[dict]:
-    """Evaluation figures of the folder index and of milvus-lite with either BM25 route (module docstring)."""
+def bench_eval(names: list[str], workdir: Path, modes=("hybrid", "dense", "bm25")) -> list[dict]:
+    """Evaluation figures of one folder index with its vectors in FAISS files and in milvus-lite."""
     from indexer.embedding import Encoder
     from indexer.engine import Engine, IndexSettings
     from indexer.evaluation import evaluate, read_labelled
-    from indexer.store.milvus_store import BM25_ENV
 
     from .milvus_server import SameQueries, copy_into
 
     encoder = SameQueries(Encoder())
-    stores: dict[str, dict[str, str]] = {}
+    stores: dict[str, dict[str, Path]] = {}
     for corpus in dict.fromkeys(EVAL_SETS[n][0] for n in names):
         paths, xl = CORPORA[corpus]
         folder = workdir / corpus
         t = time.perf_counter()
         Engine(folder, encoder=encoder, settings=IndexSettings(crosslingual=xl)).build(paths)
         log(f"  {corpus}: folder index built in {time.perf_counter() - t:.1f}s")
-        stores[corpus] = {"folder index": str(folder)}
-        for label, route in (("milvus-lite, local BM25", "local"), ("milvus-lite, server BM25", "auto")):
-            os.environ[BM25_ENV] = route
-            location = f"milvus-lite://{workdir}/{corpus}.db?collection={route}"
-            copy_into(folder, location)
-            stores[corpus][label] = location
-        os.environ.pop(BM25_ENV, None)
+        copy_into(folder, workdir / f"{corpus}-milvus", f"milvus-lite://{workdir}/{corpus}.db?collection={corpus}")
+        stores[corpus] = {"FAISS files": folder, "milvus-lite collection": workdir / f"{corpus}-milvus"}
     rows = []
     for name in names:
         corpus, questions = EVAL_SETS[name]
@@ -221,16 +215,15 @@ def bench_bm25_routes(names: list[str], workdir: Path, modes=("hybrid", "bm25"))
                 engine = Engine(where, encoder=encoder)
                 t = time.perf_counter()
                 m = evaluate(engine, labels, mode)
-                rows.append({"set": f"{name} ({len(labels)})", "mode": mode, "store": label,
+                rows.append({"set": f"{name} ({len(labels)})", "mode": mode, "vectors": label,
                              "figures": " / ".join(f"{m[k]:.3f}" for k in ("hit@1", "hit@3", "recall@10", "mrr@10")),
                              "s": round(time.perf_counter() - t, 1),
-                             "keyword": engine.store.keyword_backend,
                              **{k: round(v, 4) for k, v in m.items() if k != "n"}})
                 log(f"  {rows[-1]['set']} {mode} {label}: {rows[-1]['figures']}")
     return rows
 
 
-EVAL_COLUMNS = [("set", "set (questions)"), ("mode", "mode"), ("store", "store"),
+EVAL_COLUMNS = [("set", "set (questions)"), ("mode", "mode"), ("vectors", "vectors"),
                 ("figures", "Hit@1 / Hit@3 / Recall@10 / MRR@10"), ("s", "eval s")]
 
 
@@ -248,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uri", help="an existing Milvus (default: start the embedded server)")
     ap.add_argument("--quick", action="store_true", help="fewer queries (smoke run)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--eval", metavar="SETS", help=f"evaluate the BM25 routes instead, on these sets "
+    ap.add_argument("--eval", metavar="SETS", help=f"evaluate FAISS and Milvus vectors instead, on these sets "
                     f"(comma-separated: {', '.join(EVAL_SETS)})")
     args = ap.parse_args(argv)
     if args.eval:
@@ -258,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--eval: unknown set {unknown[:1]}; choose from {', '.join(EVAL_SETS)}")
         t0 = time.perf_counter()
         result = {"system": system_info()}
-        with tempfile.TemporaryDirectory(prefix="milvus-bm25-") as tmp:
-            rows = bench_bm25_routes(names, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="milvus-eval-") as tmp:
+            rows = bench_eval(names, Path(tmp))
         result.update(rows=rows, total_s=round(time.perf_counter() - t0, 1),
                       load_avg_at_end=[round(x, 2) for x in os.getloadavg()])
         print(fmt_table(rows, EVAL_COLUMNS))

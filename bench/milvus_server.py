@@ -183,12 +183,10 @@ class MilvusServer:
         self.stop()
 
 
-def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
-    """Put a folder index's documents into another location (Milvus, or another folder) as they are:
-    the same chunks, vectors and cross-lingual vectors, no re-embedding (so the two stores hold
-    identical data), and keyword terms cut under the index's keyword settings or `keyword` (e.g. the
-    legacy analyzer, whose terms the server's own BM25 reproduces). The BM25 route is the location's
-    default (INDEXER_MILVUS_BM25). Returns the saved store."""
+def copy_into(folder: Path, dest: Path, vectors: str | None = None):
+    """Put a folder index's documents into a new index at `dest` as they are: the same chunks,
+    vectors, terms and cross-lingual vectors, no re-embedding (so the two hold identical data), its
+    vectors in the Milvus collection at `vectors` (None: FAISS files). Returns the saved store."""
     from collections import defaultdict
 
     import numpy as np
@@ -196,15 +194,13 @@ def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
     from indexer.crosslingual import PassageVectors
     from indexer.keyword import Segmenter
     from indexer.store.base import Manifest
-    from indexer.store import store_class
     from indexer.store.faiss_store import FaissStore
 
     src = FaissStore.load(folder)
-    manifest = Manifest.from_json({**src.manifest.to_json(), "documents": {},
-                                   "keyword": src.manifest.keyword if keyword is None else keyword})
-    dst = store_class(str(location))(str(location) if "://" in str(location) else Path(location), manifest)
+    manifest = Manifest.from_json({**src.manifest.to_json(), "documents": {}, "vectors": {}})
+    dst = FaissStore(Path(dest), manifest, vectors=vectors)
     segmenter = Segmenter.of(manifest.keyword)
-    chunks, vectors, xl = src.all_chunks(), src.vectors(), PassageVectors.concat([t for _, t in src.sentence_tables()])
+    chunks, vecs, xl = src.all_chunks(), src.vectors(), PassageVectors.concat([t for _, t in src.sentence_tables()])
     xl = xl.take(src.live_rows()) if src.manifest.crosslingual else None  # the table has a row for every row, deleted ones too
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(chunks):
@@ -212,7 +208,7 @@ def copy_into(folder: Path, location: str | Path, keyword: dict | None = None):
     for doc in src.manifest.documents.values():
         rows = np.asarray(rows_of[doc.doc_id], np.int64)
         mine = [chunks[i] for i in rows]
-        dst.upsert(doc, mine, vectors[rows], src.document_text(doc.doc_id), segmenter.terms_many(c.text for c in mine),
+        dst.upsert(doc, mine, vecs[rows], src.document_text(doc.doc_id), segmenter.terms_many(c.text for c in mine),
                    None if xl is None else xl.take(rows))
     dst.save()
     return dst

@@ -26,7 +26,7 @@ ANALYZERS = {"default": Analyzer(), "jieba": LEGACY}  # build --analyzer
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic search over Chinese (and any-language) documents.")
 
-IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder, milvus://HOST:PORT/COLLECTION or milvus-lite:///FILE.db (default ${INDEX_ENV} or {DEFAULT_INDEX})")
+IndexOpt = typer.Option(None, "--index", "-i", help=f"index folder (default ${INDEX_ENV} or {DEFAULT_INDEX})")
 ModelOpt = typer.Option(None, "--model", "-m", help="embedding model folder or name (default $INDEXER_MODEL "
                                                     "or models/multilingual-e5-small)")
 JsonOpt = typer.Option(False, "--json", help="print JSON instead of text")
@@ -117,14 +117,17 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
                                                   "(民办学校 私立学校 民校): a question's keyword search takes each "
                                                   "word with its group; kept with the index"),
           analyzer: str = typer.Option("default", "--analyzer", help="default: words, bigrams and codes on text "
-                                       "folded to Simplified; jieba: jieba words alone (what Milvus's own BM25 can cut)"),
+                                       "folded to Simplified; jieba: jieba words alone"),
+          vectors: str = typer.Option("", "--vectors", envvar="INDEXER_VECTORS",
+                                      help="keep the vectors in Milvus: milvus://HOST:PORT/NAME, milvus+tls://… or "
+                                           "milvus-lite:///FILE.db (default: FAISS files in the index folder)"),
           tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
     """(Re)build an index from scratch from PATHS."""
     if analyzer not in ANALYZERS:
         raise IndexerError(f"unknown analyzer {analyzer!r}; choose one of {', '.join(ANALYZERS)}")
     settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type,
                              _user_terms(user_term, user_dict), crosslingual, sentence_vectors, _synonyms(synonyms),
-                             ANALYZERS[analyzer])
+                             ANALYZERS[analyzer], vectors)
     engine = _engine(index, model, settings)
     reports = engine.build(paths, progress=_progress(), tags=tag or (), ocr=ocr)
     info = engine.info()

@@ -182,6 +182,7 @@ class IndexSettings:
     sentence_vectors: bool = False  # also an e5 vector per sentence: better ranking, ~2x the encoding (README)
     synonyms: tuple[tuple[str, ...], ...] = ()  # groups of words a question's keyword search treats as one
     analyzer: Analyzer = field(default_factory=Analyzer)  # how text becomes keyword terms (indexer.keyword)
+    vectors: str = ""  # a Milvus location to keep a new index's vectors in (indexer.store.milvus_vectors); "": FAISS
 
     def keyword(self) -> dict:
         """The keyword settings as the manifest keeps them."""
@@ -315,7 +316,7 @@ class Engine:
     def __init__(self, index: str | Path = DEFAULT_INDEX, encoder: Encoder | None = None,
                  settings: IndexSettings | None = None, model: str | None = None) -> None:
         self.location = str(index)
-        self.path = Path(index)  # for a folder index; Milvus locations are not paths
+        self.path = Path(index)
         self._store_cls = store_class(self.location)
         self.shown = self._store_cls.display(self.location)  # no token or password
         self.settings = settings or IndexSettings()
@@ -398,7 +399,7 @@ class Engine:
                             chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
                             keyword=self.settings.keyword(),
                             crosslingual=self._table_settings())
-        return self._store_cls(self.location, manifest)
+        return self._store_cls(self.location, manifest, vectors=self.settings.vectors or None)
 
     # ---------------------------------------------------------------- writes
 

@@ -406,7 +406,10 @@ def test_index_path_from_argument_environment_or_default(monkeypatch):
     monkeypatch.delenv("INDEXER_INDEX")
     assert search_app.index_path([]) == str(ROOT / "indexes" / "default")
     assert search_app.index_path(["--index"]) == str(ROOT / "indexes" / "default")
-    assert search_app.index_path(["--index", "milvus://127.0.0.1:19530/docs"]) == "milvus://127.0.0.1:19530/docs"
+    monkeypatch.setenv("INDEXER_INDEX", "milvus://127.0.0.1:19530/docs?token=TOPSECRET")  # an index is a folder
+    at = run_app()
+    assert len(at.error) == 1 and "--index DIR --vectors milvus://127.0.0.1:19530/docs" in at.error[0].value
+    assert "TOPSECRET" not in at.error[0].value
 
 
 def test_mode_selector_only_when_the_engine_has_modes():

@@ -1,13 +1,15 @@
 """Stores: where vectors, chunk records and the manifest live.
 
-`store_class(location)` picks the implementation from the index location: a folder is the
-embedded store (the default: immutable FAISS/postings segments beside a SQLite record database,
-faiss_store.py, segment.py, records.py); `milvus://HOST:PORT/COLLECTION` (or `milvus+tls://`) is a
-Milvus server, `milvus-lite:///path/file.db` an in-process milvus-lite file. Both offer the
-interface of `base.Store` (rows and scores out, records read for the rows shown), so the engine
-never branches on the store.
+An index is a folder (faiss_store.py): immutable segments (vectors, postings, sentence tables;
+segment.py) beside a SQLite record database (records.py), the commit point. Its vectors are kept
+either in the segments, as FAISS files, or by record id in a Milvus collection (milvus_vectors.py,
+chosen when the index is built with `--vectors milvus://…`); records, keywords, sentence tables and
+commits are the same code for both. `store_class(location)` gives the implementation of `base.Store`
+for an index location, so the engine never branches on where vectors live.
 """
 from __future__ import annotations
+
+from ..errors import StoreError
 
 
 def is_milvus(location: str) -> bool:
@@ -15,11 +17,14 @@ def is_milvus(location: str) -> bool:
 
 
 def store_class(location: str):
-    """The store implementation for an index location."""
+    """The store implementation for an index location (a folder)."""
     if is_milvus(location):
-        from .milvus_store import MilvusStore
+        from .milvus_vectors import parse_location
 
-        return MilvusStore
+        shown = parse_location(location).display
+        raise StoreError(f"{shown} is a Milvus location, and Milvus keeps only an index's vectors: give the index "
+                         f"a folder, and the collection to `build`: `python -m indexer build PATHS --index DIR "
+                         f"--vectors {shown}`")
     from .faiss_store import FaissStore
 
     return FaissStore

@@ -48,6 +48,7 @@ class Manifest:
     index_type: str = "auto"
     keyword: dict = field(default_factory=dict)  # {"user_terms": [...]}: how terms were segmented
     crosslingual: dict = field(default_factory=dict)  # {"encoder", "dim"} when the second (USE) index is kept
+    vectors: dict = field(default_factory=dict)  # {"milvus", "collection", "first"} when Milvus keeps the vectors
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=now)
     updated: str = field(default_factory=now)

@@ -2,7 +2,8 @@
 table of the chunks one write added (or one merge joined).
 
 Files of seg-NNNNNN/ (every array a .npy, memory-mapped on open, never copied):
-    vectors.npy            float32 [rows, dim], L2-normalised
+    vectors.npy            float32 [rows, dim], L2-normalised (none where the vectors live in Milvus:
+                           kind "milvus", indexer.store.milvus_vectors)
     ids.npy                int64 [rows]: each row's chunk record id (indexer.store.records)
     index.faiss            only for an approximate kind (hnsw, ivf); a flat segment is searched
                            exactly from vectors.npy
@@ -30,6 +31,7 @@ IVF_TRAIN_PER_LIST = 32  # k-means on 32 rows a list: at 200k, 16 s instead of 8
 XL_ARRAYS = ("chunks", "sentences", "owner", "spans", "dense")
 XL_TYPES = {"chunks": np.float16, "sentences": np.float16, "owner": np.int32, "spans": np.int32, "dense": np.float16}
 BLOCK = 65_536  # rows per matrix product in an exact search: bounded temporary memory
+REMOTE = "milvus"  # the kind of a segment whose vectors a Milvus collection keeps, by record id
 
 
 def ivf_nlist(n: int) -> int:
@@ -124,7 +126,8 @@ def write_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray, terms: lis
     committing it): their record ids, vectors, each row's keyword terms, their sentence table."""
     folder.mkdir(parents=True)
     _save(folder / "ids.npy", [ids], (len(ids),), np.int64)
-    _write_vectors(folder, [vectors], vectors.shape, kind)
+    if kind != REMOTE:
+        _write_vectors(folder, [vectors], vectors.shape, kind)
     _write_postings(folder, *Postings.build(terms))
     if xl is not None:
         table = {"chunks": xl.chunks, "sentences": xl.sentences, "owner": xl.owner, "spans": xl.spans, "dense": xl.dense}
@@ -138,10 +141,11 @@ def merge_segments(folder: Path, parts: list[tuple["Segment", np.ndarray | None]
     the parts' maps a block at a time: memory holds a block, never the merged arrays."""
     folder.mkdir(parents=True)
     live = [len(s) if m is None else int(m.sum()) for s, m in parts]
-    dim = parts[0][0].vectors.shape[1]
     _save(folder / "ids.npy", (piece for s, m in parts for _, piece in _live_blocks(s.ids, m)), (sum(live),), np.int64)
-    _write_vectors(folder, (piece for s, m in parts for _, piece in _live_blocks(s.vectors, m)), (sum(live), dim), kind,
-                   _kept_lists(parts, live) if kind == "ivf" else None)
+    if kind != REMOTE:
+        dim = parts[0][0].vectors.shape[1]
+        _write_vectors(folder, (piece for s, m in parts for _, piece in _live_blocks(s.vectors, m)), (sum(live), dim),
+                       kind, _kept_lists(parts, live) if kind == "ivf" else None)
     _write_postings(folder, postings, vocabulary)
     xl = [s.xl for s, _ in parts]
     if all(x is not None for x in xl):
@@ -237,14 +241,14 @@ class Segment:
     folder: Path
     kind: str
     ids: np.ndarray
-    vectors: np.ndarray
+    vectors: np.ndarray | None  # None: kind REMOTE
     postings: Postings
     index: faiss.Index | None = None
     xl: dict[str, np.ndarray] | None = None
     _lookup: tuple[np.ndarray, np.ndarray | None] | None = None  # (ids ascending, their rows or None: in order)
 
     def __len__(self) -> int:
-        return len(self.vectors)
+        return len(self.ids)
 
     def rows_holding(self, ids: np.ndarray) -> np.ndarray:
         """The rows (ascending) whose record id is among `ids`: a binary search in the ids, which
@@ -274,8 +278,8 @@ class Segment:
             except (ValueError, OSError, EOFError) as exc:
                 raise StoreError(f"{where}: {name} is damaged ({exc})") from None
 
-        vectors = load("vectors.npy")
-        if vectors.shape != (rows, dim) or vectors.dtype != np.float32:
+        vectors = None if kind == REMOTE else load("vectors.npy")
+        if vectors is not None and (vectors.shape != (rows, dim) or vectors.dtype != np.float32):
             raise StoreError(f"{where}: vectors.npy is {vectors.shape}, expected ({rows}, {dim})")
         ids = load("ids.npy")
         if ids.shape != (rows,) or ids.dtype != np.int64:
@@ -286,7 +290,7 @@ class Segment:
         if len(postings.lengths) != rows or len(postings.starts) != len(postings.keys) + 1:
             raise StoreError(f"{where}: the postings disagree with its {rows} rows")
         index = None
-        if kind != "flat":
+        if kind not in ("flat", REMOTE):
             try:  # IVF lists are memory-mapped; FAISS reads an HNSW graph whole
                 index = faiss.read_index(str(folder / "index.faiss"),
                                          faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if kind == "ivf" else 0)

@@ -1,0 +1,424 @@
+"""Milvus as the vector index of an index folder: the chunks' vectors in a Milvus collection, keyed
+by their records' stable ids and searched on the server; the records, postings, sentence tables and
+the commit point stay in the folder (indexer.store.faiss_store), exactly as with FAISS segments.
+
+    python -m indexer build PATHS --index DIR --vectors milvus://HOST[:PORT]/[DB/]NAME
+
+Locations (given to `build`; the folder keeps the location without credentials):
+    milvus://HOST[:PORT]/[DB/]NAME[?token=…]          a Milvus server (default port 19530)
+    milvus+tls://HOST[:PORT]/[DB/]NAME                the same over TLS
+    milvus-lite:///path/to/file.db[?collection=NAME]  an in-process milvus-lite file (one process at a time)
+Credentials: `?token=…` or `user:password@` for that command; INDEXER_MILVUS_TOKEN, or
+INDEXER_MILVUS_USER + INDEXER_MILVUS_PASSWORD, for every command. They are never printed or stored.
+
+The collection NAME_gNNNNNN (N: the generation whose build made it; a build makes a new one and drops
+the old one once it has committed) holds one row per chunk: its record id (the primary key), its
+document (for searches within chosen documents) and its vector. Its index is FLAT (exact) below
+faiss_store.APPROX_ABOVE vectors, IVF_FLAT from there, with the folder's nlist and nprobe.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from ..errors import StoreError
+from .segment import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, ivf_nlist
+
+DEFAULT_PORT = 19530
+LITE_COLLECTION = "indexer"
+CONNECT_TIMEOUT = float(os.environ.get("INDEXER_MILVUS_CONNECT_TIMEOUT", "5"))
+CALL_TIMEOUT = float(os.environ.get("INDEXER_MILVUS_TIMEOUT", "30"))
+LONG_TIMEOUT = float(os.environ.get("INDEXER_MILVUS_LOAD_TIMEOUT", "3600"))  # loading / indexing a big collection
+MAX_DOC_ID = 4096  # bytes of a document id in the collection (Milvus's VARCHAR needs a bound)
+INSERT_BATCH = 2000  # rows per insert call (≈ 3 MB of 384-d vectors)
+SEARCH_BATCH = 256  # query vectors per search call
+MAX_TOPK = 16384  # Milvus's limit on limit
+MAX_QUERY_ROWS = 16384  # Milvus's limit on one query's window: longer reads are paged
+ID_BATCH = 4096  # ids per delete or fetch call (the filter expression stays short)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,180}$")
+
+
+# ---------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed location: where to connect, which collection, and the redacted name to show."""
+
+    uri: str
+    collection: str
+    db: str = ""
+    token: str = ""
+    user: str = ""
+    password: str = ""
+    lite: bool = False
+    display: str = ""
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, self.password) if s]
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def parse_location(location: str) -> Target:
+    """milvus://, milvus+tls:// or milvus-lite:// → Target; a StoreError names what is wrong (redacted)."""
+    location = str(location)
+    parts = urlsplit(location)
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    token = query.get("token") or os.environ.get("INDEXER_MILVUS_TOKEN", "")
+    secrets = [s for s in (token, query.get("password", ""), unquote(parts.password or "")) if s]
+    shown = _strip_secrets(location, secrets)
+    if parts.scheme == "milvus-lite":
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            raise StoreError(f"{shown}: give the milvus-lite file, e.g. milvus-lite:///data/index.db")
+        collection = query.get("collection") or LITE_COLLECTION
+        _check_name(collection, shown)
+        path = str(Path(path).expanduser().absolute())
+        return Target(path, collection, lite=True, display=f"milvus-lite://{path}?collection={collection}")
+    if parts.scheme not in ("milvus", "milvus+tls"):
+        raise StoreError(f"{shown}: not a Milvus location (milvus://HOST:PORT/COLLECTION)")
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise StoreError(f"{shown}: bad port ({exc})") from None
+    if not host:
+        raise StoreError(f"{shown}: no host; use milvus://HOST:PORT/COLLECTION")
+    path = [p for p in parts.path.split("/") if p]
+    if len(path) not in (1, 2):
+        raise StoreError(f"{shown}: give one collection name, e.g. milvus://{host}:{port}/documents "
+                         "(or DB/COLLECTION)")
+    db, collection = (path[0], path[1]) if len(path) == 2 else ("", path[0])
+    _check_name(collection, shown)
+    if db:
+        _check_name(db, shown)
+    user = unquote(parts.username or "") or query.get("user") or os.environ.get("INDEXER_MILVUS_USER", "")
+    password = unquote(parts.password or "") or query.get("password") or os.environ.get("INDEXER_MILVUS_PASSWORD", "")
+    scheme = "https" if parts.scheme == "milvus+tls" else "http"
+    host_shown = f"[{host}]" if ":" in host else host
+    display = f"{parts.scheme}://{host_shown}:{port}/{db + '/' if db else ''}{collection}"
+    return Target(f"{scheme}://{host_shown}:{port}", collection, db, token, user, password, False, display)
+
+
+def _strip_secrets(location: str, secrets: list[str]) -> str:
+    """The location as it may be shown: no query string, no user info, no secret anywhere."""
+    parts = urlsplit(location)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else location.split("?", 1)[0]
+    for secret in secrets:
+        shown = shown.replace(secret, "***")
+    return shown
+
+
+def _check_name(name: str, shown: str) -> None:
+    if not _NAME.match(name):
+        raise StoreError(f"{shown}: {name!r} is not a usable Milvus name (letters, digits and _, "
+                         "not starting with a digit, at most 180 characters)")
+
+
+def _lit(value: str) -> str:
+    """A string literal for a Milvus filter expression."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _in(field: str, values) -> str:
+    return f"{field} in [{', '.join(_lit(v) for v in values)}]"
+
+
+# ---------------------------------------------------------------- connections
+
+_CLIENTS: dict[tuple, object] = {}
+_LOADED: dict[int, set[str]] = {}  # per client (its id): the collections known to be loaded
+
+
+def _connect(target: Target):
+    """A MilvusClient for the target, shared within the process; a StoreError when unreachable."""
+    key = (target.uri, target.db, target.token, target.user, target.password)
+    client = _CLIENTS.get(key)
+    if client is not None:
+        return client
+    from pymilvus import MilvusClient
+
+    _quiet_pymilvus()
+    kwargs = {"uri": target.uri, "timeout": CONNECT_TIMEOUT}
+    if target.db:
+        kwargs["db_name"] = target.db
+    if target.token:
+        kwargs["token"] = target.token
+    elif target.user:
+        kwargs.update(user=target.user, password=target.password)
+    try:
+        client = MilvusClient(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - every client failure becomes one line
+        if target.lite:
+            raise StoreError(f"{target.display}: cannot open the milvus-lite file (is another process "
+                             f"using it?): {_short(exc, target)}") from None
+        raise StoreError(f"{target.display}: cannot reach the Milvus server within {CONNECT_TIMEOUT:.0f} s "
+                         f"({_short(exc, target)}); is it running, and are the address and credentials right?") from None
+    _CLIENTS[key] = client
+    return client
+
+
+def _quiet_pymilvus() -> None:
+    """pymilvus logs retries and tracebacks to stderr on its own handlers; the user gets one line from us
+    instead (INDEXER_DEBUG=1 keeps its logs)."""
+    if os.environ.get("INDEXER_DEBUG"):
+        return
+    for name in ("pymilvus", "pymilvus.milvus_client", "pymilvus.decorators", "pymilvus.client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    try:  # milvus-lite's analyzer loads jieba's dictionary with log lines on stderr; jieba sets its level on import
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+    except ImportError:  # pragma: no cover - jieba is in requirements.txt
+        pass
+
+
+def _forget(target: Target) -> None:
+    """Drop a cached client (after a connection failure, so the next call reconnects)."""
+    key = (target.uri, target.db, target.token, target.user, target.password)
+    client = _CLIENTS.pop(key, None)
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _short(exc: BaseException, target: Target) -> str:
+    """One line from a pymilvus / gRPC exception, secrets removed."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):  # a raw gRPC error: its status and text, not its repr
+        try:
+            message = f"{code().name}: {details()}"
+        except Exception:  # noqa: BLE001
+            message = str(exc)
+    else:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    message = " ".join(str(message).split())
+    if "DEADLINE_EXCEEDED" in message or "Deadline Exceeded" in message:
+        message = (f"no answer within {CALL_TIMEOUT:.0f} s (is the server starting up, overloaded, or still "
+                   "loading the collection? INDEXER_MILVUS_TIMEOUT sets the wait)")
+    if len(message) > 240:
+        message = message[:240] + "…"
+    return target.redact(message)
+
+
+@contextmanager
+def _calling(target: Target, what: str) -> Iterator[None]:
+    """Turn any server failure into one StoreError line naming the location (without secrets)."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pymilvus raises many kinds; the user needs one line
+        _forget(target)
+        raise StoreError(f"{target.display}: Milvus {what} failed: {_short(exc, target)}") from None
+
+
+# ---------------------------------------------------------------- the vector index
+
+
+class MilvusVectors:
+    """A folder index's vectors in one Milvus collection, by record id: add, remove, search (within
+    documents), fetch, count, ids; the folder's commits say which ids are live (a search returns ids
+    and the folder keeps those its commit holds)."""
+
+    def __init__(self, location: str, dim: int, index_type: str = "auto", collection: str | None = None) -> None:
+        self.target = parse_location(location)
+        self.base = self.target.collection
+        if collection is not None:
+            self.target = replace(self.target, collection=collection)
+        self.dim, self.index_type = dim, index_type
+
+    @property
+    def name(self) -> str:
+        return self.target.collection
+
+    def _client(self):
+        """The connection, with the collection loaded for searches (once per process and collection)."""
+        client = _connect(self.target)
+        if self.name not in _LOADED.get(id(client), set()):
+            with _calling(self.target, "load"):
+                if client.has_collection(self.name, timeout=CALL_TIMEOUT):
+                    _ensure_loaded(client, self.name)
+                    _LOADED.setdefault(id(client), set()).add(self.name)
+        return client
+
+    def state(self) -> dict:
+        """What the folder's manifest keeps: the location (no credentials) and the collection."""
+        return {"milvus": self.target.display, "collection": self.name}
+
+    def create(self, generation: int) -> None:
+        """A new, empty collection for a build committing `generation` (a leftover of that name is dropped)."""
+        from pymilvus import DataType
+
+        self.target = replace(self.target, collection=f"{self.base}_g{generation:06d}")
+        client = self._client()
+        with _calling(self.target, "create"):
+            if client.has_collection(self.name, timeout=CALL_TIMEOUT):
+                client.drop_collection(self.name, timeout=CALL_TIMEOUT)
+            schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("doc", DataType.VARCHAR, max_length=MAX_DOC_ID)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            index = client.prepare_index_params()
+            index_type, params = _index_spec(self._kind(0), 0)
+            index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+            client.create_collection(self.name, schema=schema, index_params=index, consistency_level="Strong",
+                                     timeout=CALL_TIMEOUT)
+            _ensure_loaded(client, self.name)
+
+    def drop_others(self, keep: bool = True) -> None:
+        """Drop the collections earlier builds of this index made (NAME_gNNNNNN), but this one if `keep`."""
+        client = self._client()
+        mine = re.compile(re.escape(self.base) + r"_g\d{6,}$")
+        with _calling(self.target, "clean-up"):
+            for name in client.list_collections(timeout=CALL_TIMEOUT):
+                if mine.match(name) and not (keep and name == self.name):
+                    client.drop_collection(name, timeout=CALL_TIMEOUT)
+
+    def add(self, ids: np.ndarray, docs: list[str], vectors: np.ndarray) -> None:
+        """Put these rows (record id, document, vector) in the collection."""
+        client = self._client()
+        with _calling(self.target, "insert"):
+            for start in range(0, len(ids), INSERT_BATCH):
+                end = start + INSERT_BATCH
+                rows = [{"id": i, "doc": d, "vector": v} for i, d, v in
+                        zip(ids[start:end].tolist(), docs[start:end], vectors[start:end].tolist())]
+                client.insert(self.name, rows, timeout=CALL_TIMEOUT)
+
+    def remove(self, ids: list[int]) -> None:
+        """Delete the rows of these record ids (ids not there are ignored)."""
+        client = self._client()
+        with _calling(self.target, "delete"):
+            for start in range(0, len(ids), ID_BATCH):
+                client.delete(self.name, ids=ids[start:start + ID_BATCH], timeout=CALL_TIMEOUT)
+
+    def remove_from(self, first: int) -> None:
+        """Delete every row from record id `first` on: what a write that never committed left."""
+        with _calling(self.target, "delete"):
+            self._client().delete(self.name, filter=f"id >= {int(first)}", timeout=CALL_TIMEOUT)
+
+    def search(self, queries: np.ndarray, k: int, docs: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each query, the k best (scores, record ids) by inner product, best first, among the
+        rows of `docs` (None: all)."""
+        k = min(k, MAX_TOPK)
+        expr = "" if docs is None else _in("doc", docs)
+        params = {"metric_type": "IP", "params": _search_params(self._kind(k), k)}
+        client, out = self._client(), []
+        with _calling(self.target, "search"):
+            for start in range(0, len(queries), SEARCH_BATCH):
+                for hits in client.search(self.name, data=queries[start:start + SEARCH_BATCH].tolist(), limit=k,
+                                          filter=expr, output_fields=["id"], search_params=params, anns_field="vector",
+                                          consistency_level="Strong", timeout=CALL_TIMEOUT):
+                    out.append((np.array([h["distance"] for h in hits], np.float32),
+                                np.array([h.get("id", h.get("pk")) for h in hits], np.int64)))
+        return out
+
+    def fetch(self, ids: list[int]) -> np.ndarray:
+        """The vectors of these record ids, in the order given; a StoreError when any is missing."""
+        out = np.zeros((len(ids), self.dim), np.float32)
+        where: dict[int, list[int]] = {}
+        for j, i in enumerate(ids):
+            where.setdefault(int(i), []).append(j)
+        keys, client, found = list(where), self._client(), 0
+        with _calling(self.target, "read"):
+            for start in range(0, len(keys), ID_BATCH):
+                part = keys[start:start + ID_BATCH]
+                for row in client.query(self.name, ids=part, output_fields=["id", "vector"], limit=len(part),
+                                        consistency_level="Strong", timeout=CALL_TIMEOUT):
+                    out[where[row["id"]]] = np.asarray(row["vector"], np.float32)
+                    found += 1
+        if found != len(keys):
+            raise StoreError(f"{self.target.display}: the vectors of {len(keys) - found} chunks are missing in "
+                             "the collection (run `python -m indexer check`)")
+        return out
+
+    def ids(self) -> np.ndarray:
+        """Every record id in the collection, ascending (for `check`), read a page at a time."""
+        client, out, last = self._client(), [], -1
+        with _calling(self.target, "read"):
+            while True:
+                rows = client.query(self.name, filter=f"id > {last}", output_fields=["id"], limit=MAX_QUERY_ROWS,
+                                    consistency_level="Strong", timeout=CALL_TIMEOUT)
+                out.extend(r["id"] for r in rows)
+                if len(rows) < MAX_QUERY_ROWS:
+                    return np.unique(np.array(out, np.int64))
+                last = max(r["id"] for r in rows)
+
+    def dim_on_server(self) -> int | None:
+        """The dimension of the collection's vectors (None: no such collection)."""
+        client = self._client()
+        with _calling(self.target, "lookup"):
+            if not client.has_collection(self.name, timeout=CALL_TIMEOUT):
+                return None
+            for field in client.describe_collection(self.name, timeout=CALL_TIMEOUT).get("fields", []):
+                if field.get("name") == "vector":
+                    return int(field.get("params", {}).get("dim"))
+        return None
+
+    def fit_index(self, rows: int) -> None:
+        """Rebuild the server's index when the row count calls for another kind (FLAT → IVF_FLAT)."""
+        index_type, params = _index_spec(self._kind(rows), rows)
+        client = self._client()
+        with _calling(self.target, "index"):
+            current = client.describe_index(self.name, "vector", timeout=CALL_TIMEOUT) or {}
+            if current.get("index_type") == index_type:
+                return
+            client.release_collection(self.name, timeout=CALL_TIMEOUT)
+            client.drop_index(self.name, "vector", timeout=CALL_TIMEOUT)
+            index = client.prepare_index_params()
+            index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+            client.create_index(self.name, index, timeout=LONG_TIMEOUT)
+            client.load_collection(self.name, timeout=LONG_TIMEOUT)
+
+    def _kind(self, rows: int) -> str:
+        from .faiss_store import choose_index_type
+
+        return choose_index_type(self.index_type, rows)
+
+    def kind(self) -> str:
+        """The server's index (for `info`)."""
+        try:
+            with _calling(self.target, "lookup"):
+                return (self._client().describe_index(self.name, "vector", timeout=CALL_TIMEOUT) or {}).get("index_type", "?")
+        except StoreError:
+            return "unreachable"
+
+
+def _index_spec(kind: str, n: int) -> tuple[str, dict]:
+    if kind == "hnsw":
+        return "HNSW", {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+    if kind == "ivf":
+        return "IVF_FLAT", {"nlist": ivf_nlist(n)}
+    return "FLAT", {}
+
+
+def _search_params(kind: str, k: int) -> dict:
+    if kind == "hnsw":
+        return {"ef": max(HNSW_EF_SEARCH, k)}
+    if kind == "ivf":
+        return {"nprobe": IVF_NPROBE}
+    return {}
+
+
+def _ensure_loaded(client, name: str) -> None:
+    state = client.get_load_state(name, timeout=CALL_TIMEOUT)
+    if "Loaded" not in str(state.get("state") if isinstance(state, dict) else state):
+        client.load_collection(name, timeout=LONG_TIMEOUT)
