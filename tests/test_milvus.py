@@ -265,7 +265,7 @@ def test_an_index_at_a_milvus_location_is_refused_with_the_command():
 
 def _held(store: FaissStore) -> list[int]:
     """The record ids the collection holds."""
-    return store._remote.ids().tolist()
+    return store._vectors.collection.ids().tolist()
 
 
 def _live_ids(store: FaissStore) -> list[int]:
@@ -348,7 +348,7 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     new = FaissStore(tmp_path / "m", _manifest(), vectors=lite)
     new.upsert(*_doc("n", 3, 10, "苹果"))
     new.save()
-    client = mv._connect(new._remote.target)
+    client = mv._connect(new._vectors.collection.target)
     assert new.manifest.vectors["collection"] == f"docs_g{int(new.generation[4:]):06d}"
     assert [n for n in client.list_collections() if n.startswith("docs_")] == [new.manifest.vectors["collection"]]
     assert _held(FaissStore.load(tmp_path / "m")) == _live_ids(new) and new.problems() == []
@@ -363,7 +363,7 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     gone = FaissStore(tmp_path / "g", _manifest(), vectors=f"milvus-lite://{tmp_path}/lite.db?collection=gone")
     gone.upsert(*_doc("a", 5, 1, "苹果"))
     gone.save()
-    MilvusVectors.remove(gone._remote, [_live_ids(gone)[0]])
+    MilvusVectors.remove(gone._vectors.collection, [_live_ids(gone)[0]])
     assert FaissStore.load(tmp_path / "g").problems() == [
         f"milvus-lite://{tmp_path}/lite.db?collection=gone: the vectors of 1 chunks are missing "
         f"(record ids [{_live_ids(gone)[0]}])"]

@@ -3,8 +3,8 @@
     DIR/records.db     the records and the commit point (indexer.store.records)
     DIR/seg-NNNNNN/    one segment: vectors, vector index, postings, sentence table (indexer.store.segment)
     DIR.lock           the writers' lock (readers never wait)
-With `vectors` (a Milvus location, indexer.store.milvus_vectors) the segments keep no vectors: a
-Milvus collection keeps them by record id and answers dense search; everything else is as here.
+Where the vectors live is behind indexer.store.vectors: FAISS files in each segment, or (an index
+built with a Milvus location) a Milvus collection keyed by record id; everything else is as here.
 A write adds one segment and deletion marks, and commits them in one SQLite transaction: it costs
 what it changes, and a kill leaves the old commit or the new one. A search runs over every
 segment and joins the results exactly: BM25 takes its statistics from all segments' live rows,
@@ -17,7 +17,6 @@ approximate segment once together they reach its size (`APPROX_ABOVE`), and all 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -28,15 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from ..chunking import Chunk
-from ..crosslingual import PassageVectors, all_finite
+from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from ..keyword import Analyzer, Postings, bm25, term_keys, top_positive
 from .atomic import _fsync_dir, _fsync_tree, writer_lock
 from .base import DocRecord, Manifest, check_upsert, empty_table, now
 from .legacy import is_legacy, read_legacy, stable_ids
 from .records import DB_FILE, DocTable, Records, chunk_json
-from .milvus_vectors import MAX_TOPK, MilvusVectors
-from .segment import REMOTE, Segment, merge_segments, write_segment
+from .segment import Segment, merge_segments, write_segment
+from .vectors import retire, vectors_of
 
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 LOCK_TIMEOUT_ENV = "INDEXER_LOCK_TIMEOUT"  # seconds a writer waits for another writer
@@ -90,10 +89,9 @@ class FaissStore:
     def __init__(self, path: Path, manifest: Manifest, records: Records | None = None, vectors: str | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
-        self._remote = _remote(manifest, vectors)
-        self._unindexed: set[int] = set()  # record ids whose vectors go from the collection once committed
-        self._by_id: tuple[np.ndarray, np.ndarray] | None = None  # live rows' ids ascending, their rows
-        self._retiring: MilvusVectors | None = None  # the collections of the index a new one replaces
+        self._vectors = vectors_of(self, vectors)
+        self._unindexed: set[int] = set()  # record ids of rows deleted in the commit being made
+        self._retiring: dict = {}  # the vectors entry of the index a new one replaces
         self._records = records
         self._replace = records is None  # a new store: its first save replaces whatever index was there
         if not isinstance(manifest.documents, DocTable):
@@ -176,7 +174,7 @@ class FaissStore:
             if seg in position:
                 mask = self._dead.setdefault(seg, np.zeros(len(self._segments[position[seg]]), bool))
                 mask[row] = True
-        self._live = self._bm25_memo = self._by_id = None
+        self._live = self._bm25_memo = None
         self.generation = f"gen-{gen:06d}"
 
     def is_current(self) -> bool:
@@ -204,10 +202,7 @@ class FaissStore:
 
     @property
     def index_kind(self) -> str:
-        if self._remote is not None:
-            return f"{REMOTE} ({choose_index_type(self.manifest.index_type, len(self))}) at {self._remote.target.display}"
-        kinds = sorted({s.kind for s in self._segments}) or [choose_index_type(self.manifest.index_type, 0)]
-        return "+".join(kinds)
+        return self._vectors.describe()
 
     def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment position, local row) of global rows."""
@@ -279,69 +274,14 @@ class FaissStore:
                exact: bool = False) -> list[list[tuple[float, int]]]:
         """The k best live rows per query by inner product, best first (ties: lower row first);
         `exact`: every row scored, approximate segments too (what recall is measured against)."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self._remote is not None:
-            return self._remote_search(queries, k, doc_ids)
-        allowed = None if doc_ids is None else self.rows_of(doc_ids)
-        found_s, found_r = [], []
-        for i, seg in enumerate(self._segments):
-            base, end = int(self._bases[i]), int(self._bases[i + 1])
-            local = None if allowed is None else allowed[(allowed >= base) & (allowed < end)] - base
-            if local is not None and not len(local):
-                continue
-            s, r = seg.search(queries, k, local, self._dead.get(seg.seg), exact)
-            found_s.append(s)
-            found_r.append(np.where(r >= 0, r + base, -1))
-        out = []
-        for q in range(len(queries)):
-            s = np.concatenate([x[q] for x in found_s]) if found_s else np.zeros(0, np.float32)
-            r = np.concatenate([x[q] for x in found_r]) if found_r else np.zeros(0, np.int64)
-            keep = r >= 0
-            s, r = s[keep], r[keep]
-            order = np.lexsort((r, -s))[:k]
-            out.append([(float(s[j]), int(r[j])) for j in order])
-        return out
-
-    def _remote_search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None) -> list[list[tuple[float, int]]]:
-        """The collection's k best per query, as live rows of this commit: ids it holds that no live
-        row does (a newer commit's, or deleted ones whose removal a kill cut short) are passed over,
-        asking for more until k remain or the collection has no more."""
-        k = min(k, len(self.live_rows() if doc_ids is None else self.rows_of(doc_ids)))
-        want, docs = k, None if doc_ids is None else sorted(doc_ids)
-        while k > 0:
-            out, short = [], False
-            for scores, ids in self._remote.search(queries, want, docs):
-                rows = self._rows_of_ids(ids)
-                s, r = scores[rows >= 0], rows[rows >= 0]
-                order = np.lexsort((r, -s))[:k]
-                out.append([(float(s[j]), int(r[j])) for j in order])
-                short |= len(order) < k and len(ids) == want
-            if not short or want >= MAX_TOPK:
-                return out
-            want = min(2 * want + 16, MAX_TOPK)
-        return [[] for _ in range(len(queries))]
-
-    def _rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
-        """The live row holding each record id, -1 where none does."""
-        if self._by_id is None:
-            live = self.live_rows()
-            held = self._gather(live.tolist(), "ids", (), np.int64)
-            order = np.argsort(held)
-            self._by_id = held[order], live[order]
-        keys, rows = self._by_id
-        if not len(keys):
-            return np.full(len(ids), -1, np.int64)
-        at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-        return np.where(keys[at] == ids, rows[at], -1)
+        return self._vectors.search(np.ascontiguousarray(queries, dtype=np.float32), k, doc_ids, exact)
 
     def dense_scores(self, queries: np.ndarray, rows: list[list[int]]) -> list[np.ndarray]:
         """Exact inner products of each query with the given rows' stored vectors."""
         return [self._vectors_at(r) @ np.asarray(q, dtype=np.float32) for q, r in zip(queries, rows)]
 
     def _vectors_at(self, rows: list[int]) -> np.ndarray:
-        if self._remote is not None:
-            return self._remote.fetch(self._ids(rows)) if len(rows) else np.zeros((0, self.manifest.dim), np.float32)
-        return self._gather(rows, "vectors", (self.manifest.dim,), np.float32)
+        return self._vectors.fetch(rows)
 
     def _bm25(self, terms: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
         """The live rows holding a query term (ascending), their BM25 and the ceiling; the last
@@ -464,7 +404,7 @@ class FaissStore:
         self._pending = [p for p in self._pending if p[0].doc_id not in drop]
         if self._records is not None:  # (a new store's commit retires every segment it did not write)
             self._marks.update(self._written_keys(drop) + ([] if self._replace else self._keys(self.rows_of(drop))))
-            if self._remote is not None and not self._replace:
+            if not self._replace:  # (a replaced index's vectors go with it)
                 self._unindexed.update(self._records.chunk_ids(drop).tolist())
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
@@ -491,8 +431,7 @@ class FaissStore:
             seg = self._write_segment(len(vectors), lambda folder, kind: write_segment(
                 folder, ids, vectors, [t for _, t in rows], xl, kind))
             self._written.append(seg[0])
-            if self._remote is not None:
-                self._remote.add(ids, [c.doc_id for c, _ in rows], vectors)
+            self._vectors.add(ids, [c.doc_id for c, _ in rows], vectors)
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
             db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?)",
                            ((i, c.doc_id, c.chunk_id, chunk_json(c)) for i, (c, _) in zip(ids.tolist(), rows)))
@@ -517,21 +456,15 @@ class FaissStore:
         db = self._records.connection()
         db.execute("BEGIN IMMEDIATE")
         self._txn, self._written = db, []
-        if self._remote is not None:  # a new collection for a new index; else clear what no commit holds
-            try:
-                if self._replace:
-                    self._remote.create(self._records.generation() + 1)
-                    self.manifest.vectors = {**self._remote.state(), "first": self._records.next_chunk_id()}
-                else:
-                    self._remote.remove_from(self._records.next_chunk_id())
-            except BaseException:
-                self.rollback()
-                raise
+        try:
+            entry = self._vectors.begin(self._replace, self._records.generation() + 1, self._records.next_chunk_id())
+        except BaseException:
+            self.rollback()
+            raise
         if self._replace:
+            self._retiring = _old_vectors(self._records, self.path)
+            self.manifest.vectors = entry
             gen = self._records.generation() + 1
-            old = _old_remote(self._records, self.path)
-            if old is not None and (self._remote is None or self._remote.base != old.base):
-                self._retiring = old  # its collections go once this commit is made
             db.execute("INSERT OR REPLACE INTO retired SELECT seg, ? FROM segments", [gen])
             db.execute("INSERT OR REPLACE INTO dropped SELECT id, ? FROM chunks", [gen])
             for table in ("segments", "documents", "deleted"):
@@ -577,7 +510,7 @@ class FaissStore:
         numbers = [int(m.group(1)) for p in self.path.iterdir() if (m := _SEG.match(p.name.lstrip(".").split(".")[0]))]
         used = [s for (s,) in self._records.query("SELECT seg FROM segments UNION SELECT seg FROM retired")]
         seg = max(numbers + used, default=0) + 1
-        kind = REMOTE if self._remote is not None else choose_index_type(self.manifest.index_type, rows)
+        kind = self._vectors.kind(rows)
         name = f"seg-{seg:06d}"
         tmp = self.path / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -600,7 +533,7 @@ class FaissStore:
         self._open({s.seg: s for s in self._segments})
         gen = self._records.generation()
         if self._records.query("SELECT EXISTS (SELECT 1 FROM retired WHERE generation < ?)", [gen])[0][0]:
-            if self._remote is not None:  # their vectors went when they were deleted, unless that was cut short
+            if self.manifest.vectors:  # kept by id: they went when they were deleted, unless that was cut short
                 unindexed += [i for (i,) in self._records.query(
                     "SELECT id FROM dropped WHERE generation < ? AND id >= ?", [gen, self.manifest.vectors["first"]])]
             with self._records.transaction() as db:
@@ -613,23 +546,8 @@ class FaissStore:
                 item.name == "CURRENT" or item.name.startswith("gen-")
             if stale:
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
-        self._tidy_collections(unindexed)
-
-    def _tidy_collections(self, ids: list[int]) -> None:
-        """After a commit: the vectors of rows it deleted go from the collection, earlier builds'
-        collections are dropped, and the server's index kind follows the size. A failure here loses
-        nothing (the commit is made, and a search passes over vectors no live row holds): a warning."""
-        try:
-            if self._remote is not None:
-                self._remote.remove(ids)
-                self._remote.drop_others()
-                self._remote.fit_index(len(self))
-            if self._retiring is not None:
-                self._retiring.drop_others(keep=False)
-                self._retiring = None
-        except StoreError as exc:
-            logging.getLogger(__name__).warning("%s (the commit is made; what the collection still holds is "
-                                                "passed over)", exc)
+        self._vectors.committed(unindexed)
+        self._retiring = retire(self._retiring, self.manifest.vectors)
 
     # ---------------------------------------------------------------- merges
 
@@ -720,10 +638,8 @@ class FaissStore:
 
     def problems(self) -> list[str]:
         """Inconsistencies between the records, the segments and the documents (empty: none)."""
-        out = []
-        for s in self._segments:  # (one chunk record per vector is checked on opening)
-            if s.vectors is not None and not all_finite(s.vectors):
-                out.append(f"segment {s.seg}: vectors contain NaN or infinity")
+        out = self._vectors.problems()  # (one chunk record per row is checked on opening)
+        for s in self._segments:
             if s.xl is not None:
                 out.extend(f"segment {s.seg}: {p}" for p in s.stored_table().problems(
                     len(s), self.manifest.dim if self.manifest.crosslingual.get("e5_sentences") else None))
@@ -740,36 +656,15 @@ class FaissStore:
         found: dict[str, list[str]] = {}
         for what, x in self._records.query(CHECK_SQL, [json.dumps(np.concatenate(dead or [[]]).tolist())]):
             found.setdefault(what, []).append(x)
-        return out + [f"{what} {xs}" for what, xs in found.items()] + self._remote_problems()
-
-    def _remote_problems(self) -> list[str]:
-        """Where the collection disagrees with the live rows: its dimension, vectors missing."""
-        if self._remote is None:
-            return []
-        where = self._remote.target.display
-        if (dim := self._remote.dim_on_server()) != self.manifest.dim:
-            return [f"{where}: collection {self._remote.name} " + ("is missing" if dim is None else
-                    f"holds vectors of dimension {dim}, not {self.manifest.dim}")]
-        missing = np.setdiff1d(self._gather(self.live_rows().tolist(), "ids", (), np.int64), self._remote.ids())
-        return [f"{where}: the vectors of {len(missing)} chunks are missing (record ids {missing[:3].tolist()})"] \
-            if len(missing) else []
+        return out + [f"{what} {xs}" for what, xs in found.items()]
 
 
-def _remote(manifest: Manifest, location: str | None) -> MilvusVectors | None:
-    """The Milvus collection of an index's vectors: a new one at `location`, else the manifest's (None: FAISS)."""
-    if location is None and not manifest.vectors:
-        return None
-    if location is not None:
-        return MilvusVectors(location, manifest.dim, manifest.index_type)
-    return MilvusVectors(manifest.vectors["milvus"], manifest.dim, manifest.index_type, manifest.vectors["collection"])
-
-
-def _old_remote(records: Records, path: Path) -> MilvusVectors | None:
-    """The collection of the index a build replaces (None: none, or its manifest cannot be read)."""
+def _old_vectors(records: Records, path: Path) -> dict:
+    """The vectors entry of the index a build replaces ({}: none, or its manifest cannot be read)."""
     try:
-        return _remote(read_manifest(records, path, upgrading=True), None)
+        return read_manifest(records, path, upgrading=True).vectors
     except StoreError:
-        return None
+        return {}
 
 
 def read_manifest(records: Records, path: Path, upgrading: bool = False) -> Manifest:

@@ -278,7 +278,7 @@ class MilvusVectors:
             schema.add_field("doc", DataType.VARCHAR, max_length=MAX_DOC_ID)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
             index = client.prepare_index_params()
-            index_type, params = _index_spec(self._kind(0), 0)
+            index_type, params = _index_spec(self.kind_for(0), 0)
             index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
             client.create_collection(self.name, schema=schema, index_params=index, consistency_level="Strong",
                                      timeout=CALL_TIMEOUT)
@@ -315,12 +315,13 @@ class MilvusVectors:
         with _calling(self.target, "delete"):
             self._client().delete(self.name, filter=f"id >= {int(first)}", timeout=CALL_TIMEOUT)
 
-    def search(self, queries: np.ndarray, k: int, docs: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(self, queries: np.ndarray, k: int, docs: list[str] | None = None,
+               rows: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each query, the k best (scores, record ids) by inner product, best first, among the
-        rows of `docs` (None: all)."""
+        rows of `docs` (None: all); `rows`: how many the collection holds (its index kind)."""
         k = min(k, MAX_TOPK)
         expr = "" if docs is None else _in("doc", docs)
-        params = {"metric_type": "IP", "params": _search_params(self._kind(k), k)}
+        params = {"metric_type": "IP", "params": _search_params(self.kind_for(rows), k)}
         client, out = self._client(), []
         with _calling(self.target, "search"):
             for start in range(0, len(queries), SEARCH_BATCH):
@@ -375,7 +376,7 @@ class MilvusVectors:
 
     def fit_index(self, rows: int) -> None:
         """Rebuild the server's index when the row count calls for another kind (FLAT → IVF_FLAT)."""
-        index_type, params = _index_spec(self._kind(rows), rows)
+        index_type, params = _index_spec(self.kind_for(rows), rows)
         client = self._client()
         with _calling(self.target, "index"):
             current = client.describe_index(self.name, "vector", timeout=CALL_TIMEOUT) or {}
@@ -388,18 +389,11 @@ class MilvusVectors:
             client.create_index(self.name, index, timeout=LONG_TIMEOUT)
             client.load_collection(self.name, timeout=LONG_TIMEOUT)
 
-    def _kind(self, rows: int) -> str:
+    def kind_for(self, rows: int) -> str:
+        """The index kind for this many rows (faiss_store.choose_index_type: one rule for both)."""
         from .faiss_store import choose_index_type
 
         return choose_index_type(self.index_type, rows)
-
-    def kind(self) -> str:
-        """The server's index (for `info`)."""
-        try:
-            with _calling(self.target, "lookup"):
-                return (self._client().describe_index(self.name, "vector", timeout=CALL_TIMEOUT) or {}).get("index_type", "?")
-        except StoreError:
-            return "unreachable"
 
 
 def _index_spec(kind: str, n: int) -> tuple[str, dict]:
