@@ -106,7 +106,7 @@ def section_scale(args) -> dict:
         [100_000] if args.quick else [100_000, 1_000_000])
     return run(sizes, tiny=args.scale_tiny, rounds=args.scale_rounds, crosslingual=args.scale_xl, seed=args.seed,
                commit=args.scale_commit, keep=args.scale_dir, log=log, save_partial=args.save_partial,
-               optimize=not args.scale_no_optimize)
+               optimize=not args.scale_no_optimize, milvus=args.scale_milvus)
 
 
 def print_scale(res: dict) -> None:
@@ -221,6 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale-xl", action="store_true", help="scale: keep stub cross-lingual (USE) vectors in every index")
     ap.add_argument("--scale-commit", type=int, default=20_000, help="scale: stub chunks per commit while building")
     ap.add_argument("--scale-no-optimize", action="store_true", help="scale: leave out optimize (at 1M it outlasts the rest)")
+    ap.add_argument("--scale-milvus", action="store_true",
+                    help="scale: every index's vectors in Milvus (the embedded server, started by the section)")
     ap.add_argument("--scale-dir", default=None, help="scale: keep the stub indexes here (and reuse them); default a temporary folder")
     ap.add_argument("--load-clients", type=int, default=50, help="load: concurrent HTTP clients")
     ap.add_argument("--load-seconds", type=float, default=60, help="load: how long they run")

@@ -20,9 +20,15 @@ one process holds an Engine that has answered, another process adds a document, 
 `Engine.search` (which loads the new commit) is timed. Reported: the
 median of each, big/tiny, and big − tiny (for add and remove: the time beyond the model's load),
 beside the goals of issue 15.
+
+`--scale-milvus`: the same with every index's vectors in a Milvus collection (`build --vectors`),
+on the embedded Milvus 2.3.5 server this section starts on 127.0.0.1:19530 (bench/milvus_server.py,
+time tick 50 ms as the tests run it); stub folders `stub-N-milvus`. `optimize` of a copy shares the
+original's collection, which a merge does not change.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -124,8 +130,10 @@ def new_manifest(crosslingual: bool):
                     crosslingual={"encoder": USE_NAME, "dim": USE_DIM} if crosslingual else {})
 
 
-def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, commit: int = 20_000) -> dict:
-    """An index of `n` stub chunks at `path`, through FaissStore.upsert and a save every `commit` chunks."""
+def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, commit: int = 20_000,
+               vectors: str | None = None) -> dict:
+    """An index of `n` stub chunks at `path`, through FaissStore.upsert and a save every `commit`
+    chunks (its vectors in the Milvus collection at `vectors`, if given)."""
     from indexer.chunking import Chunk
     from indexer.engine import IndexSettings
     from indexer.keyword import Segmenter
@@ -140,7 +148,7 @@ def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, co
     pool_s = time.perf_counter() - start
     rng = np.random.default_rng(seed)
     manifest = new_manifest(crosslingual)
-    store = FaissStore(path, manifest)
+    store = FaissStore(path, manifest, vectors=vectors)
     saves, since, done = [], 0, 0
     with FaissStore.lock(path):
         for d in range((n + CHUNKS_PER_DOC - 1) // CHUNKS_PER_DOC):
@@ -325,7 +333,7 @@ def next_removal(index: Path) -> str:
     return f"stub/{(docs // 2 + removed) % docs:07d}.txt"
 
 
-def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log) -> dict:
+def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log, vectors: str | None = None) -> dict:
     """The stub index at `path`, built in a fresh process (its wall time and peak RSS), or the
     one built there before (its record kept beside it)."""
     from indexer.store.faiss_store import FaissStore
@@ -336,7 +344,7 @@ def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log) 
         return {**json.loads(record.read_text()), "reused": True}
     shutil.rmtree(path, ignore_errors=True)
     wall, rss, out = timed(child("build", str(path), str(n), "--seed", str(seed), "--commit", str(commit),
-                                 *(["--xl"] if crosslingual else [])))
+                                 *(["--xl"] if crosslingual else []), *(["--vectors", vectors] if vectors else [])))
     info = {**json.loads(out.strip().splitlines()[-1]), "wall_s": round(wall, 1), "peak_rss_mib": round(rss)}
     record.write_text(json.dumps(info))
     log(f"  built {path}: {info}")
@@ -345,17 +353,21 @@ def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log) 
 
 def section(sizes: list[int], tiny: int = 200, rounds: int = 2, crosslingual: bool = False, seed: int = 0,
             commit: int = 20_000, keep: Path | None = None, log=print, save_partial=None,
-            optimize: bool = True) -> dict:
+            optimize: bool = True, milvus: bool = False) -> dict:
     """Per big size: the stub builds, then `rounds` rounds of the commands, tiny and big alternating."""
     question = json.loads(QUESTIONS.read_text(encoding="utf-8").splitlines()[0])["query"]
-    out = {"question": question, "crosslingual": crosslingual, "rounds": rounds, "tiny_chunks": tiny, "sizes": {}}
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+    out = {"question": question, "crosslingual": crosslingual, "rounds": rounds, "tiny_chunks": tiny, "sizes": {},
+           "vectors": "milvus" if milvus else "faiss"}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, contextlib.ExitStack() as stack:
         base = Path(keep) if keep else Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        suffix = "-xl" if crosslingual else ""
+        suffix = ("-xl" if crosslingual else "") + ("-milvus" if milvus else "")
+        if milvus:
+            stack.enter_context(_milvus_server(base / "milvus-data", log))
         for n in sizes:
             indexes = {"tiny": base / f"stub-{tiny}{suffix}", "big": base / f"stub-{n}{suffix}"}
-            builds = {label: _built(path, size, crosslingual, seed, commit, log)
+            builds = {label: _built(path, size, crosslingual, seed, commit, log,
+                                    f"milvus://127.0.0.1:19530/{path.name.replace('-', '_')}" if milvus else None)
                       for (label, path), size in zip(indexes.items(), (tiny, n))}
             runs: dict[str, list[dict]] = {"tiny": [], "big": []}
             for r in range(rounds):
@@ -372,19 +384,34 @@ def section(sizes: list[int], tiny: int = 200, rounds: int = 2, crosslingual: bo
     return out
 
 
+@contextlib.contextmanager
+def _milvus_server(data: Path, log):
+    """The embedded Milvus server, its data kept in `data` (beside kept stub indexes)."""
+    from .milvus_server import FAST_CONFIG, MilvusServer
+
+    server = MilvusServer(data, FAST_CONFIG)
+    server.start(timeout=300)
+    log(f"  Milvus server up at {server.uri}, data in {data}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def print_scale(res: dict) -> None:
     xl = "on in both (stub sentence tables)" if res["crosslingual"] else "off in both (--scale-xl: on)"
     for n, r in res["sizes"].items():
         b = r["builds"]
         print(f"\n### Scale: {int(n):,} chunks beside {b['tiny']['chunks']:,} (stub vectors through the real store; "
-              f"cross-lingual {xl}; median of {res['rounds']} rounds, alternating; goals: issue 15's for "
+              f"cross-lingual {xl}; vectors in {res.get('vectors', 'faiss')}; median of {res['rounds']} rounds, "
+              f"alternating; goals: issue 15's for "
               f"{goals_for(int(n)):,})\n")
         print(fmt_table(r["rows"], [("measure", "command"), ("tiny", "tiny"), ("big", f"{int(n):,}"),
                                     ("ratio", "big / tiny"), ("beyond", "big − tiny"), ("goal", "goal"),
                                     ("met", "met")]))
         print("\n" + fmt_table([{"index": k, **v} for k, v in b.items()],
                                [("index", "stub build"), ("chunks", "chunks"), ("documents", "documents"),
-                                ("index_kind", "FAISS"), ("wall_s", "wall s"), ("save_s", "of it in saves s"),
+                                ("index_kind", "vectors"), ("wall_s", "wall s"), ("save_s", "of it in saves s"),
                                 ("saves", "saves"), ("last_save_s", "last save s"), ("peak_rss_mib", "peak RSS MiB"),
                                 ("disk_mib", "disk MiB"), ("reused", "reused")]))
 
@@ -402,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--xl", action="store_true")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--commit", type=int, default=20_000)
+    b.add_argument("--vectors")
     p = sub.add_parser("reload")
     p.add_argument("index", type=Path)
     p.add_argument("question")
@@ -409,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--english")
     args = ap.parse_args(argv)
     if args.what == "build":
-        result = build_stub(args.path, args.n, args.xl, args.seed, args.commit)
+        result = build_stub(args.path, args.n, args.xl, args.seed, args.commit, args.vectors)
     else:
         result = reload_probe(args.index, args.question, args.docs, args.english)
     print(json.dumps(result, ensure_ascii=False))
