@@ -302,7 +302,7 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
         assert _answers(m) == _answers(f)
         assert _held(m) == _live_ids(m) and m.problems() == []
     m = FaissStore.load(tmp_path / "m")
-    assert m.manifest.vectors["collection"] == "docs_g000001" and m.index_kind.startswith("milvus (flat) at milvus-lite://")
+    assert m.manifest.vectors["collection"] == "docs_g000001" and m.index_kind.startswith("Milvus flat (milvus-lite://")
     assert len(m._segments) == 3 and all(s.vectors is None for s in m._segments)
     assert not list((tmp_path / "m").glob("seg-*/vectors.npy"))  # the collection keeps them, nothing else
     np.testing.assert_array_equal(m.vectors(), FaissStore.load(tmp_path / "f").vectors())
@@ -380,7 +380,7 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     labels = labels[::6] if name == "drcd" else labels  # 588 of DRCD's 3,524 questions: the suite's longest test
     copy_into(folder, tmp_path / "milvus", loc(f"exact_{name}"))
     local, milvus = FaissStore.load(folder), FaissStore.load(tmp_path / "milvus")
-    assert milvus.index_kind == f"milvus (flat) at {loc('exact_' + name)}" and local.index_kind == "flat"
+    assert milvus.index_kind == f"Milvus flat ({loc('exact_' + name)})" and local.index_kind == "flat"
     assert milvus.problems() == []
     queries = [label.query for label in labels]
     vectors = same.encode_queries(queries)
@@ -420,7 +420,7 @@ def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_
             [(h.sentence_start, h.sentence_end) for r in b for h in r.hits]
     assert milvus.search(QUESTION, k=1)[0].section.startswith("四、")
     info = milvus.info()
-    assert info["index_type"] == f"milvus (flat) at {loc('speech')}" and info["chunks"] == len(local.store)
+    assert info["index_type"] == f"Milvus flat ({loc('speech')})" and info["chunks"] == len(local.store)
     assert info["crosslingual"] == local.info()["crosslingual"] and milvus.check() == []
     np.testing.assert_array_equal(milvus.store.vectors(), local.store.vectors())
     rows = list(range(len(local.store)))
@@ -511,7 +511,7 @@ def test_build_through_the_engine_never_shows_the_token(milvus_server, same, tmp
     assert engine.search("Which team sports are on the programme?", k=1)[0].doc_id == "sports.txt"
     reopened = Engine(tmp_path / "index", encoder=same)
     info = reopened.info()
-    assert info["documents"] == 1 and info["index_type"] == f"milvus (flat) at {loc('built')}"
+    assert info["documents"] == 1 and info["index_type"] == f"Milvus flat ({loc('built')})"
     assert info["crosslingual"].startswith(USE_NAME) and reopened.check() == []
     assert "TOPSECRET" not in str(info) and "TOPSECRET" not in (tmp_path / "index" / "records.db").read_bytes().decode("latin-1")
 
@@ -583,7 +583,7 @@ def test_cli_builds_with_milvus_lite_vectors(tmp_path):
     index, lite = tmp_path / "index", f"milvus-lite://{tmp_path}/vectors.db?collection=speech"
     built = cli("build", str(SPEECH), "--index", str(index), "--vectors", lite)
     assert built.returncode == 0, built.stderr
-    assert f"milvus (flat) at {lite}" in built.stdout
+    assert f"Milvus flat ({lite})" in built.stdout
     found = cli("search", QUESTION, "--index", str(index), "-k", "1", "--json")
     assert found.returncode == 0, found.stderr
     assert '"section": "四、加强民办学校党建工作' in found.stdout

@@ -119,7 +119,7 @@ class CollectionVectors:
         self._by_id: tuple[str | None, np.ndarray, np.ndarray] | None = None  # (generation, ids ascending, rows)
 
     def describe(self) -> str:
-        return f"{REMOTE} ({self.collection.kind_for(len(self.store))}) at {self.collection.target.display}"
+        return f"Milvus {self.collection.kind_for(len(self.store))} ({self.collection.target.display})"
 
     def kind(self, rows: int) -> str:
         return REMOTE
