@@ -393,13 +393,14 @@ class Engine:
             return {}
         return {"encoder": USE_NAME, "dim": USE_DIM, **({"e5_sentences": True} if self.settings.sentence_vectors else {})}
 
-    def _new_store(self):
+    def _new_store(self, vectors: str | None = None):
+        """An empty store with these settings (its vectors at `vectors`, else as the settings say)."""
         choose_index_type(self.settings.index_type, 0)  # validate early
         manifest = Manifest(model=self.encoder.name, dim=self.encoder.dim,
                             chunking=asdict(self.settings.chunking), index_type=self.settings.index_type,
                             keyword=self.settings.keyword(),
                             crosslingual=self._table_settings())
-        return self._store_cls(self.location, manifest, vectors=self.settings.vectors or None)
+        return self._store_cls(self.location, manifest, vectors=vectors or self.settings.vectors or None)
 
     # ---------------------------------------------------------------- writes
 
@@ -469,7 +470,7 @@ class Engine:
             old = self._store_cls.load(self.location)
             records = old.manifest.documents.values()
             total = max(1, sum(d.chars for d in records))
-            store = self._new_store()
+            store = self._new_store(old.manifest.vectors.get("milvus"))  # the vectors stay where they were
             reports: list[DocReport] = []
             batch: list[Document] = []
             done = chars = 0

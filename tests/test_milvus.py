@@ -13,7 +13,9 @@ the commits, what a failed write leaves, the clean-up, and the page.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,7 +36,9 @@ from indexer.errors import ModelError, StoreError
 from indexer.evaluation import evaluate, read_labelled
 from indexer.store import milvus_vectors as mv
 from indexer.store.base import DocRecord, Manifest
+from indexer.store import faiss_store
 from indexer.store.faiss_store import FaissStore
+from indexer.store.records import Records
 from indexer.store.milvus_vectors import MilvusVectors, parse_location
 
 QUESTION = "私立学校怎样建立党组织？"
@@ -268,6 +272,10 @@ def _held(store: FaissStore) -> list[int]:
     return store._vectors.collection.ids().tolist()
 
 
+def _collections(client, prefix: str) -> list[str]:
+    return sorted(n for n in client.list_collections() if n.startswith(prefix))
+
+
 def _live_ids(store: FaissStore) -> list[int]:
     return sorted(store._ids(store.live_rows().tolist()))
 
@@ -302,7 +310,8 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
         assert _answers(m) == _answers(f)
         assert _held(m) == _live_ids(m) and m.problems() == []
     m = FaissStore.load(tmp_path / "m")
-    assert m.manifest.vectors["collection"] == "docs_g000001" and m.index_kind.startswith("Milvus flat (milvus-lite://")
+    assert re.fullmatch(r"docs_[0-9a-f]{8}", m.manifest.vectors["collection"])
+    assert m.index_kind.startswith("Milvus flat (milvus-lite://")
     assert len(m._segments) == 3 and all(s.vectors is None for s in m._segments)
     assert not list((tmp_path / "m").glob("seg-*/vectors.npy"))  # the collection keeps them, nothing else
     np.testing.assert_array_equal(m.vectors(), FaissStore.load(tmp_path / "f").vectors())
@@ -321,9 +330,13 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     m = FaissStore.load(tmp_path / "m")
     assert _answers(m) == before and m.problems() == []
     assert len(_held(m)) == len(_live_ids(m)) + 5  # passed over by every search
-    m.upsert(*_doc("y", 2, 8, "梨"))
-    m.save()  # the next write clears what no commit holds
+    for store in (m, folder):  # y's ids are the ones x had: the next write clears what no commit holds
+        store.upsert(*_doc("y", 2, 8, "梨"))
+        store.save()
     assert _held(m) == _live_ids(m) and "y" in m.manifest.documents and "x" not in m.manifest.documents
+    f = FaissStore.load(tmp_path / "f")
+    np.testing.assert_array_equal(m.vectors(), f.vectors())  # y's vectors, not x's under the same ids
+    assert _answers(m) == _answers(f) and m.problems() == []
 
     # a removal whose clean-up fails after its commit: a warning; the removed rows are passed over
     def down(self, ids):
@@ -344,20 +357,39 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     m.save()  # the merged-away rows' records go a commit later, their vectors with them
     assert _held(m) == _live_ids(m) and m.problems() == []
 
-    # a rebuild: a new collection, the old one dropped once it is committed
+    # a rebuild: a new collection; the old one stays for readers of the previous commit, and goes
+    # with the next one
+    client = mv._connect(m._vectors.collection.target)
+    first = m.manifest.vectors["collection"]
     new = FaissStore(tmp_path / "m", _manifest(), vectors=lite)
     new.upsert(*_doc("n", 3, 10, "苹果"))
     new.save()
-    client = mv._connect(new._vectors.collection.target)
-    assert new.manifest.vectors["collection"] == f"docs_g{int(new.generation[4:]):06d}"
-    assert [n for n in client.list_collections() if n.startswith("docs_")] == [new.manifest.vectors["collection"]]
+    second = new.manifest.vectors["collection"]
+    assert second != first and _collections(client, "docs_") == sorted([first, second])
+    seen = {c.doc_id for hits in m.search(np.eye(DIM, dtype=np.float32), 4) for _, c in chunked(m, hits)}
+    assert seen and seen <= {"a", "b", "d", "e", "y", "z"}  # a reader of the previous commit still answers
+    new.upsert(*_doc("o", 2, 12, "梨"))
+    new.save()
+    assert _collections(client, "docs_") == [second]
     assert _held(FaissStore.load(tmp_path / "m")) == _live_ids(new) and new.problems() == []
-    # a rebuild with FAISS files: the collections go
+    # a rebuild with FAISS files: the collection goes a commit later too
     plain = FaissStore(tmp_path / "m", _manifest())
     plain.upsert(*_doc("p", 3, 11, "苹果"))
     plain.save()
-    assert not [n for n in client.list_collections() if n.startswith("docs_")]
-    assert FaissStore.load(tmp_path / "m").index_kind == "flat"
+    assert _collections(client, "docs_") == [second] and FaissStore.load(tmp_path / "m").index_kind == "flat"
+    plain.delete(["p"])
+    plain.save()
+    assert _collections(client, "docs_") == []
+    assert "vectors" not in json.loads(Records(tmp_path / "m" / "records.db").meta()["manifest"])  # as format 3 was
+
+    # a build that fails before its commit takes its new collection with it
+    broken = FaissStore(tmp_path / "m", _manifest(), vectors=lite)
+    broken.upsert(*_doc("q", 3, 13, "苹果"))
+    with monkeypatch.context() as patch:
+        patch.setattr(FaissStore, "_commit_meta", fails)
+        with pytest.raises(OSError):
+            broken.save()
+    assert _collections(client, "docs_") == [] and FaissStore.load(tmp_path / "m").index_kind == "flat"
 
     # check names a collection that lost vectors
     gone = FaissStore(tmp_path / "g", _manifest(), vectors=f"milvus-lite://{tmp_path}/lite.db?collection=gone")
@@ -367,6 +399,55 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     assert FaissStore.load(tmp_path / "g").problems() == [
         f"milvus-lite://{tmp_path}/lite.db?collection=gone: the vectors of 1 chunks are missing "
         f"(record ids [{_live_ids(gone)[0]}])"]
+
+
+def test_two_folders_one_name_and_the_index_growing_past_flat(tmp_path, monkeypatch):
+    """Two folders built with the same location keep a collection each, and rebuilding one (with
+    the location spelled another way) leaves the other alone. Past the flat size (lowered here to
+    40 rows) the collection's index becomes IVF_FLAT; a kill between dropping the old index and
+    building the new one is mended by the next process that opens the collection."""
+    lite = f"milvus-lite://{tmp_path}/lite.db?collection=docs"
+    a, b = FaissStore(tmp_path / "a", _manifest(), vectors=lite), FaissStore(tmp_path / "b", _manifest(), vectors=lite)
+    a.upsert(*_doc("a", 5, 1, "苹果"))
+    b.upsert(*_doc("b", 6, 2, "香蕉"))
+    a.save()
+    b.save()  # the same record ids in both folders
+    assert a.manifest.vectors["collection"] != b.manifest.vectors["collection"]
+    again = FaissStore(tmp_path / "b", _manifest(), vectors=f"milvus-lite://{tmp_path}/./lite.db?collection=docs")
+    again.upsert(*_doc("c", 4, 3, "苹果"))
+    again.save()
+    again.delete(["c"])
+    again.save()  # b's first collection goes now, nothing else
+    for store, docs in ((FaissStore.load(tmp_path / "a"), ["a"]), (FaissStore.load(tmp_path / "b"), [])):
+        assert sorted(store.manifest.documents) == docs and store.problems() == []
+        assert {c.doc_id for hits in store.search(np.eye(DIM, dtype=np.float32), 3) for _, c in chunked(store, hits)} \
+            == set(docs)
+    client = mv._connect(a._vectors.collection.target)
+    assert _collections(client, "docs_") == sorted([a.manifest.vectors["collection"], again.manifest.vectors["collection"]])
+
+    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 40)
+    grown = FaissStore.load(tmp_path / "a")
+    name = grown.manifest.vectors["collection"]
+    assert grown.index_kind.startswith("Milvus flat")
+    before = _answers(grown)
+
+    def killed(self, name, index_params, **kwargs):
+        raise KeyboardInterrupt  # after the old index was dropped, before the new one is built
+
+    with monkeypatch.context() as patch:
+        patch.setattr(type(client), "create_index", killed)
+        grown.upsert(*_doc("d", 40, 4, "樱桃"))
+        with pytest.raises(KeyboardInterrupt):
+            grown.save()  # committed; the index switch is cut short
+    assert mv._index_of(client, name) is None
+    mv._LOADED.clear()  # as a new process would
+    reopened = FaissStore.load(tmp_path / "a")
+    assert "d" in reopened.manifest.documents and len(reopened.search(np.eye(DIM, dtype=np.float32), 3)[0]) == 3
+    assert mv._index_of(client, name) == "IVF_FLAT" and reopened.index_kind.startswith("Milvus ivf")
+    vectors, live = reopened.vectors(), reopened.live_rows()  # IVF with one list here: exact
+    exact = [[int(live[j]) for j in np.argsort(-(vectors @ q))[:3]] for q in np.eye(DIM, dtype=np.float32)]
+    assert [[r for _, r in hits] for hits in reopened.search(np.eye(DIM, dtype=np.float32), 3)] == exact
+    assert reopened.problems() == [] and before[3] == ["a"]
 
 
 # ---------------------------------------------------------------- the real server: exact equality
@@ -513,7 +594,8 @@ def test_build_through_the_engine_never_shows_the_token(milvus_server, same, tmp
     info = reopened.info()
     assert info["documents"] == 1 and info["index_type"] == f"Milvus flat ({loc('built')})"
     assert info["crosslingual"].startswith(USE_NAME) and reopened.check() == []
-    assert "TOPSECRET" not in str(info) and "TOPSECRET" not in (tmp_path / "index" / "records.db").read_bytes().decode("latin-1")
+    assert "TOPSECRET" not in str(info) and "TOPSECRET" not in Records(tmp_path / "index" / "records.db").meta()["manifest"]
+    assert not [f for f in (tmp_path / "index").rglob("*") if f.is_file() and b"TOPSECRET" in f.read_bytes()]
 
     class Other:
         name, dim = "some-other-model", 768
@@ -521,6 +603,10 @@ def test_build_through_the_engine_never_shows_the_token(milvus_server, same, tmp
     with pytest.raises(ModelError) as err:
         Engine(tmp_path / "index", encoder=Other()).search(QUESTION)
     assert "TOPSECRET" not in str(err.value)
+    first = reopened.store.manifest.vectors["collection"]
+    reopened.rebuild()  # (the page's Rebuild): the vectors stay in Milvus, in a new collection
+    assert reopened.info()["index_type"] == f"Milvus flat ({loc('built')})"
+    assert reopened.store.manifest.vectors["collection"] != first and reopened.check() == []
 
 
 def test_server_stopped_mid_batch_then_restarted(milvus_server, milvus_speech, speech_index, same, tmp_path):

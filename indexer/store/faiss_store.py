@@ -17,6 +17,7 @@ approximate segment once together they reach its size (`APPROX_ABOVE`), and all 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -58,6 +59,7 @@ SELECT * FROM (SELECT 'chunk count disagrees with the manifest for', d.doc_id FR
                LEFT JOIN counts h USING (doc_id) WHERE coalesce(h.n, 0) != json_extract(d.record, '$.chunks') LIMIT 3)
 """
 _SEG = re.compile(r"^seg-(\d{6,})$")
+RETIRED_VECTORS = "retired_vectors"  # meta: the vectors entries of replaced indexes, and the generation that replaced each
 
 
 def choose_index_type(requested: str, n: int) -> str:
@@ -91,7 +93,6 @@ class FaissStore:
         self.manifest = manifest
         self._vectors = vectors_of(self, vectors)
         self._unindexed: set[int] = set()  # record ids of rows deleted in the commit being made
-        self._retiring: dict = {}  # the vectors entry of the index a new one replaces
         self._records = records
         self._replace = records is None  # a new store: its first save replaces whatever index was there
         if not isinstance(manifest.documents, DocTable):
@@ -457,14 +458,16 @@ class FaissStore:
         db.execute("BEGIN IMMEDIATE")
         self._txn, self._written = db, []
         try:
-            entry = self._vectors.begin(self._replace, self._records.generation() + 1, self._records.next_chunk_id())
+            entry = self._vectors.begin(self._replace, self._records.next_chunk_id())
         except BaseException:
             self.rollback()
             raise
         if self._replace:
-            self._retiring = _old_vectors(self._records, self.path)
-            self.manifest.vectors = entry
             gen = self._records.generation() + 1
+            old, self.manifest.vectors = _old_vectors(self._records, self.path), entry
+            if old and old.get("collection") != entry.get("collection"):  # it goes a commit after this one
+                retired = json.loads(self._records.meta().get(RETIRED_VECTORS, "[]")) + [{"vectors": old, "generation": gen}]
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [RETIRED_VECTORS, json.dumps(retired)])
             db.execute("INSERT OR REPLACE INTO retired SELECT seg, ? FROM segments", [gen])
             db.execute("INSERT OR REPLACE INTO dropped SELECT id, ? FROM chunks", [gen])
             for table in ("segments", "documents", "deleted"):
@@ -493,6 +496,7 @@ class FaissStore:
             self._txn = None
             for seg in self._written:
                 shutil.rmtree(self.path / f"seg-{seg:06d}", ignore_errors=True)
+            self._vectors.abort()
         self._pending, self._marks, self._unindexed = [], set(), set()
 
     def _pending_xl(self) -> PassageVectors | None:
@@ -501,6 +505,8 @@ class FaissStore:
     def _commit_meta(self, db, gen: int) -> None:
         core = {f.name: getattr(self.manifest, f.name) for f in fields(Manifest) if f.name != "documents"}
         core["format_version"] = FOLDER_FORMAT
+        if not core["vectors"]:  # FAISS files: the manifest format-3 tools of before Milvus vectors read
+            del core["vectors"]
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                        [("manifest", json.dumps(core, ensure_ascii=False)), ("generation", str(gen))])
 
@@ -547,7 +553,24 @@ class FaissStore:
             if stale:
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
         self._vectors.committed(unindexed)
-        self._retiring = retire(self._retiring, self.manifest.vectors)
+        self._retire_collections(gen)
+
+    def _retire_collections(self, gen: int) -> None:
+        """Drop the collections of indexes that builds replaced before generation `gen` (a reader of
+        the previous commit may still be searching one); a failure warns and is tried again after
+        the next commit."""
+        retired = json.loads(self._records.meta().get(RETIRED_VECTORS, "[]"))
+        kept = [r for r in retired if r["generation"] >= gen]
+        for r in retired:
+            if r["generation"] < gen:
+                try:
+                    retire(r["vectors"])
+                except StoreError as exc:
+                    logging.getLogger(__name__).warning("%s (the replaced index's collection stays for now)", exc)
+                    kept.append(r)
+        if kept != retired:
+            with self._records.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [RETIRED_VECTORS, json.dumps(kept)])
 
     # ---------------------------------------------------------------- merges
 

@@ -11,10 +11,11 @@ Locations (given to `build`; the folder keeps the location without credentials):
 Credentials: `?token=…` or `user:password@` for that command; INDEXER_MILVUS_TOKEN, or
 INDEXER_MILVUS_USER + INDEXER_MILVUS_PASSWORD, for every command. They are never printed or stored.
 
-The collection NAME_gNNNNNN (N: the generation whose build made it; a build makes a new one and drops
-the old one once it has committed) holds one row per chunk: its record id (the primary key), its
-document (for searches within chosen documents) and its vector. Its index is FLAT (exact) below
-faiss_store.APPROX_ABOVE vectors, IVF_FLAT from there, with the folder's nlist and nprobe.
+The collection NAME_xxxxxxxx (a random suffix per build: two folders given the same NAME never share
+one; the folder's commit drops the replaced index's collection one commit later, as it does its
+segments) holds one row per chunk: its record id (the primary key), its document (for searches
+within chosen documents) and its vector. Its index is FLAT (exact) below faiss_store.APPROX_ABOVE
+vectors, IVF_FLAT from there, with the folder's nlist and nprobe.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ import json
 import logging
 import os
 import re
+import secrets
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -57,11 +59,16 @@ class Target:
     uri: str
     collection: str
     db: str = ""
-    token: str = ""
+    token: str = field(default="", repr=False)
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     lite: bool = False
     display: str = ""
+
+    @property
+    def key(self) -> tuple:
+        """What a connection is shared by."""
+        return self.uri, self.db, self.token, self.user, self.password
 
     @property
     def secrets(self) -> list[str]:
@@ -141,12 +148,12 @@ def _in(field: str, values) -> str:
 # ---------------------------------------------------------------- connections
 
 _CLIENTS: dict[tuple, object] = {}
-_LOADED: dict[int, set[str]] = {}  # per client (its id): the collections known to be loaded
+_LOADED: dict[tuple, set[str]] = {}  # per connection: the collections known to be loaded (with an index)
 
 
 def _connect(target: Target):
     """A MilvusClient for the target, shared within the process; a StoreError when unreachable."""
-    key = (target.uri, target.db, target.token, target.user, target.password)
+    key = target.key
     client = _CLIENTS.get(key)
     if client is not None:
         return client
@@ -189,8 +196,8 @@ def _quiet_pymilvus() -> None:
 
 def _forget(target: Target) -> None:
     """Drop a cached client (after a connection failure, so the next call reconnects)."""
-    key = (target.uri, target.db, target.token, target.user, target.password)
-    client = _CLIENTS.pop(key, None)
+    _LOADED.pop(target.key, None)
+    client = _CLIENTS.pop(target.key, None)
     if client is not None:
         try:
             client.close()
@@ -251,28 +258,32 @@ class MilvusVectors:
         return self.target.collection
 
     def _client(self):
-        """The connection, with the collection loaded for searches (once per process and collection)."""
+        """The connection, the collection loaded for searches (once per connection and collection;
+        a collection whose index a kill left half rebuilt gets its index first)."""
         client = _connect(self.target)
-        if self.name not in _LOADED.get(id(client), set()):
+        loaded = _LOADED.setdefault(self.target.key, set())
+        if self.name not in loaded:
             with _calling(self.target, "load"):
                 if client.has_collection(self.name, timeout=CALL_TIMEOUT):
+                    if not _index_of(client, self.name):
+                        rows = int(client.get_collection_stats(self.name, timeout=CALL_TIMEOUT).get("row_count", 0))
+                        _build_index(client, self.name, *_index_spec(self.kind_for(rows), rows))
                     _ensure_loaded(client, self.name)
-                    _LOADED.setdefault(id(client), set()).add(self.name)
+                    loaded.add(self.name)
         return client
 
     def state(self) -> dict:
         """What the folder's manifest keeps: the location (no credentials) and the collection."""
         return {"milvus": self.target.display, "collection": self.name}
 
-    def create(self, generation: int) -> None:
-        """A new, empty collection for a build committing `generation` (a leftover of that name is dropped)."""
+    def create(self) -> None:
+        """A new, empty collection, NAME_ and a random suffix: no other index's collection (another
+        folder given the same NAME) is ever touched."""
         from pymilvus import DataType
 
-        self.target = replace(self.target, collection=f"{self.base}_g{generation:06d}")
+        self.target = replace(self.target, collection=f"{self.base}_{secrets.token_hex(4)}")
         client = self._client()
         with _calling(self.target, "create"):
-            if client.has_collection(self.name, timeout=CALL_TIMEOUT):
-                client.drop_collection(self.name, timeout=CALL_TIMEOUT)
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("doc", DataType.VARCHAR, max_length=MAX_DOC_ID)
@@ -284,14 +295,13 @@ class MilvusVectors:
                                      timeout=CALL_TIMEOUT)
             _ensure_loaded(client, self.name)
 
-    def drop_others(self, keep: bool = True) -> None:
-        """Drop the collections earlier builds of this index made (NAME_gNNNNNN), but this one if `keep`."""
-        client = self._client()
-        mine = re.compile(re.escape(self.base) + r"_g\d{6,}$")
-        with _calling(self.target, "clean-up"):
-            for name in client.list_collections(timeout=CALL_TIMEOUT):
-                if mine.match(name) and not (keep and name == self.name):
-                    client.drop_collection(name, timeout=CALL_TIMEOUT)
+    def drop(self) -> None:
+        """Drop this collection (nothing if it is not there)."""
+        client = _connect(self.target)
+        with _calling(self.target, "drop"):
+            if client.has_collection(self.name, timeout=CALL_TIMEOUT):
+                client.drop_collection(self.name, timeout=CALL_TIMEOUT)
+        _LOADED.get(self.target.key, set()).discard(self.name)
 
     def add(self, ids: np.ndarray, docs: list[str], vectors: np.ndarray) -> None:
         """Put these rows (record id, document, vector) in the collection."""
@@ -352,7 +362,7 @@ class MilvusVectors:
         return out
 
     def ids(self) -> np.ndarray:
-        """Every record id in the collection, ascending (for `check`), read a page at a time."""
+        """Every record id in the collection, ascending, repeats kept (for `check`), read a page at a time."""
         client, out, last = self._client(), [], -1
         with _calling(self.target, "read"):
             while True:
@@ -360,7 +370,7 @@ class MilvusVectors:
                                     consistency_level="Strong", timeout=CALL_TIMEOUT)
                 out.extend(r["id"] for r in rows)
                 if len(rows) < MAX_QUERY_ROWS:
-                    return np.unique(np.array(out, np.int64))
+                    return np.sort(np.array(out, np.int64))
                 last = max(r["id"] for r in rows)
 
     def dim_on_server(self) -> int | None:
@@ -375,18 +385,17 @@ class MilvusVectors:
         return None
 
     def fit_index(self, rows: int) -> None:
-        """Rebuild the server's index when the row count calls for another kind (FLAT → IVF_FLAT)."""
+        """Rebuild the server's index when the row count calls for another kind (FLAT → IVF_FLAT:
+        once in an index's life; searches wait while it is built, and a kill meanwhile is mended by
+        the next process that opens the collection)."""
         index_type, params = _index_spec(self.kind_for(rows), rows)
         client = self._client()
         with _calling(self.target, "index"):
-            current = client.describe_index(self.name, "vector", timeout=CALL_TIMEOUT) or {}
-            if current.get("index_type") == index_type:
+            if _index_of(client, self.name) == index_type:
                 return
             client.release_collection(self.name, timeout=CALL_TIMEOUT)
             client.drop_index(self.name, "vector", timeout=CALL_TIMEOUT)
-            index = client.prepare_index_params()
-            index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
-            client.create_index(self.name, index, timeout=LONG_TIMEOUT)
+            _build_index(client, self.name, index_type, params)
             client.load_collection(self.name, timeout=LONG_TIMEOUT)
 
     def kind_for(self, rows: int) -> str:
@@ -410,6 +419,20 @@ def _search_params(kind: str, k: int) -> dict:
     if kind == "ivf":
         return {"nprobe": IVF_NPROBE}
     return {}
+
+
+def _index_of(client, name: str) -> str | None:
+    """The index type of the collection's vectors (None: no index)."""
+    try:
+        return (client.describe_index(name, "vector", timeout=CALL_TIMEOUT) or {}).get("index_type")
+    except Exception:  # noqa: BLE001 - Milvus answers "index not found" with an error
+        return None
+
+
+def _build_index(client, name: str, index_type: str, params: dict) -> None:
+    index = client.prepare_index_params()
+    index.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+    client.create_index(name, index, timeout=LONG_TIMEOUT)
 
 
 def _ensure_loaded(client, name: str) -> None:

@@ -31,8 +31,11 @@ class Vectors(Protocol):
     def kind(self, rows: int) -> str:
         """The kind of a new segment of `rows` rows (what its folder holds of the vectors)."""
 
-    def begin(self, replace: bool, generation: int, next_id: int) -> dict | None:
+    def begin(self, replace: bool, next_id: int) -> dict | None:
         """A commit starts (`replace`: a new index); the manifest's `vectors` entry if it changes."""
+
+    def abort(self) -> None:
+        """The commit begun is dropped: undo what `begin` made."""
 
     def add(self, ids: np.ndarray, docs: list[str], vectors: np.ndarray) -> None:
         """The rows of a segment being written, before the commit that makes them live."""
@@ -74,8 +77,11 @@ class SegmentVectors:
 
         return choose_index_type(self.store.manifest.index_type, rows)
 
-    def begin(self, replace: bool, generation: int, next_id: int) -> dict | None:
+    def begin(self, replace: bool, next_id: int) -> dict | None:
         return {} if replace else None
+
+    def abort(self) -> None:
+        """Nothing: the segment folders the commit wrote are removed with it."""
 
     def add(self, ids: np.ndarray, docs: list[str], vectors: np.ndarray) -> None:
         """Nothing: the segment's own files hold them."""
@@ -116,6 +122,7 @@ class CollectionVectors:
 
     def __init__(self, store: "FaissStore", collection: MilvusVectors) -> None:
         self.store, self.collection = store, collection
+        self._created = False  # the commit being made created the collection
         self._by_id: tuple[str | None, np.ndarray, np.ndarray] | None = None  # (generation, ids ascending, rows)
 
     def describe(self) -> str:
@@ -124,24 +131,34 @@ class CollectionVectors:
     def kind(self, rows: int) -> str:
         return REMOTE
 
-    def begin(self, replace: bool, generation: int, next_id: int) -> dict | None:
+    def begin(self, replace: bool, next_id: int) -> dict | None:
         """A new index: a new collection; else first delete what a write that never committed left."""
+        self._created = replace
         if not replace:
             self.collection.remove_from(next_id)
             return None
-        self.collection.create(generation)
+        self.collection.create()
         return {**self.collection.state(), "first": next_id}
+
+    def abort(self) -> None:
+        """A new index's collection goes with its unfinished commit (a kill leaves it: unnamed by
+        any commit, it is never read)."""
+        if self._created:
+            self._created = False
+            try:
+                self.collection.drop()
+            except StoreError as exc:
+                logging.getLogger(__name__).warning("%s (the collection of the unfinished build stays)", exc)
 
     def add(self, ids: np.ndarray, docs: list[str], vectors: np.ndarray) -> None:
         self.collection.add(ids, docs, vectors)
 
     def committed(self, removed: list[int]) -> None:
-        """The deleted rows' vectors go, earlier builds' collections too, and the server's index
-        follows the size. A failure loses nothing (the commit is made, and a search passes over
-        what stays): a warning."""
+        """The deleted rows' vectors go, and the server's index follows the size. A failure loses
+        nothing (the commit is made, and a search passes over what stays): a warning."""
+        self._created = False
         try:
             self.collection.remove(removed)
-            self.collection.drop_others()
             self.collection.fit_index(len(self.store))
         except StoreError as exc:
             logging.getLogger(__name__).warning("%s (the commit is made; what the collection still holds is "
@@ -189,9 +206,11 @@ class CollectionVectors:
             return [f"{where}: collection {self.collection.name} " + ("is missing" if dim is None else
                     f"holds vectors of dimension {dim}, not {self.store.manifest.dim}")]
         live = self.store._gather(self.store.live_rows().tolist(), "ids", (), np.int64)
-        missing = np.setdiff1d(live, self.collection.ids())
-        return [f"{where}: the vectors of {len(missing)} chunks are missing (record ids {missing[:3].tolist()})"] \
-            if len(missing) else []
+        held = self.collection.ids()
+        missing, twice = np.setdiff1d(live, held), np.unique(held[1:][held[1:] == held[:-1]])
+        return ([f"{where}: the vectors of {len(missing)} chunks are missing (record ids {missing[:3].tolist()})"]
+                if len(missing) else []) + \
+            ([f"{where}: record ids stored twice in the collection {twice[:3].tolist()}"] if len(twice) else [])
 
 
 def vectors_of(store: "FaissStore", location: str | None) -> Vectors:
@@ -204,15 +223,7 @@ def vectors_of(store: "FaissStore", location: str | None) -> Vectors:
     return SegmentVectors(store)
 
 
-def retire(old: dict, new: dict) -> dict:
-    """Drop the collections of the index a build replaced (its manifest's vectors entry `old`),
-    unless the new index keeps its vectors under the same name (then its own commits drop them);
-    what is still to retire ({} once done; a failure warns, and this store tries again after its next commit)."""
-    if not old or old.get("milvus") == new.get("milvus"):
-        return {}
-    try:
-        MilvusVectors(old["milvus"], 0, collection=old["collection"]).drop_others(keep=False)
-    except StoreError as exc:
-        logging.getLogger(__name__).warning("%s (the index is committed; the old collection stays)", exc)
-        return old
-    return {}
+def retire(old: dict) -> None:
+    """Drop the collection of an index a build replaced (its manifest's vectors entry), exactly that
+    one; a StoreError if the server cannot."""
+    MilvusVectors(old["milvus"], 0, collection=old["collection"]).drop()
