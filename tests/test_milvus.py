@@ -288,6 +288,7 @@ def _answers(store: FaissStore):
         return [(round(s, 5), c.chunk_id) for s, c in chunked(store, hits)]
 
     return ([shown(h) for h in store.search(queries, 4)], [shown(h) for h in store.search(queries, 3, {"b"})],
+            [shown(h) for h in store.search(queries, 5, {"a", "b", "c", "d"})],
             shown(store.keyword_search(["苹果"], 10)), sorted(store.manifest.documents))
 
 
@@ -310,6 +311,9 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
         assert _answers(m) == _answers(f)
         assert _held(m) == _live_ids(m) and m.problems() == []
     m = FaissStore.load(tmp_path / "m")
+    with monkeypatch.context() as patch:  # documents asked one at a time, the lists joined: the same
+        patch.setattr(mv, "DOC_FILTER", 1)
+        assert _answers(m) == _answers(FaissStore.load(tmp_path / "f"))
     assert re.fullmatch(r"docs_[0-9a-f]{8}", m.manifest.vectors["collection"])
     assert m.index_kind.startswith("Milvus flat (milvus-lite://")
     assert len(m._segments) == 3 and all(s.vectors is None for s in m._segments)
@@ -447,7 +451,7 @@ def test_two_folders_one_name_and_the_index_growing_past_flat(tmp_path, monkeypa
     vectors, live = reopened.vectors(), reopened.live_rows()  # IVF with one list here: exact
     exact = [[int(live[j]) for j in np.argsort(-(vectors @ q))[:3]] for q in np.eye(DIM, dtype=np.float32)]
     assert [[r for _, r in hits] for hits in reopened.search(np.eye(DIM, dtype=np.float32), 3)] == exact
-    assert reopened.problems() == [] and before[3] == ["a"]
+    assert reopened.problems() == [] and before[4] == ["a"]
 
 
 # ---------------------------------------------------------------- the real server: exact equality

@@ -46,6 +46,7 @@ SEARCH_BATCH = 256  # query vectors per search call
 MAX_TOPK = 16384  # Milvus's limit on limit
 MAX_QUERY_ROWS = 16384  # Milvus's limit on one query's window: longer reads are paged
 ID_BATCH = 4096  # ids per delete or fetch call (the filter expression stays short)
+DOC_FILTER = 1000  # documents per search filter: more are searched in groups, the lists joined
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,180}$")
 
 
@@ -328,18 +329,25 @@ class MilvusVectors:
     def search(self, queries: np.ndarray, k: int, docs: list[str] | None = None,
                rows: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """For each query, the k best (scores, record ids) by inner product, best first, among the
-        rows of `docs` (None: all); `rows`: how many the collection holds (its index kind)."""
+        rows of `docs` (None: all); `rows`: how many the collection holds (its index kind). Many
+        documents are asked DOC_FILTER at a time (a filter expression stays short), the lists joined."""
         k = min(k, MAX_TOPK)
-        expr = "" if docs is None else _in("doc", docs)
         params = {"metric_type": "IP", "params": _search_params(self.kind_for(rows), k)}
-        client, out = self._client(), []
+        groups = [""] if docs is None else [_in("doc", docs[i:i + DOC_FILTER]) for i in range(0, len(docs), DOC_FILTER)]
+        client, found = self._client(), [[] for _ in range(len(queries))]
         with _calling(self.target, "search"):
-            for start in range(0, len(queries), SEARCH_BATCH):
-                for hits in client.search(self.name, data=queries[start:start + SEARCH_BATCH].tolist(), limit=k,
-                                          filter=expr, output_fields=["id"], search_params=params, anns_field="vector",
-                                          consistency_level="Strong", timeout=CALL_TIMEOUT):
-                    out.append((np.array([h["distance"] for h in hits], np.float32),
-                                np.array([h.get("id", h.get("pk")) for h in hits], np.int64)))
+            for expr in groups:
+                for start in range(0, len(queries), SEARCH_BATCH):
+                    result = client.search(self.name, data=queries[start:start + SEARCH_BATCH].tolist(), limit=k,
+                                           filter=expr, output_fields=["id"], search_params=params,
+                                           anns_field="vector", consistency_level="Strong", timeout=CALL_TIMEOUT)
+                    for q, hits in enumerate(result, start):
+                        found[q] += [(h["distance"], h.get("id", h.get("pk"))) for h in hits]
+        out = []
+        for hits in found:
+            scores, ids = np.array([s for s, _ in hits], np.float32), np.array([i for _, i in hits], np.int64)
+            order = np.argsort(-scores, kind="stable")[:k]
+            out.append((scores[order], ids[order]))
         return out
 
     def fetch(self, ids: list[int]) -> np.ndarray:
