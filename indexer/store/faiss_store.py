@@ -261,6 +261,10 @@ class FaissStore:
     def rows_of(self, doc_ids: set[str]) -> np.ndarray:
         """The live rows of these documents, ascending."""
         ids = self._records.chunk_ids(doc_ids) if self._records and doc_ids else np.zeros(0, np.int64)
+        return self._live_holding(ids)
+
+    def _live_holding(self, ids: np.ndarray) -> np.ndarray:
+        """The live rows whose record id is among `ids`, ascending."""
         return self._live_where(lambda s: s.rows_holding(ids))
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
@@ -404,19 +408,19 @@ class FaissStore:
         drop = set(doc_ids)
         self._pending = [p for p in self._pending if p[0].doc_id not in drop]
         if self._records is not None:  # (a new store's commit retires every segment it did not write)
-            self._marks.update(self._written_keys(drop) + ([] if self._replace else self._keys(self.rows_of(drop))))
+            ids = self._records.chunk_ids(drop)  # the open transaction sees its own records
+            self._marks.update(self._written_keys(ids) + ([] if self._replace else self._keys(self._live_holding(ids))))
             if not self._replace:  # (a replaced index's vectors go with it)
-                self._unindexed.update(self._records.chunk_ids(drop).tolist())
+                self._unindexed.update(ids.tolist())
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
         self.manifest.updated = now()
 
-    def _written_keys(self, doc_ids: set[str]) -> list[tuple[int, int]]:
-        """(segment, row) of these documents' rows in the segments this open commit has written (a
-        flush's, not open until the commit), found through their ids.npy."""
+    def _written_keys(self, ids: np.ndarray) -> list[tuple[int, int]]:
+        """(segment, row) of the rows holding these record ids in the segments this open commit has
+        written (a flush's, not open until the commit), found through their ids.npy."""
         if not self._written:
             return []
-        ids = self._records.chunk_ids(doc_ids)  # the open transaction sees its own records
         return [(seg, int(row)) for seg in self._written for row in
                 np.flatnonzero(np.isin(np.load(self.path / f"seg-{seg:06d}" / "ids.npy", mmap_mode="r"), ids))]
 
