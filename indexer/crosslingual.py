@@ -33,6 +33,7 @@ import numpy as np
 
 from .chunking import is_heading, split_sentences
 from .errors import ModelError
+from .topk import TieKeys, candidates, top_k
 
 # ---------------------------------------------------------------------------- language
 
@@ -357,10 +358,11 @@ def all_finite(array: np.ndarray, block: int = 65_536) -> bool:
 
 
 def use_search(query_vecs: np.ndarray, tables: Iterable[tuple[int, PassageVectors]], k: int,
-               within: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+               within: list[np.ndarray], ties: TieKeys | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per query, the k best (scores, rows) by `use_scores` among its `within` rows (ascending),
-    best first. The sentence table comes in pieces, (its first row, the table of its rows), so
-    memory holds one piece and the best k so far, never the whole index's table."""
+    best first, equal scores by chunk id (`ties`: indexer.topk). The sentence table comes in
+    pieces, (its first row, the table of its rows), so memory holds one piece and the best k so
+    far (with the rows tied with the k-th), never the whole index's table."""
     q = np.asarray(query_vecs, dtype=np.float32)
     best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in within]
     for start, table in tables:
@@ -369,26 +371,11 @@ def use_search(query_vecs: np.ndarray, tables: Iterable[tuple[int, PassageVector
             a, b = np.searchsorted(rows, [start, start + len(table)])
             if a == b:
                 continue
-            (s, r), = top_rows(scores[i:i + 1], k, rows[a:b] - start)
-            merged_s, merged_r = np.concatenate([best[i][0], s]), np.concatenate([best[i][1], r + start])
-            (top_s, at), = top_rows(merged_s[None, :], k)
-            best[i] = (top_s, merged_r[at])
-    return best
-
-
-def top_rows(scores: np.ndarray, k: int, rows: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query, the k best (scores, rows), best first, optionally only among `rows`."""
-    out = []
-    for row in np.asarray(scores):
-        cand = np.arange(len(row)) if rows is None else np.asarray(rows, dtype=np.int64)
-        if not len(cand):
-            out.append((np.zeros(0, np.float32), np.zeros(0, np.int64)))
-            continue
-        kk = min(k, len(cand))
-        part = cand[np.argpartition(-row[cand], kk - 1)[:kk]] if kk < len(cand) else cand
-        part = part[np.argsort(-row[part], kind="stable")]
-        out.append((row[part].astype(np.float32), part.astype(np.int64)))
-    return out
+            found_s = np.concatenate([best[i][0], scores[i, rows[a:b] - start]])
+            found_r = np.concatenate([best[i][1], rows[a:b]])
+            keep = candidates(found_s, k)
+            best[i] = (found_s[keep], found_r[keep])
+    return [top_k(s, r, k, ties) for s, r in best]
 
 
 # ---------------------------------------------------------------------------- dictionary

@@ -692,7 +692,8 @@ class Engine:
         routes = {"dense": DenseRoute(store, allowed, share), "use": UseRoute(store, rows),
                   "bm25": KeywordRoute(store, allowed)}
         by_doc = group == "documents"
-        ranked = retrieve(routes, plans, max(k * DOC_POOL, fusion.candidates) if by_doc else k, mode, fusion)
+        ranked = retrieve(routes, plans, max(k * DOC_POOL, fusion.candidates) if by_doc else k, mode, fusion,
+                          store.tie_keys)
         out = []
         for i, (text, plan) in enumerate(zip(texts, plans)):
             use_vector = None if use_vecs is None else use_vecs[i]

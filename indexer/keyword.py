@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .topk import TieKeys, top_k
+
 _WORD = re.compile(r"[\w\u4e00-\u9fff]", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 STOPWORDS = frozenset(
@@ -350,18 +352,13 @@ class KeywordIndex:
         return top_positive(hit, scores, k, rows)
 
 
-def top_positive(rows: np.ndarray, scores: np.ndarray, k: int,
-                 within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_positive(rows: np.ndarray, scores: np.ndarray, k: int, within: np.ndarray | None = None,
+                 ties: TieKeys | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k best (scores, rows) of scored rows (ascending) with a positive score, best first
-    (ties: lower row first), optionally only among the rows `within` (ascending). Only the
-    candidates at or above the k-th score are sorted (a common term's list is long)."""
+    (equal scores by chunk id, `ties`: indexer.topk), optionally only among the rows `within`
+    (ascending)."""
     keep = scores > 0
     if within is not None:
         at = np.minimum(np.searchsorted(within, rows), max(len(within) - 1, 0))
         keep &= (within[at] == rows) if len(within) else False
-    rows, scores = rows[keep], scores[keep]
-    if len(rows) > k > 0:
-        pick = scores >= np.partition(scores, len(scores) - k)[len(scores) - k]
-        rows, scores = rows[pick], scores[pick]
-    top = np.lexsort((rows, -scores))[:k]
-    return scores[top], rows[top].astype(np.int64)
+    return top_k(scores[keep], rows[keep], k, ties)

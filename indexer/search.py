@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from .crosslingual import sentence_spans, use_search
+from .topk import TieKeys, best_first
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -96,9 +97,10 @@ class QueryPlan:
 # ---------------------------------------------------------------------------- fusion (pure functions)
 
 
-def rrf_fuse(rankings: dict[str, Ranked], weights: dict[str, float], rrf_k: int = 60) -> list[Scored]:
-    """Fuse ranked lists by reciprocal rank: Σ weight / (rrf_k + rank). Ties keep the order of
-    first appearance."""
+def rrf_fuse(rankings: dict[str, Ranked], weights: dict[str, float], rrf_k: int = 60,
+             ties: TieKeys | None = None) -> list[Scored]:
+    """Fuse ranked lists by reciprocal rank: Σ weight / (rrf_k + rank); equal sums by chunk id
+    (`ties`, indexer.topk)."""
     parts: dict[str, dict[str, float]] = {}
     raw: dict[str, dict[str, float]] = {}
     for name, ranking in rankings.items():
@@ -106,13 +108,14 @@ def rrf_fuse(rankings: dict[str, Ranked], weights: dict[str, float], rrf_k: int 
             parts.setdefault(cid, {})[name] = weights[name] / (rrf_k + rank)
             raw.setdefault(cid, {})[name] = score
     total = {cid: sum(p.values()) for cid, p in parts.items()}
-    return [Scored(cid, total[cid], raw[cid], parts[cid]) for cid in sorted(total, key=lambda c: -total[c])]
+    return [Scored(cid, score, raw[cid], parts[cid]) for cid, score in best_first(list(total.items()), len(total), ties)]
 
 
-def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[str, float], bm25_share: float) -> list[Scored]:
+def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[str, float], bm25_share: float,
+               ties: TieKeys | None = None) -> list[Scored]:
     """Fuse a dense and a BM25 list by normalised scores (FusionSettings): every candidate needs its
     cosine (`dense_more` gives it for chunks only the BM25 list has); a chunk the BM25 list lacks
-    scores 0 there. No BM25 hit: the dense order. Ties keep the order of first appearance."""
+    scores 0 there. No BM25 hit: the dense order. Equal scores by chunk id (`ties`, indexer.topk)."""
     cosine = dict(dense)
     cosine.update(dense_more)
     keyword = dict(bm25)
@@ -124,8 +127,9 @@ def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[str, float], bm25_s
     dense_part = (1 - bm25_share) * (cos - cos.min()) / max(float(cos.max() - cos.min()), 1e-6)
     bm25_part = bm25_share * kw / kw.max() if kw.max() > 0 else np.zeros_like(kw)
     fused = dense_part + bm25_part
-    out = []
-    for i in np.argsort(-fused, kind="stable"):
+    out, position = [], {row: i for i, row in enumerate(ids)}
+    for row, _ in best_first(list(zip(ids, fused.tolist())), len(ids), ties):
+        i = position[row]
         raw = {"dense": float(cos[i]), **({"bm25": float(kw[i])} if ids[i] in keyword else {})}
         out.append(Scored(ids[i], float(fused[i]), raw, {"dense": float(dense_part[i]), "bm25": float(bm25_part[i])}))
     return out
@@ -186,8 +190,8 @@ class DenseRoute:
         scores = {i: {row: s for s, row in ranked if row not in plans[i].excluded} for i, ranked in zip(free, found)}
         scoped = [i for i, p in enumerate(plans) if p.scope is not None]
         scores.update(zip(scoped, self.cosines([plans[i] for i in scoped], [plans[i].scope.tolist() for i in scoped])))
-        return [sorted((self._rescored(p, scores[i]) if p.scope is None else scores[i]).items(),
-                       key=lambda kv: -kv[1])[:n] for i, p in enumerate(plans)]
+        return [best_first(list((self._rescored(p, scores[i]) if p.scope is None else scores[i]).items()), n,
+                           self.store.tie_keys) for i, p in enumerate(plans)]
 
     def cosines(self, plans: list[QueryPlan], rows: list[list[int]]) -> list[dict[int, float]]:
         """Each question's exact (rescored) cosine with the given rows: one store call for all."""
@@ -241,7 +245,8 @@ class UseRoute:
         within = [p.scope if p.scope is not None else
                   np.setdiff1d(allowed, np.fromiter(p.excluded, np.int64), assume_unique=True) if p.excluded else
                   allowed for p in plans]
-        found = use_search(np.stack([p.use_vector for p in plans]), self.store.sentence_tables(), n, within)
+        found = use_search(np.stack([p.use_vector for p in plans]), self.store.sentence_tables(), n, within,
+                           self.store.tie_keys)
         return [[(int(r), float(v)) for v, r in zip(top_s, top_r)] for top_s, top_r in found]
 
 
@@ -277,9 +282,10 @@ def by_score(names: tuple[str, ...], plan: QueryPlan, fusion: FusionSettings) ->
 
 
 def retrieve(routes: dict[str, Route], plans: list[QueryPlan], k: int, mode: str,
-             fusion: FusionSettings = FusionSettings()) -> list[list[Scored]]:
+             fusion: FusionSettings = FusionSettings(), ties: TieKeys | None = None) -> list[list[Scored]]:
     """The k best chunks per question under `mode` (module docstring): each route runs once for
-    the questions that take it, then each question's lists are fused."""
+    the questions that take it, then each question's lists are fused (equal scores by chunk id,
+    `ties`: indexer.topk)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     n = max(k, fusion.candidates)
@@ -296,12 +302,12 @@ def retrieve(routes: dict[str, Route], plans: list[QueryPlan], k: int, mode: str
     for i, plan in enumerate(plans):
         got = {name: lists[i][name] for name in taken[i]}
         if i in more:
-            fused = readable(score_fuse(got["dense"], got["bm25"], more[i], fusion.bm25_share),
+            fused = readable(score_fuse(got["dense"], got["bm25"], more[i], fusion.bm25_share, ties),
                              routes["bm25"].ceiling(plan), fusion)
         elif len(got) == 1:
             fused = single(*next(iter(got.items())))
         else:
-            fused = rrf_fuse(got, fusion.weights(plan.cross_lingual), fusion.rrf_k)
+            fused = rrf_fuse(got, fusion.weights(plan.cross_lingual), fusion.rrf_k, ties)
         out.append(fused[:k])
     return out
 
@@ -322,13 +328,13 @@ def group_documents(ranked: list[Scored], doc_of: dict[int, str] | Callable[[int
                     weights: tuple[float, ...] = (1.0,), per_doc: int = 3) -> list[DocScored]:
     """The k best documents of a fused chunk list: a document scores Σ weights[i] × its i-th best
     passage's score (weights (1,): its best passage; (1, .5, .25): a decayed sum of its top three),
-    and keeps its `per_doc` best passages. Ties keep the order of first appearance."""
+    and keeps its `per_doc` best passages. Equal scores: the lower document id first."""
     find = doc_of.__getitem__ if isinstance(doc_of, dict) else doc_of
     by_doc: dict[str, list[Scored]] = {}
     for r in ranked:
         by_doc.setdefault(find(r.row), []).append(r)
     scores = {d: sum(w * r.score for w, r in zip(weights, rs)) for d, rs in by_doc.items()}
-    order = sorted(by_doc, key=lambda d: -scores[d])[:k]
+    order = sorted(by_doc, key=lambda d: (-scores[d], d))[:k]
     return [DocScored(d, scores[d], by_doc[d][:per_doc]) for d in order]
 
 

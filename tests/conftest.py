@@ -21,6 +21,68 @@ DATA = Path(__file__).resolve().parent / "data"
 SHARED = ROOT.parent / "shared"
 
 
+TOLERANCE = 1e-5  # two CPUs (or two segmentings of one index) may sum a product in another order: last bits differ
+
+
+def _batched_tolerance() -> float:
+    """Scores of two indexes whose passages were encoded in other batches: in bf16 (where the CPU
+    computes it natively: AMX, AVX512-BF16) a passage's vectors shift by ~1e-4 with the texts
+    encoded beside it, and hybrid's min-max scaling magnifies that ~10x; in float32, TOLERANCE."""
+    from indexer.backends import native_bf16
+
+    return 2e-3 if native_bf16() else TOLERANCE
+
+
+BATCHED = _batched_tolerance()
+
+
+def _close(a, b, tol: float = TOLERANCE) -> bool:
+    """Plain data equal, numbers within `tol` (a hit's `why`: route scores and parts)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[key], b[key], tol) for key in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(a - b) <= tol
+    return a == b
+
+
+def assert_same_ranking(got: list, want: list, what: object = "", tol: float = TOLERANCE) -> None:
+    """Two ranked lists (hits, or documents of `Result.documents`) agree as far as float
+    arithmetic lets them: the same length; scores within `tol` place by place; the same item at
+    every place whose score is more than `tol` from its neighbours' (items within `tol` of each
+    other may trade places, and the last such run may trade members with the first item past the
+    cut, which neither list shows); for every hit both hold that carries them, the same answering
+    sentence and a `why` within `tol` (a document: its passages, compared the same way)."""
+    name = (lambda x: x.doc_id) if got and hasattr(got[0], "hits") or want and hasattr(want[0], "hits") else \
+        (lambda x: x.chunk_id)
+    a, b = [x.score for x in got], [x.score for x in want]
+    assert len(got) == len(want) and all(abs(x - y) <= tol for x, y in zip(a, b)), (what, a, b)
+    start = 0
+    for end in range(1, len(got) + 1):
+        if end < len(got) and (abs(a[end] - a[end - 1]) <= tol or abs(b[end] - b[end - 1]) <= tol):
+            continue  # a run of near-equal scores goes on
+        if end < len(got):
+            assert {name(x) for x in got[start:end]} == {name(x) for x in want[start:end]}, (what, start, end)
+        start = end
+    theirs = {name(x): x for x in want}
+    for x in got:
+        y = theirs.get(name(x))
+        if y is None:
+            continue
+        if hasattr(x, "hits"):
+            assert_same_ranking(x.hits, y.hits, (what, name(x)), tol)
+        elif hasattr(x, "why") and hasattr(y, "why"):
+            assert x.sentence_start == y.sentence_start and _close(x.why, y.why, tol), (what, name(x), x.why, y.why)
+
+
+def as_hits(hits: list[dict]) -> list:
+    """Hits as `--json` and the API give them, as objects `assert_same_ranking` compares."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(**h, sentence_start=(h["sentence"] or {}).get("start")) for h in hits]
+
+
 def whole_table(store):
     """A store's sentence table joined whole, row-aligned with its rows (None: it keeps none)."""
     from indexer.crosslingual import PassageVectors

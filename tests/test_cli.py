@@ -8,10 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import ROOT, SPEECH
+from conftest import ROOT, SPEECH, as_hits, assert_same_ranking
 
 COMMANDS = ["build", "add", "remove", "list", "info", "check", "search", "batch"]
 
@@ -94,14 +95,14 @@ def test_batch_matches_search_in_every_format(index, tmp_path):
         rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
         assert [r["query"] for r in rows] == questions
         for row, hits in zip(rows, single):
-            assert [h["chunk_id"] for h in row["hits"]] == [h["chunk_id"] for h in hits]
-            assert [h["score"] for h in row["hits"]] == pytest.approx([h["score"] for h in hits], abs=1e-5)
+            assert_same_ranking(as_hits(row["hits"]), as_hits(hits), row["query"])
     assert [r["id"] for r in map(json.loads, (tmp_path / "q.jsonl.jsonl").read_text().splitlines())] == ["q0", "q1", "q2"]
     run("batch", str(tmp_path / "q.csv"), "--index", str(index), "-k", "4", "-o", str(tmp_path / "out.csv"))
     with open(tmp_path / "out.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12 and rows[0]["id"] == "c0"
-    assert [r["chunk_id"] for r in rows if r["id"] == "c1"] == [h["chunk_id"] for h in single[1]]
+    assert_same_ranking([SimpleNamespace(chunk_id=r["chunk_id"], score=float(r["score"])) for r in rows if r["id"] == "c1"],
+                        as_hits(single[1]))
 
 
 def test_list_info_check(index):

@@ -16,13 +16,13 @@ from indexer.crosslingual import (
     inner_products,
     is_cross_lingual,
     sentence_spans,
-    top_rows,
     use_scores,
     word_forms,
 )
 from indexer.evaluation import read_labelled
 from indexer.keyword import Segmenter
 from indexer.search import FusionSettings
+from indexer.topk import top_k
 
 PRIVATE_SCHOOLS = "How do private schools set up Party organisations?"
 N = 50  # candidates per route, as the engine's hybrid mode takes
@@ -177,10 +177,10 @@ def test_passage_scores_mix_the_passage_and_its_best_sentence(use):
     chunk = q @ passages.chunks.T
     best = max(float(q[0] @ passages.sentences[j]) for j in (2, 3))
     assert np.isclose(scores[0, 1], 0.5 * chunk[0, 1] + 0.5 * best, atol=1e-5)
-    (top_scores, rows), = top_rows(scores, 2)
+    top_scores, rows = top_k(scores[0], np.arange(3), 2)
     assert rows[0] == 1 and len(rows) == 2 and top_scores[0] >= top_scores[1]
-    (_, only), = top_rows(scores, 5, np.array([0, 2]))
-    assert set(only) == {0, 2}
+    _, only = top_k(scores[0, [0, 2]], np.array([0, 2]), 5)
+    assert set(only.tolist()) == {0, 2}
     # removing a passage keeps the other scores; joining two sets offsets the owners
     kept = passages.take(np.array([2, 1]))
     assert np.allclose(use_scores(q, kept), scores[:, [2, 1]], atol=1e-6)

@@ -7,7 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import SPEECH, whole_table
+from conftest import BATCHED, SPEECH, assert_same_ranking, whole_table
 from indexer.chunking import is_heading
 from indexer.engine import Engine
 from indexer.errors import ModelError, QueryError, StoreError
@@ -75,21 +75,15 @@ def test_update_roundtrip_equals_fresh_build(speech_engine, encoder, tmp_path):
     fresh.build([SPEECH])
     fresh.add([extra / "b.md"])
     queries = [QUESTION, "教师暑假培训", "食品安全", "党风廉政建设", "How are young cadres trained?"]
-    # bf16 document vectors (the default where the CPU has it) shift by ~1e-4 with the other texts
-    # in their batch (b.md was embedded beside a.txt here, alone there); hybrid's min-max scaling
-    # magnifies that ~10x. The rankings must agree exactly.
-    tolerance = 2e-3 if "bf16" in encoder.backends else 1e-5
-    for a, b in zip(reloaded.batch(queries, k=10), fresh.batch(queries, k=10)):
-        assert [h.chunk_id for h in a] == [h.chunk_id for h in b]
-        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=tolerance)
+    # b.md was embedded beside a.txt here, alone there (conftest.BATCHED)
+    for q, a, b in zip(queries, reloaded.batch(queries, k=10), fresh.batch(queries, k=10)):
+        assert_same_ranking(a, b, q, BATCHED)
 
 
 def test_batch_equals_search(speech_engine):
     queries = [QUESTION, "怎样加强党风廉政建设", "What is the role of Party branches in schools?", "三会一课"]
     for q, hits in zip(queries, speech_engine.batch(queries, k=5)):
-        single = speech_engine.search(q, k=5)
-        assert [h.chunk_id for h in hits] == [h.chunk_id for h in single]
-        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
+        assert_same_ranking(hits, speech_engine.search(q, k=5), q)
 
 
 def test_filter_and_min_score(speech_engine, tmp_path):
@@ -186,8 +180,7 @@ def test_approximate_index_reports_recall(speech_engine, encoder, tmp_path):
     assert info["index_type"] == "hnsw" and 0.9 <= info["recall@10_vs_exact"] <= 1.0
     assert "recall@10_vs_exact" not in hnsw.info()
     assert speech_engine.info(recall=True)["recall@10_vs_exact"] is None  # exact: nothing to report
-    assert [h.chunk_id for h in hnsw.search(QUESTION, k=3, mode="dense")] == \
-        [h.chunk_id for h in speech_engine.search(QUESTION, k=3, mode="dense")]
+    assert_same_ranking(hnsw.search(QUESTION, k=3, mode="dense"), speech_engine.search(QUESTION, k=3, mode="dense"))
 
 
 def _xl_of(engine: Engine) -> dict[str, tuple]:
@@ -274,5 +267,5 @@ def test_changed_document_embeds_only_its_changed_chunks(speech_engine, speech_t
     fresh = Engine(tmp_path / "fresh", encoder=speech_engine.encoder)
     fresh.build([folder / "speech.txt"])
     got = speech_engine.search(QUESTION, k=3)
-    assert [h.chunk_id for h in got] == [h.chunk_id for h in fresh.search(QUESTION, k=3)]
+    assert_same_ranking(got, fresh.search(QUESTION, k=3), QUESTION, BATCHED)  # the edited chunk: alone here, in a batch there
     assert any("今年继续认真贯彻" in h.text for h in got)  # the edited passage is found in its new words

@@ -22,13 +22,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from bench.milvus_server import FAST_CONFIG, HOST, PORT, SameQueries, ServerError, copy_into
 from bench.milvus_server import MilvusServer as EmbeddedServer
-from conftest import DATA, ROOT, SHARED, SPEECH, whole_table
+from conftest import DATA, ROOT, SHARED, SPEECH, assert_same_ranking, whole_table
 from indexer.chunking import Chunk
 from indexer.crosslingual import USE_NAME
 from indexer.engine import Engine, IndexSettings
@@ -131,12 +132,11 @@ def milvus_copy(milvus_server, speech_index, tmp_path, request) -> Path:
     return tmp_path / "milvus"
 
 
-def _ids(results):
-    return [[h.chunk_id for h in hits] for hits in results]
-
-
-def _scores(results):
-    return [h.score for hits in results for h in hits]
+def assert_same_lists(a: list, b: list, what: object = "") -> None:
+    """Per question, the same ranking (conftest.assert_same_ranking) from both indexes."""
+    assert len(a) == len(b), what
+    for x, y in zip(a, b):
+        assert_same_ranking(x, y, what)
 
 
 def _xl_rows(store) -> dict[str, tuple]:
@@ -146,23 +146,6 @@ def _xl_rows(store) -> dict[str, tuple]:
         sel = xl.sentences_of(row)
         out[c.chunk_id] = (xl.chunks[row], [(tuple(s), v) for s, v in zip(xl.spans[sel].tolist(), xl.sentences[sel])])
     return out
-
-
-TIE = 1e-6  # float32 inner products of 384-d unit vectors, summed in another order, differ by up to ~1e-7
-
-
-def same_up_to_ties(x, y, k: int = 10) -> bool:
-    """Two exact top-k lists (score, chunk) agree: the same scores, and the same chunk at every place
-    but where two chunks' scores are equal to within TIE (each side rounds its float32 sums its own
-    way, so such chunks may change places, also with the next one beyond the list: x and y hold k+1)."""
-    if len(x) != len(y) or any(abs(sx - sy) > 1e-5 for (sx, _), (sy, _) in zip(x, y)):
-        return False
-    for i in range(min(k, len(x))):
-        if x[i][1].chunk_id != y[i][1].chunk_id:
-            tied = [j for j in (i - 1, i + 1) if 0 <= j < len(x) and (abs(x[j][0] - x[i][0]) <= TIE or abs(y[j][0] - y[i][0]) <= TIE)]
-            if not tied:
-                return False
-    return True
 
 
 def assert_same_xl(a, b, atol: float = 0.0) -> None:
@@ -473,11 +456,10 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     b = [chunked(local, hits) for hits in local.search(vectors, 11)]  # the 11th tells a tie at the 10th place
     assert len(a) == len(b) == len(queries)
     same_ids = sum([c.chunk_id for _, c in x[:10]] == [c.chunk_id for _, c in y[:10]] for x, y in zip(a, b))
-    differ = [(q, x, y) for q, x, y in zip(queries, a, b) if not same_up_to_ties(x, y)]
     print(f"{name}: {same_ids} of {len(queries)} top-10 lists identical, the others differ only within ties")
-    assert not differ, [(q, [(round(s, 7), c.chunk_id) for s, c in x], [(round(s, 7), c.chunk_id) for s, c in y])
-                        for q, x, y in differ[:3]]
-    np.testing.assert_allclose([s for x in a for s, _ in x], [s for y in b for s, _ in y], atol=1e-5)
+    for q, x, y in zip(queries, a, b):
+        assert_same_ranking([SimpleNamespace(chunk_id=c.chunk_id, score=s) for s, c in x],
+                            [SimpleNamespace(chunk_id=c.chunk_id, score=s) for s, c in y], q)
     mine = evaluate(Engine(tmp_path / "milvus", encoder=same), labels, "hybrid")
     theirs = evaluate(Engine(folder, encoder=same), labels, "hybrid")
     print(f"{name} ({len(queries)} questions, {len(local)} chunks) hybrid: milvus {mine} folder {theirs}")
@@ -492,17 +474,12 @@ def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_
     queries = [label.query for label in _speech_labels()] + [
         '"党组织" 学校', '“三会一课”', '民办学校党组织 -民办', '党组织 -"民办学校"', '"党风廉政" -"廉洁"']
     for mode in ("hybrid", "dense", "bm25"):
-        a, b = milvus.batch(queries, k=10, mode=mode), local.batch(queries, k=10, mode=mode)
-        assert _ids(a) == _ids(b), mode
-        np.testing.assert_allclose(_scores(a), _scores(b), atol=1e-5)
+        assert_same_lists(milvus.batch(queries, k=10, mode=mode), local.batch(queries, k=10, mode=mode), mode)
     english = [label.query for label in read_labelled(DATA / "speech_qa_en.jsonl")]
     for mode in ("hybrid", "dense"):
         a, b = milvus.query(english, k=10, mode=mode), local.query(english, k=10, mode=mode)
         assert all(r.cross_lingual for r in a) and [r.translations for r in a] == [r.translations for r in b]
-        assert _ids([r.hits for r in a]) == _ids([r.hits for r in b]), mode
-        np.testing.assert_allclose(_scores([r.hits for r in a]), _scores([r.hits for r in b]), atol=1e-5)
-        assert [(h.sentence_start, h.sentence_end) for r in a for h in r.hits] == \
-            [(h.sentence_start, h.sentence_end) for r in b for h in r.hits]
+        assert_same_lists([r.hits for r in a], [r.hits for r in b], mode)  # answering sentences too
     assert milvus.search(QUESTION, k=1)[0].section.startswith("四、")
     info = milvus.info()
     assert info["index_type"] == f"Milvus flat ({loc('speech')})" and info["chunks"] == len(local.store)
@@ -539,8 +516,7 @@ def test_update_roundtrip_equals_folder_index(milvus_copy, speech_index, same, t
         a, b = Engine(milvus_copy, encoder=same), Engine(tmp_path / "local", encoder=same)  # both reloaded
         for mode in modes:
             x, y = a.query(queries, k=10, mode=mode), b.query(queries, k=10, mode=mode)
-            assert _ids([r.hits for r in x]) == _ids([r.hits for r in y]), mode
-            np.testing.assert_allclose(_scores([r.hits for r in x]), _scores([r.hits for r in y]), atol=1e-5)
+            assert_same_lists([r.hits for r in x], [r.hits for r in y], mode)
         assert a.check() == [] and [d.doc_id for d in a.documents()] == [d.doc_id for d in b.documents()]
         assert _held(a.store) == _live_ids(a.store)
         return a
@@ -616,7 +592,7 @@ def test_build_through_the_engine_never_shows_the_token(milvus_server, same, tmp
 def test_server_stopped_mid_batch_then_restarted(milvus_server, milvus_speech, speech_index, same, tmp_path):
     """Stop the server while `batch` runs: one line and exit 1; after a restart the answers are as before."""
     queries = [label.query for label in _speech_labels()][:20]
-    before = _ids(Engine(milvus_speech, encoder=same).batch(queries, k=10, mode="hybrid"))
+    before = Engine(milvus_speech, encoder=same).batch(queries, k=10, mode="hybrid")
     qfile, out = tmp_path / "q.txt", tmp_path / "out.jsonl"
     qfile.write_text("\n".join(queries) + "\n", encoding="utf-8")
     script = ("import sys\n"
@@ -652,13 +628,14 @@ def test_server_stopped_mid_batch_then_restarted(milvus_server, milvus_speech, s
     while True:  # the server reloads its collections after a restart
         try:
             engine = Engine(milvus_speech, encoder=same)
-            after = _ids(engine.batch(queries, k=10, mode="hybrid"))
+            after = engine.batch(queries, k=10, mode="hybrid")
             break
         except StoreError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
-    assert after == before and engine.check() == []
+    assert_same_lists(after, before)
+    assert engine.check() == []
 
 
 # ---------------------------------------------------------------- the CLI and the page

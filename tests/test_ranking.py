@@ -140,3 +140,76 @@ def test_eval_scores_documents_when_the_labels_are_document_ids(mixed_index, enc
     assert by_documents(engine, labels) and not by_documents(engine, [Labelled("x", ("加强民办学校",))])
     figures = evaluate(engine, labels, "hybrid", k=10)
     assert figures["hit@1"] == 1.0 and figures["mrr@10"] == 1.0  # documents: the speech counts once, at its rank
+
+
+def test_equal_scores_rank_by_chunk_id_whatever_the_order_of_rows():
+    """One rule cuts and joins every ranked list: the higher score, then the lower chunk id. Rows
+    are only positions; the chunk ids (asked only for the rows whose score another shares) decide,
+    and a selector that feeds a join keeps every row tied with its k-th."""
+    import numpy as np
+
+    from indexer.search import rrf_fuse
+    from indexer.topk import best_first, candidates, top_k
+
+    names = {4: ("b.txt", 0), 9: ("a.txt", 12), 2: ("a.txt", 3), 7: ("c.txt", 1)}
+    asked: list[list[int]] = []
+
+    def ties(rows):
+        asked.append(sorted(rows.tolist()))
+        return [names[r] for r in rows.tolist()]
+
+    scores, rows = np.array([0.5, 0.9, 0.5, 0.5]), np.array([4, 7, 9, 2])
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        top_s, top_r = top_k(scores[order], rows[order], 3, ties)
+        assert top_r.tolist() == [7, 2, 9] and top_s.tolist() == [0.9, 0.5, 0.5]
+    assert asked == [[2, 4, 9]] * 3  # row 7's score is its own: its chunk id is never read
+    assert sorted(candidates(np.array([0.1, 0.5, 0.5, 0.5, 0.2]), 2).tolist()) == [1, 2, 3]
+    assert best_first([(9, 0.5), (4, 0.5), (2, 0.5)], 2, ties) == [(2, 0.5), (9, 0.5)]
+    # reciprocal-rank fusion of two lists that disagree exactly: equal sums, in chunk-id order
+    fused = rrf_fuse({"dense": [(4, 0.9), (9, 0.8)], "bm25": [(9, 5.0), (4, 4.0)]}, {"dense": 1.0, "bm25": 1.0}, 10, ties)
+    assert [r.row for r in fused] == [9, 4] and fused[0].score == fused[1].score
+
+
+def test_an_exact_segment_keeps_the_rows_tied_with_its_kth():
+    """A segment's exact search keeps every row tied with its k-th (more than k), so the store's
+    join, which orders equal scores by chunk id, chooses among all of them. The vectors hold
+    halves and zeros: every order of summing gives the same float, on any CPU."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from indexer.keyword import Postings
+    from indexer.store.segment import Segment
+
+    vectors = np.zeros((6, 4), np.float32)
+    vectors[:, 0] = [0.5, 1.0, 0.5, 0.0, 0.5, 0.5]
+    seg = Segment(1, Path("."), "flat", np.arange(6, dtype=np.int64), vectors, Postings.build([[]] * 6)[0])
+    scores, rows = seg.search(np.array([[1, 0, 0, 0]], np.float32), 2, None)
+    assert rows[0].tolist() == [1, 0, 2, 4, 5] and scores[0].tolist() == [1.0, 0.5, 0.5, 0.5, 0.5]
+    dead = np.zeros(6, bool)
+    dead[[0, 1]] = True
+    scores, rows = seg.search(np.array([[1, 0, 0, 0]], np.float32), 2, None, dead)
+    assert rows[0].tolist() == [2, 4, 5]
+
+
+def test_equal_scores_come_in_chunk_id_order_from_any_segments(tmp_path, encoder):
+    """Two notices with the same text score the same in BM25 (each row's score is its own sum, on
+    any CPU): the one whose id sorts first ranks first, though it came in last, in a later segment,
+    and at k=1 too; merged into one segment, the same. Grouped by documents, the same."""
+    text = next(line for line in SPEECH.read_text(encoding="utf-8").splitlines() if line.startswith("市教育局党组继续贯彻"))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name in ("z-notice.txt", "a-notice.txt"):
+        (folder / name).write_text(text, encoding="utf-8")
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    engine.build([folder / "z-notice.txt"])
+    engine.add([folder / "a-notice.txt"])  # a second segment: its rows come after z's
+    question = "民办学校党组织书记的教育培训"
+    for _ in range(2):
+        top = engine.search(question, k=1, mode="bm25")[0]
+        two = engine.search(question, k=2, mode="bm25")
+        assert top.doc_id == "a-notice.txt" and [h.doc_id for h in two] == ["a-notice.txt", "z-notice.txt"]
+        assert two[0].score == two[1].score > 0
+        docs = engine.query([question], k=2, mode="bm25", group="documents")[0].documents
+        assert [d.doc_id for d in docs] == ["a-notice.txt", "z-notice.txt"]
+        engine.optimize()

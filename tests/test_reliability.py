@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, SPEECH
+from conftest import ROOT, SPEECH, assert_same_ranking
 from indexer.chunking import ChunkSettings, chunk_document, estimate_tokens
 from indexer.cli import main
 from indexer.engine import Engine, clean_query
@@ -353,7 +353,7 @@ def test_sigkill_leaves_old_or_new_index(command, point, speech_engine, tmp_path
     other.write_text("学校图书馆周末开放，学生可以凭借阅证借阅图书和报刊。", encoding="utf-8")
     if command in ("remove", "optimize"):
         speech_engine.add([other])  # two segments: something to remove, something to merge
-    before = [(h.chunk_id, h.score) for h in speech_engine.search(QUESTION, k=5)]
+    before = speech_engine.search(QUESTION, k=5)
     gen = speech_engine.store.generation
     args = {"build": ["build", str(other)], "add": ["add", str(other)], "remove": ["remove", "other.txt"],
             "optimize": ["optimize"]}[command]
@@ -363,7 +363,7 @@ def test_sigkill_leaves_old_or_new_index(command, point, speech_engine, tmp_path
     reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
     if reloaded.store.generation == gen:  # the old index, untouched
         assert point != "after-commit"
-        assert [(h.chunk_id, h.score) for h in reloaded.search(QUESTION, k=5)] == before
+        assert_same_ranking(reloaded.search(QUESTION, k=5), before)
     else:  # the commit had happened: the new index, complete
         assert point == "after-commit"
         expected = {"build": {"other.txt"}, "add": {"speech.txt", "other.txt"}, "remove": {"speech.txt"},
@@ -384,7 +384,7 @@ def test_sigkill_in_an_upgrade_leaves_the_old_format_or_the_new(speech_engine, t
     2 whole: refused with the upgrade command, never misread; the upgrade run again converts it."""
     from conftest import write_format_two
 
-    before = [(h.chunk_id, h.score) for h in speech_engine.search(QUESTION, k=5)]
+    before = speech_engine.search(QUESTION, k=5)
     old = tmp_path / "old"
     write_format_two(speech_engine.path, old)
     _kill_at("upgrade-before-commit", ["upgrade", "--index", str(old)])
@@ -395,7 +395,7 @@ def test_sigkill_in_an_upgrade_leaves_the_old_format_or_the_new(speech_engine, t
     assert code == 0 and "from format 2 to 3" in out
     code, out, err = cli(capsys, "check", "--index", old)
     assert code == 0 and out.startswith("ok:"), err
-    assert [(h.chunk_id, h.score) for h in Engine(old, encoder=speech_engine.encoder).search(QUESTION, k=5)] == before
+    assert_same_ranking(Engine(old, encoder=speech_engine.encoder).search(QUESTION, k=5), before)
 
 
 # ---------------------------------------------------------------- concurrent use

@@ -176,6 +176,9 @@ class Store(Protocol):
     def doc_ids(self, rows: list[int]) -> list[str]:
         """The document of each of these rows."""
 
+    def tie_keys(self, rows: np.ndarray) -> list[tuple[str, int]]:
+        """Each row's chunk id as (document id, position): the order of equal scores (indexer.topk)."""
+
     def sentences(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """A row's sentences: spans in its text, USE vectors, e5 vectors (None unless kept)."""
 

@@ -34,7 +34,7 @@ from ..keyword import Analyzer, Postings, bm25, term_keys, top_positive
 from .atomic import _fsync_dir, _fsync_tree, writer_lock
 from .base import DocRecord, Manifest, check_upsert, empty_table, now
 from .legacy import is_legacy, read_legacy, stable_ids
-from .records import DB_FILE, DocTable, Records, chunk_json
+from .records import DB_FILE, DocTable, Records, chunk_json, chunk_key
 from .segment import Segment, merge_segments, write_segment
 from .vectors import retire, vectors_of
 
@@ -273,11 +273,15 @@ class FaissStore:
     def doc_ids(self, rows: list[int]) -> list[str]:
         return [c.doc_id for c in self.chunks(rows)]
 
+    def tie_keys(self, rows: np.ndarray) -> list[tuple[str, int]]:
+        """Each row's chunk id as (document id, position): how equal scores are ordered (indexer.topk)."""
+        return [chunk_key(name) for name in self._records.chunk_names(self._ids(rows))]
+
     # ---------------------------------------------------------------- search
 
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None,
                exact: bool = False) -> list[list[tuple[float, int]]]:
-        """The k best live rows per query by inner product, best first (ties: lower row first);
+        """The k best live rows per query by inner product, best first (ties: indexer.topk);
         `exact`: every row scored, approximate segments too (what recall is measured against)."""
         return self._vectors.search(np.ascontiguousarray(queries, dtype=np.float32), k, doc_ids, exact)
 
@@ -309,7 +313,7 @@ class FaissStore:
         allowed = None if doc_ids is None else self.rows_of(doc_ids)
         if rows is not None:
             allowed = rows if allowed is None else np.intersect1d(allowed, rows, assume_unique=True)
-        top_s, top_r = top_positive(hit, scores, k, allowed)
+        top_s, top_r = top_positive(hit, scores, k, allowed, self.tie_keys)
         return [(float(s), int(r)) for s, r in zip(top_s, top_r)]
 
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:

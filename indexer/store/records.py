@@ -60,6 +60,12 @@ def chunk_from_json(text: str) -> Chunk:
     return Chunk(**data)
 
 
+def chunk_key(chunk_id: str) -> tuple[str, int]:
+    """A chunk id (`doc#position`) as (document id, position), the order of chunk ids."""
+    doc_id, _, position = chunk_id.rpartition("#")
+    return doc_id, int(position)
+
+
 def doc_from_json(text: str) -> DocRecord:
     return DocRecord(**json.loads(text))
 
@@ -124,12 +130,19 @@ class Records:
 
     def chunks(self, ids: list[int]) -> list[Chunk]:
         """The chunk records of these ids, in the order given."""
-        found: dict[int, Chunk] = {}
+        return [chunk_from_json(text) for text in self._by_id(ids, "record")]
+
+    def chunk_names(self, ids: list[int]) -> list[str]:
+        """The chunk ids (`doc#position`) of these record ids, in the order given (no record is read)."""
+        return self._by_id(ids, "chunk_id")
+
+    def _by_id(self, ids: list[int], column: str) -> list:
+        """One column of the chunk rows of these record ids, in the order given."""
+        found: dict[int, object] = {}
         wanted = sorted(set(ids))
         for start in range(0, len(wanted), 900):  # SQLite's limit on bound parameters
             part = wanted[start:start + 900]
-            found.update((i, chunk_from_json(text)) for i, text in self.query(
-                f"SELECT id, record FROM chunks WHERE id IN ({','.join('?' * len(part))})", part))
+            found.update(self.query(f"SELECT id, {column} FROM chunks WHERE id IN ({','.join('?' * len(part))})", part))
         missing = [i for i in ids if i not in found]
         if missing:
             raise StoreError(f"{self.path.parent}: no chunk record with id {missing[0]}")

@@ -24,6 +24,7 @@ import numpy as np
 from ..crosslingual import USE_DIM, PassageVectors
 from ..errors import StoreError
 from ..keyword import POSTING_ARRAYS, Postings
+from ..topk import candidates
 
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 80, 128
 IVF_NPROBE = 32  # bench: recall@10 0.9993 at 100k (0.59 ms), 0.9997 at 1M (2.6 ms); nlist/16 cost 13x more at 1M
@@ -309,8 +310,10 @@ class Segment:
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None,
                dead: np.ndarray | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The k best (scores, local rows) per query by inner product among `rows` (None: all) that
-        are not `dead` (a mask; None: none), as two [q, k'] arrays (k' ≤ k; row -1 pads a list
-        with fewer results). `exact`: score every row even where the segment has an approximate index."""
+        are not `dead` (a mask; None: none), as two [q, k'] arrays, best first; row -1 pads a list
+        with fewer results. Searched exactly, a list keeps every row tied with its k-th too (so
+        k' may exceed k: the store's join orders equal scores by chunk id, indexer.topk).
+        `exact`: score every row even where the segment has an approximate index."""
         if rows is not None and dead is not None:
             rows, dead = rows[~dead[rows]], None
         n = len(self) if rows is None else len(rows)
@@ -320,19 +323,24 @@ class Segment:
         if self.index is not None and not exact:
             params = _search_params(self.index, rows, dead)
             return self.index.search(queries, k, params=params)
-        best_s = np.full((len(queries), 0), -np.inf, np.float32)
-        best_r = np.zeros((len(queries), 0), np.int64)
+        best = [(np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in range(len(queries))]
         for start in range(0, n, BLOCK):  # exact: every row's inner product, one block at a time
             ids = np.arange(start, min(n, start + BLOCK)) if rows is None else rows[start:start + BLOCK]
             block = self.vectors[start:start + BLOCK] if rows is None else self.vectors[ids]
             part = queries @ block.T
             if dead is not None:
-                part[:, dead[start:start + BLOCK]] = -np.inf
-            scores = np.hstack([best_s, part])
-            cand = np.hstack([best_r, np.broadcast_to(ids, (len(queries), len(ids)))])
-            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if scores.shape[1] > k else np.argsort(-scores, 1)
-            best_s, best_r = np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1)
-        return best_s, np.where(np.isfinite(best_s), best_r, -1)
+                alive = ~dead[start:start + BLOCK]
+                part, ids = part[:, alive], ids[alive]
+            for q, (scores, found) in enumerate(best):
+                scores, found = np.concatenate([scores, part[q]]), np.concatenate([found, ids])
+                keep = candidates(scores, k)
+                best[q] = scores[keep], found[keep]
+        width = max(len(s) for s, _ in best)
+        out_s, out_r = np.full((len(queries), width), -np.inf, np.float32), np.full((len(queries), width), -1, np.int64)
+        for q, (scores, found) in enumerate(best):
+            order = np.argsort(-scores, kind="stable")
+            out_s[q, :len(order)], out_r[q, :len(order)] = scores[order], found[order]
+        return out_s, out_r
 
     def vocabulary(self) -> list[str]:
         """The segment's terms in key order (read from its file when asked: translation, merges)."""

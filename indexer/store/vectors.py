@@ -2,7 +2,7 @@
 points of change: FAISS files in each segment (the default), or a Milvus collection keyed by the
 chunk records' stable ids (indexer.store.milvus_vectors). Records, postings, sentence tables and
 the commit point are the folder's either way (indexer.store.faiss_store). Rows are the store's
-global rows; results are (score, row), best first, ties to the lower row.
+global rows; results are (score, row), best first, equal scores by chunk id (indexer.topk).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..crosslingual import all_finite
 from ..errors import StoreError
+from ..topk import TieKeys, top_k
 from .milvus_vectors import MAX_TOPK, MilvusVectors
 from .segment import REMOTE
 
@@ -53,12 +54,11 @@ class Vectors(Protocol):
         """What `check` finds wrong with the vectors."""
 
 
-def top(scores: np.ndarray, rows: np.ndarray, k: int) -> list[tuple[float, int]]:
-    """The k best (score, row) of candidates (row -1: none), best first, ties to the lower row."""
+def top(scores: np.ndarray, rows: np.ndarray, k: int, ties: TieKeys) -> list[tuple[float, int]]:
+    """The k best (score, row) of candidates (row -1: none), best first (equal scores by chunk id)."""
     keep = rows >= 0
-    scores, rows = scores[keep], rows[keep]
-    order = np.lexsort((rows, -scores))[:k]
-    return [(float(scores[j]), int(rows[j])) for j in order]
+    top_s, top_r = top_k(scores[keep], rows[keep], k, ties)
+    return list(zip(top_s.tolist(), top_r.tolist()))
 
 
 class SegmentVectors:
@@ -105,7 +105,8 @@ class SegmentVectors:
             found_r.append(np.where(r >= 0, r + base, -1))
         if not found_s:
             return [[] for _ in range(len(queries))]
-        return [top(np.concatenate([x[q] for x in found_s]), np.concatenate([x[q] for x in found_r]), k)
+        return [top(np.concatenate([x[q] for x in found_s]), np.concatenate([x[q] for x in found_r]), k,
+                    store.tie_keys)
                 for q in range(len(queries))]
 
     def fetch(self, rows: list[int]) -> np.ndarray:
@@ -174,7 +175,7 @@ class CollectionVectors:
         while k > 0:
             found = [(scores, self._rows(ids), len(ids)) for scores, ids in
                      self.collection.search(queries, want, docs, len(store))]
-            out = [top(scores, rows, k) for scores, rows, _ in found]
+            out = [top(scores, rows, k, store.tie_keys) for scores, rows, _ in found]
             if want >= MAX_TOPK or not any(len(hits) < k and n == want for hits, (_, _, n) in zip(out, found)):
                 return out
             want = min(2 * want + 16, MAX_TOPK)
