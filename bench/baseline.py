@@ -21,6 +21,8 @@ import numpy as np
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
 from indexer.keyword import bigrams
 
+from .common import machine_line
+
 ROOT = Path(__file__).resolve().parent.parent
 EVAL = ROOT.parent / "shared" / "eval"
 
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                          "drcd_dev_articles")]
     rows += [("Simplified questions → Traditional paragraphs", traditional, simplified / "queries.jsonl"),
              ("Traditional questions → Simplified paragraphs", simplified, traditional / "queries.jsonl")]
+    print(machine_line() + "\n")
     print("| set (questions) | Hit@1 / Hit@3 / Recall@10 / MRR@10 |\n|---|---|")
     for name, folder, queries in rows:
         if not folder.is_dir():

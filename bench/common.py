@@ -64,8 +64,20 @@ def system_info() -> dict:
     return info
 
 
+def machine_line() -> str:
+    """The line every table is printed with: the CPU it ran on (a figure means little without it;
+    bf16, AMX and AVX-512 change both speed and the last bits of sums), its cores, and the date."""
+    info = system_info()
+    simd = set(info.get("simd", []))
+    wide = ", ".join(x for x, flag in (("AMX", "amx_bf16"), ("AVX-512 BF16", "avx512_bf16"), ("AVX-512", "avx512f"),
+                                       ("AVX2", "avx2")) if flag in simd)
+    return f"_CPU: {info.get('cpu', platform.processor() or 'unknown')}, {info['cpus']} cores ({wide or 'no AVX2'}); " \
+           f"{time.strftime('%Y-%m-%d')}_"
+
+
 def fmt_table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
-    """A markdown table of `rows` with (key, header) columns; floats shown compactly."""
+    """A markdown table of `rows` with (key, header) columns, floats shown compactly, and under it
+    the machine it was measured on (`machine_line`)."""
     def cell(v):
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
@@ -74,4 +86,4 @@ def fmt_table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
     head = "| " + " | ".join(h for _, h in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
     body = ["| " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
+    return "\n".join([head, sep, *body, "", machine_line()])

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .common import machine_line
+
 FONT = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 DPI = 150
 A4_INCHES = (8.27, 11.69)
@@ -156,6 +158,7 @@ def section(args) -> dict:
 def print_table(res: dict) -> None:
     """The OCR section as markdown tables."""
     print(f"\n### OCR (rapidocr-onnxruntime, PP-OCRv4), A4 notice at {res['dpi']} dpi, {res['pages']} pages\n")
+    print(machine_line() + "\n")
     print("| page | pages/s | character accuracy |\n|---|---|---|")
     for name in ("clean", "photographed"):
         print(f"| {name} | {res[name]['pages_per_s']} | {res[name]['accuracy']:.1%} |")

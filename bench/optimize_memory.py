@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .common import machine_line
 from .speed import _alternating, _trees
 
 FIELDS = ("RssAnon", "RssFile")
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     revs = ["HEAD", args.compare]
+    print(machine_line() + "\n")
     print("| tree | wall s | peak anonymous MiB | peak mapped file MiB |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="bench-optimize-", dir="/tmp") as tmp, _trees(revs, Path(tmp)) as trees:
         for _, rev in _alternating(revs, args.rounds):

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .common import machine_line
+
 QUESTIONS = ('"党组织" 学校', '"历史" 文化', '"中国" 发展', '台湾 -"台北"', '学校 -学生')
 
 
@@ -29,6 +31,7 @@ def narrowed_against_scan(index: str, rounds: int) -> None:
     engine.search("学校", k=5)  # the model and the index load
     store = engine.store
     narrowed = store.rows_with_terms
+    print(machine_line() + "\n")
     print("| question | postings ms | every text ms | hits |\n|---|---|---|---|")
     for _ in range(rounds):
         for question in QUESTIONS:
@@ -69,6 +72,7 @@ def against_revision(index: str, rev: str, rounds: int) -> None:
             proc = subprocess.run([sys.executable, __file__, index, "--here"], cwd=trees[r], capture_output=True,
                                   text=True, check=True, env={**os.environ, "PYTHONPATH": str(trees[r])})  # its indexer
             runs[r].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(machine_line() + "\n")
     print(f"| question | this tree ms | {rev} ms | hits |\n|---|---|---|---|")
     for q in QUESTIONS:
         best = {r: min(run[q][0] for run in runs[r]) for r in revs}

@@ -11,6 +11,7 @@ import time
 
 from indexer.store.segment import build_faiss_index
 
+from .common import machine_line
 from .faiss_bench import K, _latency, _recall, mixture
 
 
@@ -34,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sizes", type=int, nargs="+")
     args = ap.parse_args()
+    print(machine_line() + "\n")
     print("| vectors | kind | build s | recall@10 | p50 ms |\n|---|---|---|---|---|")
     for n in args.sizes:
         measure(n)
