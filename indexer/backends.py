@@ -455,8 +455,14 @@ def _cpu_signature() -> str:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16, from /proc/cpuinfo)."""
-    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", _cpuinfo()))
+    """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16, from /proc/cpuinfo),
+    and oneDNN (OpenVINO's and torch's kernels) may use it: `ONEDNN_MAX_CPU_ISA=AVX2` (or any level
+    below AVX512_CORE_BF16) keeps them to narrower kernels, where OpenVINO cannot compile a bf16
+    graph at all."""
+    if not re.search(r"\b(amx_bf16|avx512_bf16)\b", _cpuinfo()):
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return isa in ("", "ALL", "DEFAULT") or any(level in isa for level in ("BF16", "FP16", "AMX", "AVX10"))
 
 
 @functools.lru_cache(maxsize=1)
