@@ -1,5 +1,5 @@
-"""Issue 16's reference: character-bigram BM25 over whole texts, on every shared set, so that the
-engine's eval table can be read beside it (README, "Retrieval quality").
+"""The keyword reference: character-bigram BM25 over whole texts, on every shared set, so that the
+engine's eval table can be read beside it (docs/quality.md).
 
     python -m bench.baseline                       # every set in ../shared/eval, and the speech
     python -m bench.baseline --speech-index indexes/default

@@ -15,7 +15,7 @@ same index sharing the encoder, one write at a time: readers keep answering from
 generation while a write is under way and pick up the new one on their next question. Each
 request runs in a worker thread (the encoders release the GIL, so concurrent questions overlap);
 micro-batching concurrent questions into one Engine.query call was measured slower under load
-and left out (README, "Serving a team"). Access (indexer.access): writes need the write key, or a loopback bind address
+and left out (docs/decisions/api-concurrency.md). Access (indexer.access): writes need the write key, or a loopback bind address
 when no write key is set; reads need the read key when one is set. Every refused request gets a
 4xx and `{"error": "one sentence"}`; nothing from a refused request reaches the index.
 """

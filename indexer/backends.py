@@ -380,7 +380,7 @@ class OnnxBackend(_OnnxFile):
 class OpenVinoBackend(_OnnxFile):
     """OpenVINO's CPU runtime on the exported graph ("openvino"): bf16 where the CPU computes it
     natively (AMX / AVX512-BF16), float32 elsewhere. It loads without torch or sentence-transformers
-    (whose import alone takes seconds); the README's "Speed" has its figures against torch bf16 and
+    (whose import alone takes seconds); bench/README.md ("Long documents") has its figures against torch bf16 and
     onnxruntime. Batches are padded to a multiple of 32 tokens, as for torch, so it compiles
     kernels for a bounded set of shapes. Each thread gets its own infer request. The compiled model
     is kept beside the graph (`_compiled_openvino`), so a process after the first opens it in 0.3 s

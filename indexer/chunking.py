@@ -46,7 +46,7 @@ _LATIN_RUN = re.compile(r"[A-Za-z0-9]+")
 class ChunkSettings:
     """How documents are cut into chunks."""
 
-    max_tokens: int = 256  # hard ceiling per chunk, as measured by the count function (README: 256 against 480 and 128)
+    max_tokens: int = 256  # hard ceiling per chunk, as measured by the count function (docs/decisions/chunk-length.md: 256 against 480 and 128)
     overlap: int = 1  # sentences repeated at the start of the next piece when a paragraph is split
     min_chars: int = 30  # shorter lines are not chunks by themselves
 

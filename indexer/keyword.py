@@ -8,7 +8,7 @@ The analyzer (`Analyzer`, kept in the index's manifest so questions are cut as t
 - adds the overlapping character bigrams of each CJK run (mixed terms: several engines index
   both), which keep a word jieba cut differently in the question and in the text;
 - adds codes kept whole (PPR-9087, GB/T 7714-2015, 〔2020〕15号, 2020年, 12.5%), on NFKC text.
-Measured on every shared set against jieba alone and bigrams alone (README, "Retrieval quality"):
+Measured on every shared set against jieba alone and bigrams alone (docs/decisions/analyzer.md):
 mixed + codes + t2s is at or above both on each. BM25 (`bm25`) reads the query terms' posting
 lists of every segment and scores with the statistics of all of them, as Lucene does: bm25s bakes
 idf and the average length into its matrix when it indexes, so its scores could not be joined

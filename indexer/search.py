@@ -50,7 +50,7 @@ class FusionSettings:
 
     Chinese (and other) questions, `method="score"`: each candidate of either list scores
     bm25_share · bm25 / (the question's best bm25) + (1 - bm25_share) · min-max(cosine over the
-    candidates) (`score_fuse`). Measured on the three Chinese sets (README, "Retrieval quality"),
+    candidates) (`score_fuse`). Measured on the three Chinese sets (docs/quality.md; docs/decisions/fusion.md),
     it beat reciprocal-rank fusion and both single routes on each: rank fusion drops how far BM25's
     first hit is ahead of its second, which on keyword-heavy questions is the best evidence there
     is. `method="rrf"` keeps the previous fusion: Σ weight / (rrf_k + rank), BM25 at twice dense.
