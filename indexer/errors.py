@@ -15,3 +15,11 @@ class StoreError(IndexerError):
 
 class QueryError(IndexerError):
     """A query or a batch file that cannot be answered."""
+
+
+class ReadError(IndexerError):
+    """A file or folder that cannot be read; the message is one line naming the file."""
+
+
+class NotFound(IndexerError):
+    """A document (or another thing a request names) that the index does not hold."""

@@ -25,7 +25,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .reading import ReadError, decode_bytes, normalise_newlines
+from .decoding import decode_bytes, normalise_newlines
+from .errors import ReadError
 
 # LibreOffice converts these into the format whose reader does the rest.
 LIBREOFFICE_TARGETS = {

@@ -47,7 +47,7 @@ def read_image(path: Path, *, ocr: bool = True) -> str:
     """The text of an image file (every frame of a multi-page TIFF), or a ReadError."""
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
-    from .reading import ReadError
+    from .errors import ReadError
 
     if not ocr_enabled(ocr):
         raise ReadError(f"{path}: an image is read by OCR, which is off (${OCR_ENV}=0)")
