@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
-import inspect
 import json
 import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Callable
@@ -42,23 +41,16 @@ if str(ROOT) not in sys.path:  # `streamlit run /path/to/search_app.py` from ano
 import streamlit as st  # noqa: E402
 
 from indexer.access import Access, access_path  # noqa: E402
-from indexer.chunking import is_heading  # noqa: E402
-from indexer.embedding import Encoder  # noqa: E402
-from indexer.engine import GROUPS, DocHit, Engine, Hit, Result  # noqa: E402
+from indexer.engine import (DEFAULT_MODE, GROUPS, MODES, UPLOAD_SUFFIXES, DocHit, DocRecord, Engine, Hit,  # noqa: E402
+                            Result, SearchOptions)
 from indexer.errors import IndexerError  # noqa: E402
-from indexer.highlight import highlight_spans, query_terms, to_html  # noqa: E402
-from indexer.querying import Question, read_questions, write_results  # noqa: E402
-from indexer.store.base import DocRecord  # noqa: E402
-from indexer.reading import SUPPORTED_SUFFIXES, Document, ReadError, normalise_newlines, read_uploads  # noqa: E402
+from indexer.highlight import highlight_spans, to_html, worth_marking  # noqa: E402
+from indexer.querying import Question, answer, read_questions, write_results  # noqa: E402
 
 DEFAULT_INDEX = ROOT / "indexes" / "default"
 SAMPLE = Path(os.environ.get("INDEXER_SAMPLE") or ROOT / "data" / "speech.txt")
-DOC_TYPES = sorted(suffix.lstrip(".") for suffix in SUPPORTED_SUFFIXES)
+DOC_TYPES = sorted(suffix.lstrip(".") for suffix in UPLOAD_SUFFIXES)
 QUESTION_TYPES = ("txt", "csv", "jsonl")
-try:  # the engine's retrieval modes, when it has them (see mode_kwargs)
-    from indexer.search import MODES
-except ImportError:  # pragma: no cover - an engine without modes: the selector is not shown
-    MODES = ("dense", "bm25", "hybrid")
 CONTEXT_CHUNKS = 2  # chunks shown on each side of a hit when it is expanded
 # Up to this many documents, the document filter, the Documents tab and the remove list offer them
 # all; beyond, each offers what a typed part of a title or file name finds (at most this many).
@@ -122,15 +114,16 @@ def index_path(argv: list[str] | None = None) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def get_encoder() -> Encoder:
-    """The one encoder of this server process ($INDEXER_MODEL or the provisioned default)."""
-    return Encoder()
-
-
-@st.cache_resource(show_spinner=False)
 def get_engine(path: str) -> Engine:
-    """One engine per index folder, sharing the encoder; it reloads itself when the index changes."""
-    return Engine(path, encoder=get_encoder())
+    """The one engine of this server process ($INDEXER_MODEL or the provisioned default), shared by
+    every session: its questions never wait for another session's write, and it picks up a newer
+    commit made by another process on its next question."""
+    engine = Engine(path)
+    try:
+        engine.warm_up()
+    except IndexerError:  # a damaged index or a missing model: the page says why when it is used
+        pass
+    return engine
 
 
 @dataclass(frozen=True)
@@ -204,30 +197,7 @@ def read_only_note() -> str:
             "(`python -m indexer access set-write-key`).")
 
 
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def mode_kwargs(fn: Callable, mode: str | None) -> dict:
-    """`mode=` for the engine call when the engine has retrieval modes (dense/bm25/hybrid)."""
-    return {"mode": mode} if mode and _accepts(fn, "mode") else {}
-
-
 # ---------------------------------------------------------------------------- inputs → documents/questions
-
-
-def document_from_paste(title: str, text: str) -> Document:
-    """Pasted text → one document whose id is its title (pasting under the same title replaces it)."""
-    title = " ".join(str(title or "").split())
-    text = normalise_newlines(str(text or ""))
-    if not title:
-        raise ReadError("give the pasted text a title: it names the document")
-    if not text.strip():
-        raise ReadError("the pasted text is empty")
-    return Document(doc_id=title, text=text, title=title, source="pasted")
 
 
 def questions_from_upload(name: str, data: bytes) -> list[Question]:
@@ -307,19 +277,10 @@ def summarise(reports) -> str:
     return "; ".join(f"{status}: {', '.join(items)}" for status, items in by.items()) or "nothing to do"
 
 
-def split_heading(hit: Hit) -> tuple[str, str]:
-    """(section label, passage body): heading lines at the top of a chunk become the label."""
-    lines = hit.text.split("\n")
-    heads = []
-    while len(lines) > 1 and is_heading(lines[0]):
-        heads.append(lines.pop(0).strip())
-    section = " › ".join(heads) if heads else hit.section
-    return section, "\n".join(lines)
-
-
-def marked(text: str, terms: list[str], sentence: tuple[int, int] | None = None) -> str:
-    """HTML of text with the terms marked and, if given, the answering sentence (offsets in text) set off."""
-    return to_html(text, highlight_spans(text, terms), sentence).replace("$", "&#36;")
+def marked(engine: Engine, text: str, terms: list[str], sentence: tuple[int, int] | None = None) -> str:
+    """HTML of text with the terms marked (found in the index's script) and, if given, the answering
+    sentence (offsets in text) set off."""
+    return to_html(text, highlight_spans(engine.fold(text), terms), sentence).replace("$", "&#36;")
 
 
 def sentence_in(hit: Hit, offset: int, length: int) -> tuple[int, int] | None:
@@ -351,7 +312,7 @@ def index_state(engine: Engine) -> tuple[dict | None, str | None]:
         return None, str(exc)
 
 
-def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catalog) -> dict:
+def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catalog) -> SearchOptions:
     """Index state, search settings, and index management; returns the settings."""
     sb = st.sidebar
     sb.header("Index 索引")
@@ -384,12 +345,9 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catal
                      format_func=lambda g: {"passages": "passages 段落", "documents": "documents 文档"}[g],
                      help="documents: whole documents ranked by their best passage, each with its best passages.")
     where = filters_panel(sb, known)
-    mode = None
-    if _accepts(Engine.search, "mode"):
-        default = inspect.signature(Engine.search).parameters["mode"].default
-        mode = sb.selectbox("Mode 检索方式", MODES, key="mode", index=MODES.index(default) if default in MODES else 0,
-                            help="dense: by meaning (cosine score) · bm25: by words (BM25 score) · hybrid: both, "
-                                 "0–1, each hit showing its parts. Each mode scores on its own scale.")
+    mode = sb.selectbox("Mode 检索方式", MODES, key="mode", index=MODES.index(DEFAULT_MODE),
+                        help="dense: by meaning (cosine score) · bm25: by words (BM25 score) · hybrid: both, "
+                             "0–1, each hit showing its parts. Each mode scores on its own scale.")
 
     sb.header("Manage 管理")
     if not can_write():
@@ -407,8 +365,7 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catal
             st.rerun()
     if can_write():
         sb.caption("Add or remove documents in the **Documents** tab.")
-    return {"k": k, "min_score": min_score or None, "docs": chosen or None, "mode": mode, "where": where,
-            "group": group}
+    return SearchOptions(k, mode, group, tuple(where), tuple(chosen) or None, min_score or None)
 
 
 def tags_from(text: str) -> list[str]:
@@ -488,9 +445,7 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         st.info("Type a question and press Enter — in Chinese or English. 输入问题后按回车。")
         return
     try:
-        result = engine.query([query], settings["k"], settings["docs"], settings["min_score"],
-                              where=settings["where"], group=settings["group"],
-                              **mode_kwargs(engine.query, settings["mode"]))[0]
+        result = engine.answer([query], settings)[0]
     except IndexerError as exc:
         st.warning(str(exc))
         return
@@ -501,8 +456,8 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         st.info("No passage scores above the minimum score; lower it in the sidebar.")
         return
     # a cross-lingual question is marked by its Chinese translations, others by their own words
-    terms = result.terms if result.cross_lingual else query_terms(query)
-    found = [t for t in terms if any(highlight_spans(h.text, [t]) for h in hits)]
+    terms = worth_marking(result.terms)  # the words the index searched with, in its script
+    found = [t for t in terms if any(highlight_spans(engine.fold(h.text), [t]) for h in hits)]
     counted = (f"{len(result.documents)} documents with their best passages" if result.documents is not None
                else f"{len(hits)} passages")
     st.caption(f"{counted}, ranked by meaning and words (each shows its score's parts) · the answering sentence is "
@@ -540,8 +495,7 @@ def show_document(engine: Engine, doc: DocHit, terms: list[str]) -> None:
 
 
 def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
-    section, body = split_heading(hit)
-    body_start = hit.end - len(body)  # the heading lines split_heading took off come first
+    section, body, body_start = hit.split()
     with st.container(border=True):
         st.markdown(
             f'<div class="hit-head"><span class="rank">#{hit.rank}</span>'
@@ -549,7 +503,7 @@ def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
             f'<span class="doc">{esc(hit.title or hit.doc_id)}</span>'
             f'<span class="section">{esc(section) if section else ""}</span></div>' + why_html(hit),
             unsafe_allow_html=True)
-        st.markdown(f'<div class="passage">{marked(body, terms, sentence_in(hit, body_start, len(body)))}</div>',
+        st.markdown(f'<div class="passage">{marked(engine, body, terms, sentence_in(hit, body_start, len(body)))}</div>',
                     unsafe_allow_html=True)
         with st.expander("Context 上下文 — the paragraphs around it"):
             try:
@@ -561,15 +515,15 @@ def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
 def context_html(engine: Engine, hit: Hit, terms: list[str]) -> str:
     """The original text around a hit (the chunks before and after it), the hit itself set off."""
     chunks = engine.context(hit, CONTEXT_CHUNKS, CONTEXT_CHUNKS)
-    text = engine.store.document_text(hit.doc_id)
+    text = engine.document_text(hit.doc_id)
     start = min([hit.start] + [c.start for c in chunks])
     end = max([hit.end] + [c.end for c in chunks])
     before = text[start:hit.start].rstrip("\n")
     after = text[hit.end:end].lstrip("\n")
     around = '<div class="ctx-around">{}</div>'
-    return ('<div class="context">' + (around.format(marked(before, terms)) if before else "")
-            + f'<div class="ctx-hit">{marked(text[hit.start:hit.end], terms, sentence_in(hit, hit.start, hit.end - hit.start))}</div>'
-            + (around.format(marked(after, terms)) if after else "") + "</div>")
+    return ('<div class="context">' + (around.format(marked(engine, before, terms)) if before else "")
+            + f'<div class="ctx-hit">{marked(engine, text[hit.start:hit.end], terms, sentence_in(hit, hit.start, hit.end - hit.start))}</div>'
+            + (around.format(marked(engine, after, terms)) if after else "") + "</div>")
 
 
 def batch_tab(engine: Engine, info: dict | None, settings: dict) -> None:
@@ -595,15 +549,13 @@ def batch_tab(engine: Engine, info: dict | None, settings: dict) -> None:
             results = cached[1]
         else:
             with st.spinner(f"Searching {len(questions)} questions…"):
-                results = engine.query([q.query for q in questions], settings["k"], settings["docs"],
-                                       settings["min_score"], where=settings["where"],
-                                       **mode_kwargs(engine.query, settings["mode"]))
+                results = answer(engine, questions, replace(settings, group="passages"))  # as `batch` does
             st.session_state._batch = (key, results)
     except IndexerError as exc:
         st.warning(str(exc))
         return
     rows = [{"id": q.qid, "query": q.query, "rank": h.rank, "score": round(h.score, 4), "document": h.doc_id,
-             "section": h.section, "answer": h.sentence, "passage": split_heading(h)[1]}
+             "section": h.section, "answer": h.sentence, "passage": h.split()[1]}
             for q, result in zip(questions, results) for h in result.hits]
     st.caption(f"{len(questions)} questions · {len(rows)} hits")
     st.dataframe(rows, hide_index=True, width="stretch",
@@ -617,10 +569,11 @@ def batch_tab(engine: Engine, info: dict | None, settings: dict) -> None:
                        mime="application/jsonl", key="dl_jsonl", on_click="ignore", icon=":material/download:")
 
 
-def add_documents(engine: Engine, docs: list[Document], where) -> None:
+def add_documents(where, add: Callable[..., list]) -> None:
+    """Run one of the engine's adds (uploads, pasted text) with a progress bar; say what it did."""
     update = progress_bar(where, "Embedding…")
     try:
-        reports = engine.add_documents(docs, progress=update)
+        reports = add(progress=update)
     except IndexerError as exc:
         where.error(str(exc))
         return
@@ -658,22 +611,14 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
         st.text_input("Tags 标签", key="upload_tags", placeholder="2020, 教育局",
                       help="Tags for the uploaded files; filter on them in the sidebar.")
         if st.button("Add the uploaded files", key="add_files", disabled=not files, type="primary"):
-            try:
-                docs = read_uploads([(f.name, f.getvalue()) for f in files], tags_from(st.session_state.upload_tags))
-            except IndexerError as exc:
-                st.error(str(exc))
-            else:
-                add_documents(engine, docs, st)
+            uploads = [(f.name, f.getvalue()) for f in files]
+            add_documents(st, lambda **kw: engine.add_uploads(uploads, tags_from(st.session_state.upload_tags), **kw))
         st.markdown("**…or paste text 粘贴文本**")
         st.text_input("Title 标题", key="paste_title", placeholder="names the document; the same title replaces it")
         st.text_area("Text 文本", key="paste_text", height=180)
         if st.button("Add the pasted text", key="add_paste"):
-            try:
-                doc = document_from_paste(st.session_state.paste_title, st.session_state.paste_text)
-            except IndexerError as exc:
-                st.error(str(exc))
-            else:
-                add_documents(engine, [doc], st)
+            title, text = st.session_state.paste_title, st.session_state.paste_text
+            add_documents(st, lambda **kw: engine.add_text(title, text, **kw))
     with remove:
         st.subheader("Remove 删除")
         if not records:

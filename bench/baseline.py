@@ -4,7 +4,7 @@ engine's eval table can be read beside it (docs/quality.md).
     python -m bench.baseline                       # every set in ../shared/eval, and the speech
     python -m bench.baseline --speech-index indexes/default
 
-Each text's terms are its overlapping character bigrams (indexer.keyword.bigrams: a one-character
+Each text's terms are its overlapping character bigrams (indexer.analysis.bigrams: a one-character
 CJK run alone, Latin letters and digits whole); bm25s scores them (k1 1.2, b 0.75). The paragraph
 sets are scored on paragraphs, drcd_dev_articles on whole documents, the speech on the engine's
 chunks (its labels are substrings of the answering passage). Cross-script rows ask one script's
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
-from indexer.keyword import bigrams
+from indexer.analysis import bigrams
 
 from .common import machine_line
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,8 @@ def load(name: str, model=MODEL, threads: int | None = None):
 
 def speech_passages(index_dir: Path) -> tuple[list, list[str]]:
     """(chunks, texts embedded for them) of the speech, as the engine chunks and embeds it."""
-    from indexer.engine import Engine, passage_text
+    from indexer.engine import Engine
+    from indexer.indexing import passage_text
 
     engine = Engine(index_dir)
     if not engine.exists():
@@ -89,7 +89,8 @@ sys.path.insert(0, sys.argv[1])
 from transformers.utils import logging as hf_logging
 hf_logging.disable_progress_bar(); hf_logging.set_verbosity_error()
 from indexer.embedding import Encoder
-from indexer.engine import Engine, IndexSettings, passage_text
+from indexer.engine import Engine, IndexSettings
+from indexer.indexing import passage_text
 t = time.perf_counter(); enc = Encoder(); load = time.perf_counter() - t
 engine = Engine(sys.argv[2], encoder=enc, settings=IndexSettings(crosslingual=sys.argv[5] == "1"))
 t = time.perf_counter(); engine.build([sys.argv[3]]); secs = time.perf_counter() - t

@@ -191,17 +191,17 @@ def copy_into(folder: Path, dest: Path, vectors: str | None = None):
 
     import numpy as np
 
-    from indexer.crosslingual import PassageVectors
-    from indexer.keyword import Segmenter
+    from indexer.store.table import PassageVectors
+    from indexer.analysis import Segmenter
     from indexer.store.base import Manifest
-    from indexer.store.faiss_store import FaissStore
+    from indexer.store import Snapshot, Writer
 
-    src = FaissStore.load(folder)
+    src = Snapshot.load(folder)
     manifest = Manifest.from_json({**src.manifest.to_json(), "documents": {}, "vectors": {}})
-    dst = FaissStore(Path(dest), manifest, vectors=vectors)
+    dst = Writer.create(Path(dest), manifest, vectors=vectors)
     segmenter = Segmenter.of(manifest.keyword)
-    chunks, vecs, xl = src.all_chunks(), src.vectors(), PassageVectors.concat([t for _, t in src.sentence_tables()])
-    xl = xl.take(src.live_rows()) if src.manifest.crosslingual else None  # the table has a row for every row, deleted ones too
+    chunks, vecs, xl = src.all_chunks(), src.all_vectors(), PassageVectors.concat([t for _, t in src.sentence_tables()])
+    xl = xl.take(src.rows_of()) if src.manifest.crosslingual else None  # the table has a row for every row, deleted ones too
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(chunks):
         rows_of[c.doc_id].append(i)
@@ -210,7 +210,7 @@ def copy_into(folder: Path, dest: Path, vectors: str | None = None):
         mine = [chunks[i] for i in rows]
         dst.upsert(doc, mine, vecs[rows], src.document_text(doc.doc_id), segmenter.terms_many(c.text for c in mine),
                    None if xl is None else xl.take(rows))
-    dst.save()
+    dst.commit()
     return dst
 
 

@@ -64,7 +64,7 @@ SEGMENT_ROWS = 10_000
 CHUNKS_PER_DOC = 20
 OUT = ROOT / "bench" / "results" / "records.json"
 
-# `check` in SQL (indexer/store/faiss_store.py, FaissStore.problems): nothing parsed in Python.
+# `check` in SQL (indexer/store/snapshot.py, Snapshot.problems): nothing parsed in Python.
 # {chunks}: the document record's chunk count, as each SQL dialect reads it out of the JSON.
 _LIVE = ("FROM chunks c WHERE c.seg IN (SELECT seg FROM segments) AND NOT EXISTS "
          "(SELECT 1 FROM deleted d WHERE d.seg = c.seg AND d.row = c.row)")
@@ -209,7 +209,7 @@ class Candidate(ABC):
 
 class SqliteCandidate(Candidate):
     """The product: indexer.store.records.Records (WAL, synchronous=FULL), written as
-    FaissStore.flush/save write it, its chunks keyed (segment, row) (ROW_SCHEMA)."""
+    Writer.flush/commit write it, its chunks keyed (segment, row) (ROW_SCHEMA)."""
 
     name = "sqlite"
     schema = ROW_SCHEMA
@@ -237,7 +237,7 @@ class SqliteCandidate(Candidate):
 
     def snapshot(self) -> tuple[int, list[Key], int]:
         db = self.db.connection()
-        db.execute("BEGIN")  # as FaissStore._open: one snapshot
+        db.execute("BEGIN")  # as Snapshot.opened: one snapshot
         try:
             return self.db.generation(), [(s, r) for s, r, _ in self.db.segments()], len(self.db.deleted())
         finally:
@@ -516,12 +516,12 @@ class FilesCandidate(Candidate):
         return set(self.marks.tolist())
 
     def doc_keys(self, doc_id: str) -> list[Key]:
-        dead = self._dead()
+        dead = self.rows.dead()
         return [(s, r) for s, _ in self.segments if (got := self._docs(s).get(doc_id))
                 for r in range(got[0], got[0] + got[1]) if (s << 32) | r not in dead]
 
     def problems(self) -> list[str]:
-        dead = self._dead()
+        dead = self.rows.dead()
         counts = {d: got[2]["chunks"] for s, _ in self.segments for d, got in self._docs(s).items()}
 
         def live_chunks() -> Iterator[tuple[str, str]]:

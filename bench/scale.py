@@ -3,7 +3,7 @@
     python -m bench.run --only scale --scale-sizes 100000 --out bench/results/scale.json
 
 Big indexes (100k and 1M chunks by default) are built with stub vectors, where the model would take
-hours, but through the real store (`FaissStore.upsert` and `save`, a commit every `--scale-commit`
+hours, but through the real store (`Writer.upsert` and `commit`, a commit every `--scale-commit`
 chunks): chunk texts are ~3k passages cut from the shared DRCD (Simplified and Traditional) and
 CMRC paragraphs with their real keyword terms (the engine's Segmenter), reused round-robin, five
 chunks per document, and each document's first chunk opens with its own archive number, so the
@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,7 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def _stub_xl(rng: np.random.Generator, texts: list[str]):
     """A stub sentence table: a random USE vector per chunk and per third of its text."""
-    from indexer.crosslingual import USE_DIM, PassageVectors
+    from indexer.store.table import USE_DIM, PassageVectors
 
     spans = np.array([(len(t) * j // XL_SENTENCES, len(t) * (j + 1) // XL_SENTENCES)
                       for t in texts for j in range(XL_SENTENCES)], np.int32).reshape(-1, 2)
@@ -114,32 +113,26 @@ def _stub_xl(rng: np.random.Generator, texts: list[str]):
 
 
 def new_manifest(crosslingual: bool):
-    """The manifest Engine._new_store makes for the default settings and the default model, without
+    """The manifest Indexer._new_store makes for the default settings and the default model, without
     loading the model (its name is what Encoder reports; its dimension from its config)."""
-    from indexer.chunking import ChunkSettings
-    from indexer.crosslingual import USE_DIM, USE_NAME
     from indexer.embedding import model_name, resolve_model
-    from indexer.engine import IndexSettings
-    from indexer.store.base import Manifest
+    from indexer.settings import IndexSettings
 
     model = resolve_model(None)
     dim = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))["hidden_size"]
-    settings = IndexSettings(crosslingual=crosslingual)
-    return Manifest(model=model_name(model), dim=dim, chunking=asdict(ChunkSettings()), index_type=settings.index_type,
-                    keyword=settings.keyword(),
-                    crosslingual={"encoder": USE_NAME, "dim": USE_DIM} if crosslingual else {})
+    return IndexSettings(crosslingual=crosslingual).manifest(model_name(model), dim)
 
 
 def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, commit: int = 20_000,
                vectors: str | None = None) -> dict:
-    """An index of `n` stub chunks at `path`, through FaissStore.upsert and a save every `commit`
+    """An index of `n` stub chunks at `path`, through Writer.upsert and a commit every `commit`
     chunks (its vectors in the Milvus collection at `vectors`, if given)."""
     from indexer.chunking import Chunk
     from indexer.engine import IndexSettings
-    from indexer.keyword import Segmenter
+    from indexer.analysis import Segmenter
     from indexer.reading import Document
+    from indexer.store import Writer, lock
     from indexer.store.base import DocRecord, now
-    from indexer.store.faiss_store import FaissStore
 
     start = time.perf_counter()
     segmenter = Segmenter.of(IndexSettings().keyword())
@@ -148,9 +141,9 @@ def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, co
     pool_s = time.perf_counter() - start
     rng = np.random.default_rng(seed)
     manifest = new_manifest(crosslingual)
-    store = FaissStore(path, manifest, vectors=vectors)
+    store = Writer.create(path, manifest, vectors=vectors)
     saves, since, done = [], 0, 0
-    with FaissStore.lock(path):
+    with lock(path):
         for d in range((n + CHUNKS_PER_DOC - 1) // CHUNKS_PER_DOC):
             picks = [(done + j) % len(pool) for j in range(min(CHUNKS_PER_DOC, n - done))]
             doc_id = f"stub/{d:07d}.txt"
@@ -173,7 +166,7 @@ def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, co
             since += len(chunks)
             if since >= commit or done == n:
                 t = time.perf_counter()
-                store.save()
+                store.commit()
                 saves.append(time.perf_counter() - t)
                 since = 0
     return {"chunks": done, "documents": len(manifest.documents), "crosslingual": crosslingual,
@@ -336,10 +329,10 @@ def next_removal(index: Path) -> str:
 def _built(path: Path, n: int, crosslingual: bool, seed: int, commit: int, log, vectors: str | None = None) -> dict:
     """The stub index at `path`, built in a fresh process (its wall time and peak RSS), or the
     one built there before (its record kept beside it)."""
-    from indexer.store.faiss_store import FaissStore
+    from indexer.store import exists
 
     record = _record(path)
-    if record.is_file() and FaissStore.exists(path):
+    if record.is_file() and exists(path):
         log(f"  reusing {path}")
         return {**json.loads(record.read_text()), "reused": True}
     shutil.rmtree(path, ignore_errors=True)

@@ -103,7 +103,8 @@ def e5_flops(config: dict, lengths: np.ndarray) -> float:
 
 def long_chunks() -> tuple[list[str], int]:
     """The passage texts the engine embeds for the long-document corpus, and its characters."""
-    from indexer.engine import Engine, passage_text
+    from indexer.engine import Engine
+    from indexer.indexing import passage_text
     from indexer.reading import iter_documents, plan_files
 
     docs = [d for _, got in iter_documents(plan_files([LONG_CORPUS])) for d in got]

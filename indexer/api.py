@@ -10,10 +10,9 @@ A FastAPI shell over the same `Engine` as the command line; the OpenAPI page is 
     GET    /info             what the index holds (as `indexer info --json`)
     GET    /health           {"status": "ok"} once the model is loaded
 
-The model is loaded once. Reads are served by one Engine and writes by a second Engine on the
-same index sharing the encoder, one write at a time: readers keep answering from the committed
-generation while a write is under way and pick up the new one on their next question. Each
-request runs in a worker thread (the encoders release the GIL, so concurrent questions overlap);
+The model is loaded once, by one Engine: its questions keep answering from the committed
+generation while a write is under way (one write at a time) and pick up the new one on their next
+question, never waiting for the write (indexer.searching). Each request runs in a worker thread (the encoders release the GIL, so concurrent questions overlap);
 micro-batching concurrent questions into one Engine.query call was measured slower under load
 and left out (docs/decisions/api-concurrency.md). Access (indexer.access): writes need the write key, or a loopback bind address
 when no write key is set; reads need the read key when one is set. Every refused request gets a
@@ -22,8 +21,7 @@ when no write key is set; reads need the read key when one is set. Every refused
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable, Literal, Optional
 
@@ -39,11 +37,8 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from .access import Access, AccessError
-from .embedding import Encoder
-from .engine import DEFAULT_MODE, GROUPS, Engine, Result
-from .errors import IndexerError, QueryError, StoreError
-from .reading import SUPPORTED_SUFFIXES, Document, ReadError, read_uploads
-from .search import MODES
+from .engine import DEFAULT_MODE, GROUPS, MODES, UPLOAD_SUFFIXES, Engine, Result, SearchOptions
+from .errors import IndexerError, NotFound, QueryError, ReadError, StoreError
 
 log = logging.getLogger("indexer.api")
 
@@ -111,58 +106,42 @@ def plain_name(name: str | None) -> str:
     raw = str(name or "")
     if not raw.strip() or raw in (".", "..") or "\x00" in raw or raw != PurePosixPath(raw.replace("\\", "/")).name:
         raise UploadRefused(f"the upload name {raw!r} is not a plain file name: it may not contain folders")
-    if PurePosixPath(raw).suffix.lower() not in SUPPORTED_SUFFIXES:
-        raise UploadRefused(f"{raw}: not a supported file type (use {', '.join(sorted(SUPPORTED_SUFFIXES))})", 415)
+    if PurePosixPath(raw).suffix.lower() not in UPLOAD_SUFFIXES:
+        raise UploadRefused(f"{raw}: not a supported file type (use {', '.join(sorted(UPLOAD_SUFFIXES))})", 415)
     return raw
 
 
 class Service:
-    """The engines behind the API: one reader and one writer sharing the encoder, and the write
-    lock (readers keep answering from the committed index while a write runs)."""
+    """The engine behind the API (one: its questions never wait for its writes) and the access rules."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.encoder = Encoder(settings.model)
         self.access = Access(settings.access, settings.host)
-        self.writer = Engine(settings.index, encoder=self.encoder)
-        self.reader = Engine(settings.index, encoder=self.encoder)
-        self._write_lock = threading.Lock()
+        self.engine = Engine(settings.index, model=settings.model)
 
     def warm_up(self) -> None:
-        """Load the index, the encoders (the documents' backend too: the first upload would
-        otherwise load it while readers wait for the CPU) and the translator before the first request."""
-        engine = self.reader
-        self.encoder.encode_documents(["预热"])
-        if engine.exists():
-            try:
-                engine.query(["预热", "warm up"], 1)
-            except IndexerError as exc:  # a damaged index: served anyway, each request says why
-                log.warning("warm-up: %s", exc)
-
-    def check(self, options: Options, n_questions: int) -> None:
-        if options.k > self.settings.max_k:
-            raise QueryError(f"k must be at most {self.settings.max_k} (got {options.k})")
-        if n_questions > self.settings.max_batch:
-            raise QueryError(f"a batch may hold at most {self.settings.max_batch} questions (got {n_questions})")
+        """Load the models, the index and the translator before the first request."""
+        try:
+            self.engine.warm_up()
+        except IndexerError as exc:  # a damaged index: served anyway, each request says why
+            log.warning("warm-up: %s", exc)
 
     def query(self, queries: list[str], options: Options) -> list[Result]:
-        """Check the request's limits, then answer its questions in one Engine.query call."""
-        self.check(options, len(queries))
-        fusion = replace(self.reader.fusion, use_route=options.use, translate=options.translate)
-        return self.reader.query(queries, options.k, options.doc, options.min_score, options.mode,
-                                 where=options.where, group=options.group, fusion=fusion)
+        """Check the request's limits, then answer its questions in one call."""
+        if options.k > self.settings.max_k:
+            raise QueryError(f"k must be at most {self.settings.max_k} (got {options.k})")
+        if len(queries) > self.settings.max_batch:
+            raise QueryError(f"a batch may hold at most {self.settings.max_batch} questions (got {len(queries)})")
+        return self.engine.answer(queries, SearchOptions(options.k, options.mode, options.group, tuple(options.where or ()),
+                                                         options.doc, options.min_score, options.use, options.translate))
 
-    def add(self, docs: list[Document]) -> dict:
-        with self._write_lock:
-            reports = self.writer.add_documents(docs)
-            return {"generation": self.writer.store.generation, "documents": [asdict(r) for r in reports]}
+    def add(self, uploads: list[tuple[str, bytes]], tags: list[str]) -> dict:
+        reports = self.engine.add_uploads(uploads, tags)
+        return {"generation": self.engine.generation, "documents": [asdict(r) for r in reports]}
 
     def remove(self, doc_id: str) -> dict:
-        with self._write_lock:
-            if doc_id not in {d.doc_id for d in self.writer.documents()}:
-                raise HTTPException(404, f"no document {doc_id!r} in the index")
-            reports = self.writer.remove([doc_id])
-            return {"generation": self.writer.store.generation, "documents": [asdict(r) for r in reports]}
+        reports = self.engine.remove([doc_id])
+        return {"generation": self.engine.generation, "documents": [asdict(r) for r in reports]}
 
 
 # ---------------------------------------------------------------------------- errors as one sentence
@@ -191,8 +170,8 @@ def _validation_sentence(errors: list[dict]) -> str:
     return f'"{field or "body"}": {msg[:1].lower()}{msg[1:]}'
 
 
-STATUS = ((AccessError, None), (UploadRefused, None), (QueryError, 400), (ReadError, 400), (StoreError, 409),
-          (IndexerError, 400))
+STATUS = ((AccessError, None), (UploadRefused, None), (NotFound, 404), (QueryError, 400), (ReadError, 400),
+          (StoreError, 409), (IndexerError, 400))
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -324,7 +303,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
 
     @app.get("/documents", dependencies=[read], summary="The indexed documents")
     async def documents() -> list[dict]:
-        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().reader.documents)]
+        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().engine.documents)]
 
     @app.post("/documents", dependencies=[write], summary="Add or replace documents (upload)")
     async def upload(files: list[UploadFile] = File(..., description="files, as the CLI's `add` reads them"),
@@ -332,8 +311,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
         names = [plain_name(f.filename) for f in files]  # refused before anything is read
         uploads = [(name, await f.read()) for name, f in zip(names, files)]
         tag_list = [t.strip() for value in tags or () for t in value.split(",") if t.strip()]
-        docs = await anyio.to_thread.run_sync(read_uploads, uploads, tag_list)
-        return await anyio.to_thread.run_sync(svc().add, docs)
+        return await anyio.to_thread.run_sync(svc().add, uploads, tag_list)
 
     @app.delete("/documents/{doc_id:path}", dependencies=[write], summary="Remove a document")
     async def remove(doc_id: str) -> dict:
@@ -343,7 +321,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
     async def info(recall: bool = False) -> dict:
         """`recall=true` also measures the vector index's recall@10 against exact search (seconds on
         a big index; left out by default, as clients poll /info for the generation)."""
-        return await anyio.to_thread.run_sync(svc().reader.info, recall)
+        return await anyio.to_thread.run_sync(svc().engine.info, recall)
 
     @app.get("/health", summary="Up, with the model loaded")
     async def health() -> dict:

@@ -10,18 +10,13 @@ from typing import Optional
 import click
 import typer
 
-from dataclasses import replace
-
-from .engine import DEFAULT_INDEX, DEFAULT_MODE, Engine, IndexSettings, Result
-from .evaluation import evaluate, read_labelled
-from .search import MODES
-from .chunking import ChunkSettings
+from .engine import DEFAULT_INDEX, DEFAULT_MODE, MODES, Engine, IndexSettings, Result, SearchOptions
 from .errors import IndexerError
-from .keyword import LEGACY, Analyzer, read_synonyms
+from .evaluation import evaluate, read_labelled
 from .querying import answer, read_questions, write_results
 
 INDEX_ENV = "INDEXER_INDEX"
-ANALYZERS = {"default": Analyzer(), "jieba": LEGACY}  # build --analyzer
+DEFAULTS = IndexSettings()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic search over Chinese (and any-language) documents.")
@@ -43,12 +38,8 @@ WhereOpt = typer.Option(None, "--where", "-w", help="only documents where FIELD 
                                                     "year>=2020, tag=党建, folder=reports (repeatable: all must hold)")
 
 
-def _engine(index: Optional[str], model: Optional[str], settings: IndexSettings | None = None,
-            use: bool = True, translate: bool = True) -> Engine:
-    path = index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX)
-    engine = Engine(path, model=model, settings=settings)
-    engine.fusion = replace(engine.fusion, use_route=use, translate=translate)
-    return engine
+def _engine(index: Optional[str], model: Optional[str], settings: IndexSettings | None = None) -> Engine:
+    return Engine(index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), model=model, settings=settings)
 
 
 def _user_terms(words: Optional[list[str]], files: Optional[list[Path]]) -> tuple[str, ...]:
@@ -61,16 +52,13 @@ def _user_terms(words: Optional[list[str]], files: Optional[list[Path]]) -> tupl
     return tuple(dict.fromkeys(terms))
 
 
-def _synonyms(path: Optional[Path]) -> tuple[tuple[str, ...], ...]:
-    """Synonym groups from a UTF-8 file (indexer.keyword.read_synonyms)."""
+def _synonyms(path: Optional[Path]) -> list[str] | None:
+    """The lines of a UTF-8 synonyms file (one group per line)."""
     if path is None:
-        return ()
+        return None
     if not path.is_file():
         raise IndexerError(f"{path}: no such synonyms file")
-    groups = read_synonyms(path.read_text(encoding="utf-8-sig").splitlines())
-    if not groups:
-        raise IndexerError(f"{path}: no synonym groups (one group per line, two or more words each)")
-    return groups
+    return path.read_text(encoding="utf-8-sig").splitlines()
 
 
 def _progress() -> bool:
@@ -103,8 +91,8 @@ def _print_reports(reports, limit: int = 20) -> None:
 @app.command()
 def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .md .jsonl .docx .pdf)"),
           index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
-          max_tokens: int = typer.Option(ChunkSettings.max_tokens, help="largest chunk, in model tokens"),
-          overlap: int = typer.Option(ChunkSettings.overlap, help="sentences repeated when a paragraph is split"),
+          max_tokens: int = typer.Option(DEFAULTS.chunking.max_tokens, help="largest chunk, in model tokens"),
+          overlap: int = typer.Option(DEFAULTS.chunking.overlap, help="sentences repeated when a paragraph is split"),
           index_type: str = typer.Option("auto", help="auto | flat | hnsw | ivf"),
           crosslingual: bool = typer.Option(True, "--crosslingual/--no-crosslingual",
                                             help="keep the USE index that English questions use (about 1/3 of build time)"),
@@ -123,11 +111,10 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
                                            "milvus-lite:///FILE.db (default: FAISS files in the index folder)"),
           tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
     """(Re)build an index from scratch from PATHS."""
-    if analyzer not in ANALYZERS:
-        raise IndexerError(f"unknown analyzer {analyzer!r}; choose one of {', '.join(ANALYZERS)}")
-    settings = IndexSettings(ChunkSettings(max_tokens=max_tokens, overlap=overlap), index_type,
-                             _user_terms(user_term, user_dict), crosslingual, sentence_vectors, _synonyms(synonyms),
-                             ANALYZERS[analyzer], vectors)
+    settings = IndexSettings.of(max_tokens=max_tokens, overlap=overlap, index_type=index_type,
+                                user_terms=_user_terms(user_term, user_dict), crosslingual=crosslingual,
+                                sentence_vectors=sentence_vectors, synonym_lines=_synonyms(synonyms),
+                                synonyms_source=str(synonyms), analyzer=analyzer, vectors=vectors)
     engine = _engine(index, model, settings)
     reports = engine.build(paths, progress=_progress(), tags=tag or (), ocr=ocr)
     info = engine.info()
@@ -184,8 +171,8 @@ def check(index: Optional[str] = IndexOpt) -> None:
     problems = engine.check()
     if problems:
         raise IndexerError(f"{engine.shown}: {'; '.join(problems)}")
-    store = engine.store
-    typer.echo(f"ok: {engine.shown} ({store.generation}): {len(store.manifest.documents)} documents, {len(store)} chunks")
+    info = engine.info()
+    typer.echo(f"ok: {engine.shown} ({info['generation']}): {info['documents']} documents, {info['chunks']} chunks")
 
 
 @app.command()
@@ -242,8 +229,8 @@ def search(query: str = typer.Argument(..., help="the question, in any language"
            mode: str = ModeOpt, use: bool = UseOpt, translate: bool = TranslateOpt, as_json: bool = JsonOpt) -> None:
     """Search the index with one question; each hit marks its answering sentence (») and says why it
     ranks there. Quoted phrases ("三重一大") must occur in a hit; -word and -"a phrase" exclude."""
-    result = _engine(index, model, use=use, translate=translate).query([query], k, doc, min_score, mode, where,
-                                                                        group)[0]
+    options = SearchOptions(k, mode, group, tuple(where or ()), doc, min_score, use, translate)
+    result = _engine(index, model).answer([query], options)[0]
     if as_json:
         typer.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=1))
     else:
@@ -260,7 +247,8 @@ def batch(queries: Path = typer.Argument(..., help="questions: .txt (one per lin
     """Answer a file of questions; questions are encoded in batches. A question may carry its own
     filters (JSONL "where": [...], CSV column where: filters separated by ";")."""
     questions = read_questions(queries)
-    results = answer(_engine(index, model, use=use, translate=translate), questions, k, mode, where, group)
+    options = SearchOptions(k, mode, group, tuple(where or ()), use=use, translate=translate)
+    results = answer(_engine(index, model), questions, options)
     write_results(output, questions, results)
     typer.echo(f"{len(questions)} questions → {output}")
 
@@ -276,9 +264,9 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
                  json_out: Optional[Path] = typer.Option(None, "--json", help="also write the figures here")) -> None:
     """Score retrieval on labelled questions: Hit@1, Hit@3, Recall@k, MRR@k."""
     labels = read_labelled(labelled)
-    engine = _engine(index, model, use=use, translate=translate)
+    engine = _engine(index, model)
     modes = list(MODES) if mode == "all" else [mode]
-    rows = {m: evaluate(engine, labels, m, k, group) for m in modes}
+    rows = {m: evaluate(engine, labels, m, k, group, use=use, translate=translate) for m in modes}
     keys = [key for key in next(iter(rows.values())) if key != "n"]
     typer.echo(f"{labelled} ({len(labels)} questions, index {engine.shown})")
     typer.echo(f"{'mode':8}" + "".join(f"{key:>11}" for key in keys))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import QueryError
+from .results import SearchOptions
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,14 @@ def by_documents(engine, labels: list[Labelled]) -> bool:
     return all(item in ids for label in labels for item in label.relevant)
 
 
-def evaluate(engine, labels: list[Labelled], mode: str, k: int = 10, group: str = "auto") -> dict[str, float]:
+def evaluate(engine, labels: list[Labelled], mode: str, k: int = 10, group: str = "auto", *,
+             use: bool = True, translate: bool = True) -> dict[str, float]:
     """Run every labelled question through the engine under `mode` and score the rankings: of
     documents when `group` is "documents" (or "auto" and the labels are document ids), else of
     passages (a passage is relevant when its document id or a labelled substring matches)."""
     docs = group == "documents" or (group == "auto" and by_documents(engine, labels))
-    results = engine.query([label.query for label in labels], k, mode=mode,
-                           group="documents" if docs else "passages", sentences=False)
+    options = SearchOptions(k, mode, "documents" if docs else "passages", use=use, translate=translate)
+    results = engine.answer([label.query for label in labels], options, sentences=False)
     ranked = [[(d.doc_id, "") for d in r.documents] if docs else [(h.doc_id, h.text) for h in r.hits]
               for r in results]
     return metrics(relevance_matrix(ranked, labels), k)

@@ -1,15 +1,15 @@
 """Which words of a question to mark in a passage: terms, their spans, and safe HTML.
 
-Pure functions (regex and jieba, no Streamlit), used by the search page. Chinese questions are
-cut with jieba's search mode, so a long word and its parts are all tried (私立学校 → 私立, 学校,
-私立学校); only terms of two or more CJK characters, or Latin words of three or more letters, are
-kept, less a short list of question words. A term is found in a passage case-insensitively; a
-Latin term only as a whole word or with a common ending (cadre → cadres, train → trained).
+Pure functions (regex, no Streamlit), used by the search page. The terms are the ones the question
+was searched with (`Result.terms`, cut by the index's own analyzer), so a long word and its parts
+are all tried (私立学校 → 私立, 学校, 私立学校); only terms of two or more CJK characters, or Latin
+words of three or more letters, are kept, less a short list of question words. A term is found in
+a passage (in the index's script: `Engine.fold`) case-insensitively; a Latin term only as a whole
+word or with a common ending (cadre → cadres, train → trained).
 """
 from __future__ import annotations
 
 import html
-import logging
 import re
 
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -30,28 +30,20 @@ STOPWORDS = frozenset({
 })
 
 
-def _cut(query: str) -> list[str]:
-    """Words of a question, by jieba's search-mode cut (a long word and its parts)."""
-    import jieba
+def worth_marking(terms: list[str]) -> list[str]:
+    """Of a question's search terms (`Result.terms`: the analyzer's words and bigrams, or a
+    cross-lingual question's Chinese translations), those worth marking in a passage, in order, no
+    repeats: two or more CJK characters, or a Latin word of three or more letters, less a short
+    list of question words.
 
-    jieba.setLogLevel(logging.WARNING)  # no "Building prefix dict" on the console
-    return jieba.lcut_for_search(query)
-
-
-def query_terms(query: str) -> list[str]:
-    """The words of a question worth marking in a passage, in order of first appearance, no repeats.
-
-    >>> query_terms("私立学校怎样建立党组织？")
-    ['私立', '学校', '私立学校', '建立', '党组', '组织', '党组织']
-    >>> query_terms("How are young cadres trained?")
-    ['young', 'cadres', 'trained']
+    >>> worth_marking(["私立", "学校", "私立学校", "立学", "党", "怎样", "how", "cadres"])
+    ['私立', '学校', '私立学校', '立学', 'cadres']
     """
-    terms: list[str] = []
-    for word in _cut(str(query or "")):
-        # a word is usually all CJK or all Latin; a mixed one (rare) gives its usable parts
-        parts = _CJK_TERM.findall(word) + [p.lower() for p in _LATIN_TERM.findall(word) if len(p) >= 3]
-        terms.extend(p for p in parts if p not in STOPWORDS and p not in terms)
-    return terms
+    out: list[str] = []
+    for term in terms:
+        parts = _CJK_TERM.findall(term) + [p.lower() for p in _LATIN_TERM.findall(term) if len(p) >= 3]
+        out.extend(p for p in parts if p not in STOPWORDS and p not in out)
+    return out
 
 
 def _pattern(term: str) -> str:

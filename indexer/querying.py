@@ -6,12 +6,12 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import QueryError
-from .reading import decode_bytes
+from .decoding import decode_bytes
+from .results import SearchOptions
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,15 @@ def _filters(value: object, where: str) -> tuple[str, ...]:
     raise QueryError(f'{where}: "where" must be a list of filters or one string of them separated by ";"')
 
 
-def answer(engine, questions: list[Question], k: int = 10, mode: str | None = None,
-           where: Iterable[str] | None = None, group: str = "passages") -> list:
-    """Each question's Result (indexer.engine), in order: questions that share their filters are
-    asked together (encoded in one batch); `where` applies to every question."""
+def answer(engine, questions: list[Question], options: SearchOptions) -> list:
+    """Each question's Result (indexer.results), in order: questions that share their filters are
+    asked together (encoded in one batch); the options' `where` applies to every question."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for n, q in enumerate(questions):
         groups.setdefault(q.where, []).append(n)
     results: list = [None] * len(questions)
-    options = {"mode": mode} if mode else {}
     for own, rows in groups.items():
-        found = engine.query([questions[n].query for n in rows], k, where=[*(where or ()), *own], group=group,
-                             **options)
+        found = engine.answer([questions[n].query for n in rows], replace(options, where=options.where + own))
         for n, result in zip(rows, found):
             results[n] = result
     return results

@@ -241,7 +241,7 @@ class UseRoute:
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
         if not plans:
             return []
-        allowed = self.store.live_rows() if self.allowed is None else self.allowed
+        allowed = self.store.rows_of() if self.allowed is None else self.allowed
         within = [p.scope if p.scope is not None else
                   np.setdiff1d(allowed, np.fromiter(p.excluded, np.int64), assume_unique=True) if p.excluded else
                   allowed for p in plans]

@@ -83,9 +83,14 @@ def as_hits(hits: list[dict]) -> list:
     return [SimpleNamespace(**h, sentence_start=(h["sentence"] or {}).get("start")) for h in hits]
 
 
+def chunks_of(store, doc_id: str) -> list:
+    """A document's chunks in a store, in reading order."""
+    return sorted(store.chunks(store.rows_of({doc_id}).tolist()), key=lambda c: c.position)
+
+
 def whole_table(store):
     """A store's sentence table joined whole, row-aligned with its rows (None: it keeps none)."""
-    from indexer.crosslingual import PassageVectors
+    from indexer.store.table import PassageVectors
 
     return PassageVectors.concat([t for _, t in store.sentence_tables()]) if store.manifest.crosslingual else None
 
@@ -130,10 +135,10 @@ def write_format_two(source: Path, folder: Path) -> None:
     import sqlite3
     from contextlib import closing
 
-    from indexer.store import faiss_store
+    from indexer.store import Snapshot
 
     shutil.copytree(source, folder)
-    at = [(s.seg, row, i) for s in faiss_store.FaissStore.load(folder)._segments for row, i in enumerate(s.ids.tolist())]
+    at = [(s.seg, row, i) for s in Snapshot.load(folder).rows.segments for row, i in enumerate(s.ids.tolist())]
     with closing(sqlite3.connect(folder / "records.db")) as db, db:
         db.execute("CREATE TABLE chunks_v2 (seg INTEGER NOT NULL, row INTEGER NOT NULL, doc_id TEXT NOT NULL, "
                    "chunk_id TEXT NOT NULL, record TEXT NOT NULL, PRIMARY KEY (seg, row))")

@@ -18,8 +18,9 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, SPEECH
 from indexer.engine import Engine
-from indexer.highlight import highlight_spans, query_terms, to_html
-from indexer.reading import Document, ReadError
+from indexer.errors import ReadError
+from indexer.highlight import highlight_spans, to_html, worth_marking
+from indexer.reading import Document
 
 APP = ROOT / "search_app.py"
 QUESTION = "私立学校怎样建立党组织？"
@@ -196,13 +197,8 @@ def test_a_large_archive_is_found_by_typing_not_listed(app_index, encoder, monke
     assert at.selectbox(key="remove_doc").options == ["panda.txt"]
 
 
-def test_retrieval_mode_when_the_engine_has_modes(app_index):
-    import inspect
-
+def test_every_retrieval_mode(app_index):
     at = run_app()
-    if "mode" not in inspect.signature(Engine.search).parameters:
-        assert not [s for s in at.sidebar.selectbox if s.key == "mode"]
-        return
     ask(at, QUESTION)
     for mode in at.selectbox(key="mode").options:
         at.selectbox(key="mode").set_value(mode).run()
@@ -271,26 +267,35 @@ def test_bad_upload_gives_one_line(app_index):
     assert at.sidebar.metric[0].value == "1"
 
 
-def test_upload_handler_reads_like_the_command_line():
+def test_uploads_and_pasted_text_are_read_through_the_engine(speech_engine):
+    """The page's uploads go through Engine.add_uploads, read as the command line reads files;
+    pasted text through Engine.add_text; a bad upload or paste is one line, and nothing is added."""
     import search_app
-    from indexer.reading import read_uploads
 
-    docs = read_uploads([
-        ("dir/notice.txt", "关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。".encode("gb18030")),
-        ("more.jsonl", '{"id": "a", "text": "第一篇", "title": "甲"}\n{"id": "b", "text": "第二篇"}\n'.encode()),
-    ], search_app.tags_from("2020，教育局 通知"))
-    assert [(d.doc_id, d.title) for d in docs] == [("notice.txt", "notice"), ("a", "甲"), ("b", "more")]
-    assert docs[0].encoding == "gb18030" and docs[0].source == "upload:notice.txt"
-    assert "足球" in docs[0].text and all(d.meta["tags"] == ["2020", "教育局", "通知"] for d in docs)
+    before = {d.doc_id for d in speech_engine.documents()}
     for files, message in [([("x.exe", b"MZ")], "x.exe: not a supported file"),
                            ([("empty.txt", b"  \n")], "empty.txt: empty document"),
                            ([("a.txt", b"one"), ("b/a.txt", b"two")], "upload:a.txt: duplicate id 'a.txt'"),
                            ([], "no files uploaded")]:
         with pytest.raises(ReadError) as err:
-            read_uploads(files)
+            speech_engine.add_uploads(files)
         assert str(err.value).startswith(message) and "/tmp" not in str(err.value)
-    doc = search_app.document_from_paste("  My  notes ", "line one\r\nline two")
-    assert (doc.doc_id, doc.title, doc.text) == ("My notes", "My notes", "line one\nline two")
+    for title, text, message in [("", "text", "give the pasted text a title"), ("t", " \n", "the pasted text is empty")]:
+        with pytest.raises(ReadError, match=message):
+            speech_engine.add_text(title, text)
+    assert {d.doc_id for d in speech_engine.documents()} == before
+    reports = speech_engine.add_uploads([
+        ("dir/notice.txt", "关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。".encode("gb18030")),
+        ("more.jsonl", '{"id": "a", "text": "第一篇", "title": "甲"}\n{"id": "b", "text": "第二篇"}\n'.encode()),
+    ], search_app.tags_from("2020，教育局 通知"))
+    assert [(r.doc_id, r.status, r.encoding) for r in reports][0] == ("notice.txt", "added", "gb18030")
+    docs = {d.doc_id: d for d in speech_engine.documents()}
+    assert (docs["notice.txt"].title, docs["a"].title, docs["b"].title) == ("notice", "甲", "more")
+    assert docs["notice.txt"].source == "upload:notice.txt"
+    assert all(docs[d].meta["tags"] == ["2020", "教育局", "通知"] for d in ("notice.txt", "a", "b"))
+    assert speech_engine.search("足球联赛", k=1)[0].doc_id == "notice.txt"
+    speech_engine.add_text("  My  notes ", "line one\r\nline two")
+    assert speech_engine.document_text("My notes") == "line one\nline two"
 
 
 def test_sidebar_filters_by_type_tag_and_date(app_index):
@@ -383,7 +388,7 @@ def test_batch_upload_and_result_files(app_index):
     no_exception(at)
     assert [w.value for w in at.warning] == ["qs.csv: a CSV questions file needs a 'query' column"]
 
-    engine = Engine(app_index, encoder=search_app.get_encoder())
+    engine = search_app.get_engine(str(app_index))
     questions = search_app.questions_from_text(f"{QUESTION}\n\n  \nHow are young cadres trained?")
     results = engine.query([q.query for q in questions], 3)
     rows = list(csv.DictReader(io.StringIO(search_app.results_file(questions, results, ".csv").decode())))
@@ -412,23 +417,18 @@ def test_index_path_from_argument_environment_or_default(monkeypatch):
     assert "TOPSECRET" not in at.error[0].value
 
 
-def test_mode_selector_only_when_the_engine_has_modes():
-    import search_app
-
-    def with_mode(query, k=5, mode="dense"): ...
-
-    def without(query, k=5): ...
-
-    assert search_app.mode_kwargs(with_mode, "hybrid") == {"mode": "hybrid"}
-    assert search_app.mode_kwargs(without, "hybrid") == {}
-
-
-def test_query_terms():
-    assert query_terms(QUESTION) == ["私立", "学校", "私立学校", "建立", "党组", "组织", "党组织"]
-    assert query_terms("如何加强党风廉政建设？") == ["加强", "党风", "廉政", "党风廉政", "建设"]
-    assert query_terms("How are young cadres trained?") == ["young", "cadres", "trained"]
-    assert query_terms("学习强国APP有什么要求") == ["学习", "强国", "app", "要求"]
-    assert query_terms("") == [] and query_terms("  ？") == []
+def test_marked_terms_are_the_terms_the_index_searched_with(speech_engine):
+    """The page marks the terms a question was searched with (Result.terms: the index's analyzer,
+    Traditional folded to Simplified), found in the passage's text in the index's script: a
+    Traditional question marks its words in Simplified text, and a Simplified question's words in a
+    Traditional text, at the same offsets."""
+    result = speech_engine.query(["私立學校怎樣建立黨組織？"], 1)[0]
+    terms = worth_marking(result.terms)
+    assert {"学校", "建立", "党组织"} <= set(terms) and "怎样" not in terms and all(len(t) > 1 for t in terms)
+    text = "民辦學校要建立黨組織。"
+    spans = highlight_spans(speech_engine.fold(text), worth_marking(speech_engine.query(["民办学校党组织"], 1)[0].terms))
+    assert [text[s:e] for s, e in spans] == ["民辦學校", "黨組織"]
+    assert worth_marking(["how", "cadres", "党", "怎样", "私立学校"]) == ["cadres", "私立学校"]
 
 
 def test_highlight_spans_are_merged_and_case_insensitive():

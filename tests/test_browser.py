@@ -176,3 +176,37 @@ def test_documents_and_score_breakdown_in_a_real_browser(encoder, tmp_path, chro
         assert any("民辦學校報告" in t for t in titles)  # a Traditional document found by a Simplified question
         assert page.locator(".passage").count() >= 4  # each document with its best passages
         page.screenshot(path=str(OUT / "documents.png"), full_page=True)
+
+
+def test_a_question_is_answered_while_another_session_adds_a_long_document(speech_index, tmp_path, chromium):
+    """Two people on one page (one engine for all sessions): while one adds a long document (about
+    60,000 characters: tens of seconds of encoding), the other's question is answered, from the last
+    commit, before the add ends; once it ends, the new document is searchable."""
+    from playwright.sync_api import expect
+
+    from bench.concurrency import long_document
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    index = tmp_path / "index"
+    shutil.copytree(speech_index, index)
+    with serve(index, OUT / "server-two-sessions.log") as url, browser_page(chromium) as reader:
+        writer = reader.context.browser.new_page(viewport={"width": 1440, "height": 1100}, locale="zh-CN")
+        for page in (reader, writer):
+            page.goto(url, wait_until="domcontentloaded")
+            expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
+        writer.get_by_role("tab", name="Documents").click()
+        writer.get_by_role("textbox", name="Title 标题").fill("长篇通知")
+        writer.get_by_role("textbox", name="Text 文本").fill(long_document())
+        writer.get_by_role("button", name="Add the pasted text").click()
+        expect(writer.get_by_text("Embedding…")).to_be_visible(timeout=RESULT_TIMEOUT)  # the add is under way
+
+        ask(reader, QUESTION)
+        expect(reader.locator(".passage").first).to_contain_text("民办学校", timeout=RESULT_TIMEOUT)
+        done = writer.get_by_text("Index updated")
+        assert not done.is_visible()  # the answer came while the add was still running
+        reader.screenshot(path=str(OUT / "answer-during-add.png"), full_page=True)
+        expect(done).to_be_visible(timeout=600_000)
+        ask(reader, "长篇通知里第一百二十段讲了什么")
+        reader.get_by_test_id("stRadioGroup").get_by_text("documents 文档").click()
+        expect(reader.locator(".doc-head").first).to_be_visible(timeout=RESULT_TIMEOUT)
+        assert any("长篇通知" in t for t in reader.locator(".doc-head").all_inner_texts())

@@ -20,7 +20,7 @@ from indexer.crosslingual import (
     word_forms,
 )
 from indexer.evaluation import read_labelled
-from indexer.keyword import Segmenter
+from indexer.analysis import Segmenter
 from indexer.search import FusionSettings
 from indexer.topk import top_k
 
@@ -217,8 +217,8 @@ def routes(speech_index, encoder):
         from indexer.search import QueryPlan, UseRoute
 
         store = engine.store
-        plans = [QueryPlan([], True, v) for v in engine.xl_encoder.encode_queries(questions)]
-        ranked = UseRoute(store, store.live_rows()).run(plans, N)
+        plans = [QueryPlan([], True, v) for v in engine.models.use().encode_queries(questions)]
+        ranked = UseRoute(store, store.rows_of()).run(plans, N)
         return [list(zip([s for _, s in ranking], store.chunks([row for row, _ in ranking]))) for ranking in ranked]
 
     return {"e5": route("dense", use_route=False), "use": use_only, "bm25": route("bm25"), "fused": route("hybrid")}
@@ -341,7 +341,7 @@ def test_a_float16_table_is_multiplied_in_place_as_numpy_would(tmp_path, monkeyp
 def test_all_finite_reads_float16_by_its_bits(value, finite):
     """`check` reads the float16 sentence table by its bits: every NaN and infinity (either sign)
     is found, in any block, and the largest and smallest finite values pass."""
-    from indexer.crosslingual import all_finite
+    from indexer.store.table import all_finite
 
     table = np.ones((70_000, 4), np.float16)
     table[66_000, 3] = value  # in the second block

@@ -7,18 +7,18 @@ import sqlite3
 import numpy as np
 import pytest
 
-from conftest import BATCHED, SPEECH, assert_same_ranking, whole_table
+from conftest import chunks_of, BATCHED, SPEECH, assert_same_ranking, whole_table
 from indexer.chunking import is_heading
 from indexer.engine import Engine
 from indexer.errors import ModelError, QueryError, StoreError
-from indexer.store.faiss_store import FaissStore
+from indexer.store import Snapshot
 
 QUESTION = "私立学校怎样建立党组织？"
 MINBAN = "市教育局党组继续贯彻"
 
 
 def test_speech_chunks(speech_engine, speech_text):
-    chunks = speech_engine.store.chunks_of("speech.txt")
+    chunks = chunks_of(speech_engine.store, "speech.txt")
     assert 18 <= len(chunks) <= 28
     for c in chunks:
         assert speech_text[c.start:c.end] == c.text
@@ -54,13 +54,13 @@ def test_changed_document_replaces_chunks_and_removed_never_returns(speech_engin
     assert speech_engine.search("足球比赛什么时候举行", k=1)[0].doc_id == "notice.txt"
     doc.write_text("关于开展校园合唱比赛的通知\n各中小学要在十一月组织合唱比赛，每所学校至少派出一支合唱团参加演出。", encoding="utf-8")
     assert [r.status for r in speech_engine.add([doc])] == ["replaced"]
-    texts = [c.text for c in speech_engine.store.chunks_of("notice.txt")]
+    texts = [c.text for c in chunks_of(speech_engine.store, "notice.txt")]
     assert all("足球" not in t for t in texts) and any("合唱" in t for t in texts)
     speech_engine.remove(["notice.txt"])
     reloaded = Engine(speech_engine.path, encoder=speech_engine.encoder)
     for hits in reloaded.batch(["足球比赛", "合唱比赛", "校园活动通知"], k=50):
         assert all(h.doc_id == "speech.txt" for h in hits)
-    assert len(reloaded.store.vectors()) == len(reloaded.store)
+    assert len(reloaded.store.all_vectors()) == len(reloaded.store)
 
 
 def test_update_roundtrip_equals_fresh_build(speech_engine, encoder, tmp_path):
@@ -108,9 +108,9 @@ def test_encodings_give_same_chunks(encoder, tmp_path, speech_text):
         engines[enc] = Engine(tmp_path / f"ix-{enc}", encoder=encoder)
         reports = engines[enc].build([folder / "speech.txt"])
         assert reports[0].encoding.startswith(enc.split("-")[0].replace("gb18030", "gb18030"))
-    base = [(c.text, c.start, c.end, c.section) for c in engines["utf-8"].store.chunks_of("speech.txt")]
+    base = [(c.text, c.start, c.end, c.section) for c in chunks_of(engines["utf-8"].store, "speech.txt")]
     for enc in ("gb18030", "utf-16"):
-        assert [(c.text, c.start, c.end, c.section) for c in engines[enc].store.chunks_of("speech.txt")] == base
+        assert [(c.text, c.start, c.end, c.section) for c in chunks_of(engines[enc].store, "speech.txt")] == base
 
 
 def test_kill_during_build_leaves_previous_index(speech_engine, monkeypatch, tmp_path):
@@ -122,7 +122,7 @@ def test_kill_during_build_leaves_previous_index(speech_engine, monkeypatch, tmp
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # as if Ctrl-C arrived while the new generation was being written
 
-    monkeypatch.setattr("indexer.store.faiss_store.write_segment", crash)
+    monkeypatch.setattr("indexer.store.writer.write_segment", crash)
     with pytest.raises(KeyboardInterrupt):
         speech_engine.build([other])
     monkeypatch.undo()
@@ -160,7 +160,7 @@ def test_missing_and_damaged_index(tmp_path, speech_index, encoder):
     with sqlite3.connect(broken / "records.db") as db:
         db.execute("DELETE FROM chunks WHERE id = (SELECT max(id) FROM chunks)")
     with pytest.raises(StoreError, match="broken: the segments hold 23 rows but there are 22 chunk records"):
-        FaissStore.load(broken)
+        Snapshot.load(broken)
 
 
 def test_context_shows_neighbours(speech_engine):
@@ -188,7 +188,7 @@ def _xl_of(engine: Engine) -> dict[str, tuple]:
     store = engine.store
     xl = whole_table(store)
     out = {}
-    for row, c in zip(store.live_rows().tolist(), store.all_chunks()):
+    for row, c in zip(store.rows_of().tolist(), store.all_chunks()):
         sel = xl.sentences_of(row)
         out[c.chunk_id] = (xl.chunks[row], list(zip(map(tuple, xl.spans[sel]), xl.sentences[sel])))
     return out
@@ -198,7 +198,7 @@ def test_cross_lingual_index_stays_in_step_through_add_replace_remove(speech_eng
     """The USE vectors follow the rows through every update and a reload: each chunk keeps the
     vectors a fresh encoding of its own text gives, and `check` finds nothing wrong."""
     from indexer.crosslingual import sentence_spans
-    from indexer.engine import passage_text
+    from indexer.indexing import passage_text
 
     doc = tmp_path / "notice.txt"
     doc.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。每所学校至少派出一支代表队参加比赛。", encoding="utf-8")
@@ -214,7 +214,7 @@ def test_cross_lingual_index_stays_in_step_through_add_replace_remove(speech_eng
     held = _xl_of(reloaded)
     chunks = reloaded.store.all_chunks()
     assert set(held) == {c.chunk_id for c in chunks} and len(chunks) == len(reloaded.store)
-    use = reloaded.xl_encoder
+    use = reloaded.models.use()
     for c in chunks:
         vec, sentences = held[c.chunk_id]
         assert [span for span, _ in sentences] == sentence_spans(c.text)
@@ -269,3 +269,36 @@ def test_changed_document_embeds_only_its_changed_chunks(speech_engine, speech_t
     got = speech_engine.search(QUESTION, k=3)
     assert_same_ranking(got, fresh.search(QUESTION, k=3), QUESTION, BATCHED)  # the edited chunk: alone here, in a batch there
     assert any("今年继续认真贯彻" in h.text for h in got)  # the edited passage is found in its new words
+
+
+def test_a_question_never_waits_for_a_write(speech_engine, monkeypatch):
+    """One engine for every reader and writer, as the page and the API keep: while a write is held
+    inside its encoding, a question is answered from the last commit (the write holds the writers'
+    lock; questions never take it); once the write commits, the next question sees it."""
+    import threading
+
+    from indexer.reading import Document
+
+    inside, release = threading.Event(), threading.Event()
+    documents = speech_engine.models.e5(1)
+    real = documents.encode_documents
+
+    def held(texts, **kwargs):
+        inside.set()
+        assert release.wait(300)
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(documents, "encode_documents", held)
+    before = speech_engine.generation
+    notice = Document("notice.txt", "关于举办全市中小学生足球联赛的通知。比赛于五月举行，各校组队参加。", "足球联赛通知")
+    writer = threading.Thread(target=speech_engine.add_documents, args=([notice],))
+    writer.start()
+    try:
+        assert inside.wait(300)
+        hits = speech_engine.search("足球联赛什么时候举行", k=3)  # asked while the write is held
+        assert hits and {h.doc_id for h in hits} == {"speech.txt"} and speech_engine.generation == before
+    finally:
+        release.set()
+        writer.join(300)
+    assert speech_engine.generation != before
+    assert speech_engine.search("足球联赛什么时候举行", k=1)[0].doc_id == "notice.txt"

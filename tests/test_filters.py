@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from indexer import engine as engine_module
+from indexer import indexing as engine_module
 from indexer import filters
 from indexer.errors import QueryError
 from indexer.store.base import DocRecord

@@ -37,8 +37,8 @@ from indexer.errors import ModelError, StoreError
 from indexer.evaluation import evaluate, read_labelled
 from indexer.store import milvus_vectors as mv
 from indexer.store.base import DocRecord, Manifest
-from indexer.store import faiss_store
-from indexer.store.faiss_store import FaissStore
+from indexer.store import segment
+from indexer.store import Snapshot, Writer
 from indexer.store.records import Records
 from indexer.store.milvus_vectors import MilvusVectors, parse_location
 
@@ -151,7 +151,7 @@ def _xl_rows(store) -> dict[str, tuple]:
 def assert_same_xl(a, b, atol: float = 0.0) -> None:
     """Two stores hold the same cross-lingual vectors for the same chunks, in row order."""
     assert [c.chunk_id for c in a.all_chunks()] == [c.chunk_id for c in b.all_chunks()]
-    xa, xb = whole_table(a).take(a.live_rows()), whole_table(b).take(b.live_rows())  # without deleted rows
+    xa, xb = whole_table(a).take(a.rows_of()), whole_table(b).take(b.rows_of())  # without deleted rows
     np.testing.assert_array_equal(xa.owner, xb.owner)
     np.testing.assert_array_equal(xa.spans, xb.spans)
     np.testing.assert_allclose(xa.chunks, xb.chunks, atol=atol, rtol=0)
@@ -210,27 +210,27 @@ def test_unreachable_server_is_one_quick_line(tmp_path):
     """A build whose vectors go to a server that is not there, or does not answer: one line naming it
     (no secret), within seconds, and no index is left half made."""
     location = "milvus://127.0.0.1:1/docs?token=root:TOPSECRET"  # nothing listens on port 1
-    store = FaissStore(tmp_path / "a", _manifest(), vectors=location)
+    store = Writer.create(tmp_path / "a", _manifest(), vectors=location)
     store.upsert(*_doc("a", 3, 1, "苹果"))
     start = time.monotonic()
     with pytest.raises(StoreError) as err:
-        store.save()
+        store.commit()
     message = str(err.value)
     assert time.monotonic() - start < 10
     assert "cannot reach the Milvus server" in message and "127.0.0.1:1" in message
     assert "TOPSECRET" not in message and "\n" not in message
     with pytest.raises(StoreError, match="nothing was committed"):
-        FaissStore.load(tmp_path / "a")
+        Snapshot.load(tmp_path / "a")
 
     silent = socket.socket()  # accepts connections and never answers: a hung host, not a refused port
     silent.bind((HOST, 0))
     silent.listen(8)
     try:
-        store = FaissStore(tmp_path / "b", _manifest(), vectors=f"milvus://{HOST}:{silent.getsockname()[1]}/docs")
+        store = Writer.create(tmp_path / "b", _manifest(), vectors=f"milvus://{HOST}:{silent.getsockname()[1]}/docs")
         store.upsert(*_doc("a", 3, 1, "苹果"))
         start = time.monotonic()
         with pytest.raises(StoreError, match="cannot reach the Milvus server within"):
-            store.save()
+            store.commit()
         assert time.monotonic() - start < 20
     finally:
         silent.close()
@@ -250,21 +250,27 @@ def test_an_index_at_a_milvus_location_is_refused_with_the_command():
 # ---------------------------------------------------------------- commits (milvus-lite, in process)
 
 
-def _held(store: FaissStore) -> list[int]:
+def _view(store: Snapshot | Writer) -> Snapshot:
+    """A snapshot, or a writer's last commit."""
+    return store.snapshot if isinstance(store, Writer) else store
+
+
+def _held(store: Snapshot | Writer) -> list[int]:
     """The record ids the collection holds."""
-    return store._vectors.collection.ids().tolist()
+    return _view(store).vectors.collection.ids().tolist()
 
 
 def _collections(client, prefix: str) -> list[str]:
     return sorted(n for n in client.list_collections() if n.startswith(prefix))
 
 
-def _live_ids(store: FaissStore) -> list[int]:
-    return sorted(store._ids(store.live_rows().tolist()))
+def _live_ids(store: Snapshot | Writer) -> list[int]:
+    return sorted(_view(store).rows.ids(_view(store).rows_of()).tolist())
 
 
-def _answers(store: FaissStore):
+def _answers(store: Snapshot | Writer):
     """Dense search (all, and within one document) and BM25, as (score, chunk id)."""
+    store = _view(store)
     queries = np.eye(DIM, dtype=np.float32)
 
     def shown(hits):
@@ -281,7 +287,7 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     fails before its commit, or whose clean-up fails after it, changes no answer and is tidied by the
     next write or merge; a rebuild makes a new collection and drops the old one."""
     lite = f"milvus-lite://{tmp_path}/lite.db?collection=docs"
-    milvus, folder = FaissStore(tmp_path / "m", _manifest(), vectors=lite), FaissStore(tmp_path / "f", _manifest())
+    milvus, folder = Writer.create(tmp_path / "m", _manifest(), vectors=lite), Writer.create(tmp_path / "f", _manifest())
     steps = [[("a", 5, 1, "苹果"), ("b", 6, 2, "香蕉"), ("c", 4, 3, "苹果")],  # the first commit
              [("d", 3, 4, "樱桃"), ("b", 2, 5, "香蕉")],  # add d, replace b
              [("e", 4, 6, "苹果"), "-a"]]  # add e, remove a
@@ -289,19 +295,19 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
         for store in (milvus, folder):
             for change in step:
                 store.delete([change[1:]]) if isinstance(change, str) else store.upsert(*_doc(*change))
-            store.save()
-        m, f = FaissStore.load(tmp_path / "m"), FaissStore.load(tmp_path / "f")
+            store.commit()
+        m, f = Snapshot.load(tmp_path / "m"), Snapshot.load(tmp_path / "f")
         assert _answers(m) == _answers(f)
         assert _held(m) == _live_ids(m) and m.problems() == []
-    m = FaissStore.load(tmp_path / "m")
+    m = Snapshot.load(tmp_path / "m")
     with monkeypatch.context() as patch:  # documents asked one at a time, the lists joined: the same
         patch.setattr(mv, "DOC_FILTER", 1)
-        assert _answers(m) == _answers(FaissStore.load(tmp_path / "f"))
+        assert _answers(m) == _answers(Snapshot.load(tmp_path / "f"))
     assert re.fullmatch(r"docs_[0-9a-f]{8}", m.manifest.vectors["collection"])
-    assert m.index_kind.startswith("Milvus flat (milvus-lite://")
-    assert len(m._segments) == 3 and all(s.vectors is None for s in m._segments)
+    assert m.stats()["index_type"].startswith("Milvus flat (milvus-lite://")
+    assert len(m.rows.segments) == 3 and all(s.vectors is None for s in m.rows.segments)
     assert not list((tmp_path / "m").glob("seg-*/vectors.npy"))  # the collection keeps them, nothing else
-    np.testing.assert_array_equal(m.vectors(), FaissStore.load(tmp_path / "f").vectors())
+    np.testing.assert_array_equal(m.all_vectors(), Snapshot.load(tmp_path / "f").all_vectors())
     before = _answers(m)
 
     # a write that fails before its commit: its vectors are in the collection, no record holds them
@@ -309,21 +315,22 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(FaissStore, "_commit_meta", fails)
-        store = FaissStore.load(tmp_path / "m")
+        patch.setattr(Writer, "_commit_meta", fails)
+        store = Writer.open(tmp_path / "m")
         store.upsert(*_doc("x", 5, 7, "苹果"))
         with pytest.raises(OSError):
-            store.save()
-    m = FaissStore.load(tmp_path / "m")
+            store.commit()
+    m = Snapshot.load(tmp_path / "m")
     assert _answers(m) == before and m.problems() == []
     assert len(_held(m)) == len(_live_ids(m)) + 5  # passed over by every search
+    m = Writer.open(tmp_path / "m")
     for store in (m, folder):  # y's ids are the ones x had: the next write clears what no commit holds
         store.upsert(*_doc("y", 2, 8, "梨"))
-        store.save()
+        store.commit()
     assert _held(m) == _live_ids(m) and "y" in m.manifest.documents and "x" not in m.manifest.documents
-    f = FaissStore.load(tmp_path / "f")
-    np.testing.assert_array_equal(m.vectors(), f.vectors())  # y's vectors, not x's under the same ids
-    assert _answers(m) == _answers(f) and m.problems() == []
+    f = Snapshot.load(tmp_path / "f")
+    np.testing.assert_array_equal(m.snapshot.all_vectors(), f.all_vectors())  # y's vectors, not x's under the same ids
+    assert _answers(m) == _answers(f) and m.snapshot.problems() == []
 
     # a removal whose clean-up fails after its commit: a warning; the removed rows are passed over
     def down(self, ids):
@@ -332,58 +339,60 @@ def test_commits_failures_and_clean_up(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(MilvusVectors, "remove", down)
         m.delete(["c"])
-        m.save()
-    m = FaissStore.load(tmp_path / "m")
+        m.commit()
+    m = Snapshot.load(tmp_path / "m")
     assert "c" not in m.manifest.documents and len(_held(m)) == len(_live_ids(m)) + 4
     assert all(not c.chunk_id.startswith("c#") for hits in m.search(np.eye(DIM, dtype=np.float32), 20)
                for _, c in chunked(m, hits))
     segmented = _answers(m)
-    assert m.optimize() > 1 and len(m._segments) == 1
-    assert _answers(FaissStore.load(tmp_path / "m")) == segmented  # one segment or many: the same answers
+    m = Writer.open(tmp_path / "m")
+    assert m.optimize() > 1 and len(m.snapshot.rows.segments) == 1
+    assert _answers(Snapshot.load(tmp_path / "m")) == segmented  # one segment or many: the same answers
     m.upsert(*_doc("z", 2, 9, "梨"))
-    m.save()  # the merged-away rows' records go a commit later, their vectors with them
-    assert _held(m) == _live_ids(m) and m.problems() == []
+    m.commit()  # the merged-away rows' records go a commit later, their vectors with them
+    assert _held(m) == _live_ids(m) and m.snapshot.problems() == []
 
     # a rebuild: a new collection; the old one stays for readers of the previous commit, and goes
     # with the next one
     client = mv._connect(m._vectors.collection.target)
     first = m.manifest.vectors["collection"]
-    new = FaissStore(tmp_path / "m", _manifest(), vectors=lite)
+    new = Writer.create(tmp_path / "m", _manifest(), vectors=lite)
     new.upsert(*_doc("n", 3, 10, "苹果"))
-    new.save()
+    new.commit()
     second = new.manifest.vectors["collection"]
     assert second != first and _collections(client, "docs_") == sorted([first, second])
-    seen = {c.doc_id for hits in m.search(np.eye(DIM, dtype=np.float32), 4) for _, c in chunked(m, hits)}
+    old = m.snapshot  # a reader of the previous commit
+    seen = {c.doc_id for hits in old.search(np.eye(DIM, dtype=np.float32), 4) for _, c in chunked(old, hits)}
     assert seen and seen <= {"a", "b", "d", "e", "y", "z"}  # a reader of the previous commit still answers
     new.upsert(*_doc("o", 2, 12, "梨"))
-    new.save()
+    new.commit()
     assert _collections(client, "docs_") == [second]
-    assert _held(FaissStore.load(tmp_path / "m")) == _live_ids(new) and new.problems() == []
+    assert _held(Snapshot.load(tmp_path / "m")) == _live_ids(new) and new.snapshot.problems() == []
     # a rebuild with FAISS files: the collection goes a commit later too
-    plain = FaissStore(tmp_path / "m", _manifest())
+    plain = Writer.create(tmp_path / "m", _manifest())
     plain.upsert(*_doc("p", 3, 11, "苹果"))
-    plain.save()
-    assert _collections(client, "docs_") == [second] and FaissStore.load(tmp_path / "m").index_kind == "flat"
+    plain.commit()
+    assert _collections(client, "docs_") == [second] and Snapshot.load(tmp_path / "m").stats()["index_type"] == "flat"
     plain.delete(["p"])
-    plain.save()
+    plain.commit()
     assert _collections(client, "docs_") == []
     assert "vectors" not in json.loads(Records(tmp_path / "m" / "records.db").meta()["manifest"])  # as format 3 was
 
     # a build that fails before its commit takes its new collection with it
-    broken = FaissStore(tmp_path / "m", _manifest(), vectors=lite)
+    broken = Writer.create(tmp_path / "m", _manifest(), vectors=lite)
     broken.upsert(*_doc("q", 3, 13, "苹果"))
     with monkeypatch.context() as patch:
-        patch.setattr(FaissStore, "_commit_meta", fails)
+        patch.setattr(Writer, "_commit_meta", fails)
         with pytest.raises(OSError):
-            broken.save()
-    assert _collections(client, "docs_") == [] and FaissStore.load(tmp_path / "m").index_kind == "flat"
+            broken.commit()
+    assert _collections(client, "docs_") == [] and Snapshot.load(tmp_path / "m").stats()["index_type"] == "flat"
 
     # check names a collection that lost vectors
-    gone = FaissStore(tmp_path / "g", _manifest(), vectors=f"milvus-lite://{tmp_path}/lite.db?collection=gone")
+    gone = Writer.create(tmp_path / "g", _manifest(), vectors=f"milvus-lite://{tmp_path}/lite.db?collection=gone")
     gone.upsert(*_doc("a", 5, 1, "苹果"))
-    gone.save()
+    gone.commit()
     MilvusVectors.remove(gone._vectors.collection, [_live_ids(gone)[0]])
-    assert FaissStore.load(tmp_path / "g").problems() == [
+    assert Snapshot.load(tmp_path / "g").problems() == [
         f"milvus-lite://{tmp_path}/lite.db?collection=gone: the vectors of 1 chunks are missing "
         f"(record ids [{_live_ids(gone)[0]}])"]
 
@@ -394,28 +403,28 @@ def test_two_folders_one_name_and_the_index_growing_past_flat(tmp_path, monkeypa
     40 rows) the collection's index becomes IVF_FLAT; a kill between dropping the old index and
     building the new one is mended by the next process that opens the collection."""
     lite = f"milvus-lite://{tmp_path}/lite.db?collection=docs"
-    a, b = FaissStore(tmp_path / "a", _manifest(), vectors=lite), FaissStore(tmp_path / "b", _manifest(), vectors=lite)
+    a, b = Writer.create(tmp_path / "a", _manifest(), vectors=lite), Writer.create(tmp_path / "b", _manifest(), vectors=lite)
     a.upsert(*_doc("a", 5, 1, "苹果"))
     b.upsert(*_doc("b", 6, 2, "香蕉"))
-    a.save()
-    b.save()  # the same record ids in both folders
+    a.commit()
+    b.commit()  # the same record ids in both folders
     assert a.manifest.vectors["collection"] != b.manifest.vectors["collection"]
-    again = FaissStore(tmp_path / "b", _manifest(), vectors=f"milvus-lite://{tmp_path}/./lite.db?collection=docs")
+    again = Writer.create(tmp_path / "b", _manifest(), vectors=f"milvus-lite://{tmp_path}/./lite.db?collection=docs")
     again.upsert(*_doc("c", 4, 3, "苹果"))
-    again.save()
+    again.commit()
     again.delete(["c"])
-    again.save()  # b's first collection goes now, nothing else
-    for store, docs in ((FaissStore.load(tmp_path / "a"), ["a"]), (FaissStore.load(tmp_path / "b"), [])):
+    again.commit()  # b's first collection goes now, nothing else
+    for store, docs in ((Snapshot.load(tmp_path / "a"), ["a"]), (Snapshot.load(tmp_path / "b"), [])):
         assert sorted(store.manifest.documents) == docs and store.problems() == []
         assert {c.doc_id for hits in store.search(np.eye(DIM, dtype=np.float32), 3) for _, c in chunked(store, hits)} \
             == set(docs)
     client = mv._connect(a._vectors.collection.target)
     assert _collections(client, "docs_") == sorted([a.manifest.vectors["collection"], again.manifest.vectors["collection"]])
 
-    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 40)
-    grown = FaissStore.load(tmp_path / "a")
+    monkeypatch.setattr(segment, "APPROX_ABOVE", 40)
+    grown = Writer.open(tmp_path / "a")
     name = grown.manifest.vectors["collection"]
-    assert grown.index_kind.startswith("Milvus flat")
+    assert grown.snapshot.stats()["index_type"].startswith("Milvus flat")
     before = _answers(grown)
 
     def killed(self, name, index_params, **kwargs):
@@ -425,13 +434,13 @@ def test_two_folders_one_name_and_the_index_growing_past_flat(tmp_path, monkeypa
         patch.setattr(type(client), "create_index", killed)
         grown.upsert(*_doc("d", 40, 4, "樱桃"))
         with pytest.raises(KeyboardInterrupt):
-            grown.save()  # committed; the index switch is cut short
+            grown.commit()  # committed; the index switch is cut short
     assert mv._index_of(client, name) is None
     mv._LOADED.clear()  # as a new process would
-    reopened = FaissStore.load(tmp_path / "a")
+    reopened = Snapshot.load(tmp_path / "a")
     assert "d" in reopened.manifest.documents and len(reopened.search(np.eye(DIM, dtype=np.float32), 3)[0]) == 3
-    assert mv._index_of(client, name) == "IVF_FLAT" and reopened.index_kind.startswith("Milvus ivf")
-    vectors, live = reopened.vectors(), reopened.live_rows()  # IVF with one list here: exact
+    assert mv._index_of(client, name) == "IVF_FLAT" and reopened.stats()["index_type"].startswith("Milvus ivf")
+    vectors, live = reopened.all_vectors(), reopened.rows_of()  # IVF with one list here: exact
     exact = [[int(live[j]) for j in np.argsort(-(vectors @ q))[:3]] for q in np.eye(DIM, dtype=np.float32)]
     assert [[r for _, r in hits] for hits in reopened.search(np.eye(DIM, dtype=np.float32), 3)] == exact
     assert reopened.problems() == [] and before[4] == ["a"]
@@ -447,8 +456,8 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     folder, labels = (speech_index, _speech_labels()) if name == "speech" else shared_sets(name)
     labels = labels[::6] if name == "drcd" else labels  # 588 of DRCD's 3,524 questions: the suite's longest test
     copy_into(folder, tmp_path / "milvus", loc(f"exact_{name}"))
-    local, milvus = FaissStore.load(folder), FaissStore.load(tmp_path / "milvus")
-    assert milvus.index_kind == f"Milvus flat ({loc('exact_' + name)})" and local.index_kind == "flat"
+    local, milvus = Snapshot.load(folder), Snapshot.load(tmp_path / "milvus")
+    assert milvus.stats()["index_type"] == f"Milvus flat ({loc('exact_' + name)})" and local.stats()["index_type"] == "flat"
     assert milvus.problems() == []
     queries = [label.query for label in labels]
     vectors = same.encode_queries(queries)
@@ -484,7 +493,7 @@ def test_speech_on_the_server_answers_as_the_folder_index(milvus_speech, speech_
     info = milvus.info()
     assert info["index_type"] == f"Milvus flat ({loc('speech')})" and info["chunks"] == len(local.store)
     assert info["crosslingual"] == local.info()["crosslingual"] and milvus.check() == []
-    np.testing.assert_array_equal(milvus.store.vectors(), local.store.vectors())
+    np.testing.assert_array_equal(milvus.store.all_vectors(), local.store.all_vectors())
     rows = list(range(len(local.store)))
     picks = [rows[::3], rows[1:7], [], rows[-2:]]
     vectors = same.encode_queries([QUESTION, ENGLISH, "党风廉政", "教师"])

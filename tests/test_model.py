@@ -125,6 +125,7 @@ def test_a_build_loads_only_the_document_side(tmp_path, monkeypatch, speech_text
     from indexer.backends import plan
     from indexer.embedding import resolve_model
     from indexer.engine import Engine
+    from indexer.models import _shared
 
     assert plan(resolve_model(), "auto") == ("openvino", "openvino")
     monkeypatch.setenv("INDEXER_BACKEND", "onnx,openvino")
@@ -132,6 +133,7 @@ def test_a_build_loads_only_the_document_side(tmp_path, monkeypatch, speech_text
     builder = Engine(tmp_path / "index")
     builder.build([tmp_path / "speech.txt"])
     assert set(builder.encoder._loaded) == {"openvino"}
+    _shared.cache_clear()  # as a new process would: the engines of one process share their models
     searcher = Engine(tmp_path / "index")
     assert "民办学校" in searcher.search("民办学校怎样建立党组织", k=1)[0].text
     assert set(searcher.encoder._loaded) == {"onnx"}

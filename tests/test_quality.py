@@ -10,7 +10,8 @@ import pytest
 
 from conftest import DATA, ROOT, SPEECH, assert_same_ranking, whole_table
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
-from indexer.keyword import KeywordIndex, Postings, Segmenter, bm25, top_positive
+from indexer.analysis import Segmenter
+from indexer.postings import Postings, bm25, top_positive
 from indexer.search import rrf_fuse, score_fuse
 
 
@@ -82,11 +83,16 @@ def test_segmenter_user_terms_and_filters():
 def test_bm25_scores_rank_term_matches():
     seg = Segmenter()
     docs = ["落实三会一课制度", "开展主题党日活动", "三会一课和主题党日都要坚持"]
-    index = KeywordIndex(seg.terms_many(docs))
-    scores, rows = index.search(seg.terms("三会一课"), k=5)
+    postings, _ = Postings.build(seg.terms_many(docs))
+
+    def search(question: str, within: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ((hit, scores),), _ = bm25([(postings, None)], seg.terms(question))
+        return top_positive(hit, scores, 5, within)
+
+    scores, rows = search("三会一课")
     assert set(rows.tolist()) == {0, 2} and np.all(np.diff(scores) <= 0)
-    assert index.search(seg.terms("足球"), k=5)[1].size == 0
-    assert index.search(seg.terms("主题党日"), k=5, rows=np.array([1]))[1].tolist() == [1]
+    assert search("足球")[1].size == 0
+    assert search("主题党日", np.array([1]))[1].tolist() == [1]
 
 
 def test_bm25_over_segments_is_the_formula_over_the_live_rows():
@@ -198,7 +204,7 @@ def test_sentence_vectors_follow_updates_and_reload(sentence_index, encoder, tmp
     assert reloaded.check() == []
     table = whole_table(reloaded.store)
     assert table.dense is not None and table.dense.shape == (len(table.owner), encoder.dim)
-    rows = reloaded.store.live_rows().tolist()
+    rows = reloaded.store.rows_of().tolist()
     row, chunk = next((r, c) for r, c in zip(rows, reloaded.store.chunks(rows)) if c.doc_id == "notice.txt" and "合唱" in c.text)
     sel = table.sentences_of(row)
     texts = [chunk.text[s:e] for s, e in table.spans[sel]]

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import SPEECH
 from indexer.engine import Engine, IndexSettings
-from indexer.keyword import read_synonyms, with_synonyms
+from indexer.analysis import read_synonyms, with_synonyms
 from indexer.querytext import parse_query
 
 
@@ -178,7 +178,7 @@ def test_an_exact_segment_keeps_the_rows_tied_with_its_kth():
 
     import numpy as np
 
-    from indexer.keyword import Postings
+    from indexer.postings import Postings
     from indexer.store.segment import Segment
 
     vectors = np.zeros((6, 4), np.float32)

@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 from conftest import ROOT, SPEECH, assert_same_ranking
 from indexer.chunking import ChunkSettings, chunk_document, estimate_tokens
 from indexer.cli import main
-from indexer.engine import Engine, clean_query
+from indexer.engine import Engine
+from indexer.searching import clean_query
 from indexer.errors import IndexerError, QueryError
-from indexer.highlight import highlight_spans, query_terms, to_html
-from indexer.keyword import Segmenter
+from indexer.highlight import highlight_spans, to_html, worth_marking
+from indexer.analysis import Segmenter
 from indexer.reading import Document, ReadError, decode_bytes, read_paths
-from indexer.store.faiss_store import FaissStore
+from indexer.store import Snapshot
 
 QUESTION = "私立学校怎样建立党组织？"
 
@@ -86,11 +87,11 @@ def test_bad_document_is_one_line_and_index_unchanged(name, speech_engine, tmp_p
     data, needle = BAD_FILES[name]
     path = tmp_path / name
     path.write_bytes(data)
-    gen = FaissStore.load(speech_engine.path).generation
+    gen = Snapshot.load(speech_engine.path).generation
     code, _, err = cli(capsys, "add", path, "--index", speech_engine.path)
     one_line_error(code, err, needle)
     assert name in err
-    assert FaissStore.load(speech_engine.path).generation == gen
+    assert Snapshot.load(speech_engine.path).generation == gen
 
 
 def test_pdf_without_text_layer(tmp_path):
@@ -287,7 +288,7 @@ def test_missing_index_folder(tmp_path, capsys):
 PAUSE = """
 import os, sys, time
 point = os.environ["PAUSE_AT"]
-import indexer.store.faiss_store as fs
+import indexer.store.writer as fs
 import indexer.embedding as embedding
 
 def pause():
@@ -306,13 +307,13 @@ elif point == "before-rename":  # the segment's files written, not yet in place
         real(src, dst)
     fs.os.replace = replace
 elif point == "before-commit":  # the transaction holds everything but has not committed
-    orig = fs.FaissStore._commit_meta
+    orig = fs.Writer._commit_meta
     def commit(self, db, gen):
         orig(self, db, gen); pause()
-    fs.FaissStore._commit_meta = commit
+    fs.Writer._commit_meta = commit
 elif point == "upgrade-before-commit":  # format 2 → 3: ids.npy written, the records' transaction open
     from contextlib import contextmanager
-    import indexer.store.legacy as legacy
+    import indexer.store.migrate as legacy
     real_transaction = legacy.Records.transaction
     @contextmanager
     def transaction(self):
@@ -323,7 +324,7 @@ elif point == "upgrade-before-commit":  # format 2 → 3: ids.npy written, the r
 else:  # after-commit: committed, nothing cleaned up yet
     def after(self):
         pause()
-    fs.FaissStore._after_commit = after
+    fs.Writer._after_commit = after
 from indexer.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -373,10 +374,10 @@ def test_sigkill_leaves_old_or_new_index(command, point, speech_engine, tmp_path
     third.write_text("学校运动会定于下月举行，各班要提前做好报名工作。", encoding="utf-8")
     reloaded.add([SPEECH, third])  # and the next writer works, and clears what the killed one left
     assert reloaded.check() == []
-    live = {f"seg-{s:06d}" for s, _, _ in reloaded.store._records.segments()}
+    live = {f"seg-{s:06d}" for s, _, _ in reloaded.store.records.segments()}
     assert not [p.name for p in speech_engine.path.iterdir() if p.name.endswith(".tmp")]
     assert {p.name for p in speech_engine.path.glob("seg-*")} <= live | {
-        f"seg-{s:06d}" for (s,) in reloaded.store._records.query("SELECT seg FROM retired")}
+        f"seg-{s:06d}" for (s,) in reloaded.store.records.query("SELECT seg FROM retired")}
 
 
 def test_sigkill_in_an_upgrade_leaves_the_old_format_or_the_new(speech_engine, tmp_path, capsys):
@@ -505,8 +506,7 @@ def test_fuzz_query_text_path(query):
     except QueryError:
         assert not "".join(c for c in query if c.isprintable()).strip()
         return
-    _SEGMENTER.terms(cleaned)
-    terms = query_terms(cleaned)
+    terms = worth_marking(_SEGMENTER.terms(cleaned))
     html = to_html("党建工作" + cleaned, highlight_spans("党建工作" + cleaned, terms))
     assert "<script" not in html
 

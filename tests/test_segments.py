@@ -10,9 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
-from conftest import BATCHED, SPEECH, TOLERANCE, assert_same_ranking, whole_table, write_format_two
+from conftest import chunks_of, BATCHED, SPEECH, TOLERANCE, assert_same_ranking, whole_table, write_format_two
 from indexer.engine import Engine
-from indexer.store import faiss_store
+from indexer.store import Writer, lock, merge_policy, segment, snapshot
 
 QUESTIONS = ["私立学校怎样建立党组织？", "如何加强党风廉政建设", "逢年过节要提醒干部什么",
              "How should private schools set up Party organisations?", "What are the rules on integrity?"]
@@ -38,7 +38,7 @@ def segmented(tmp_path_factory, encoder):
     files = _sections(tmp)
     many = Engine(tmp / "many", encoder=encoder)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(faiss_store, "MERGE_FACTOR", 100)  # no merge on the way: every write stays a segment
+        patch.setattr(merge_policy, "MERGE_FACTOR", 100)  # no merge on the way: every write stays a segment
         for path in files:
             many.add([path])
         files[1].write_text(files[1].read_text(encoding="utf-8") + "\n补充说明：各校要按时报送党建工作总结。", encoding="utf-8")
@@ -47,14 +47,14 @@ def segmented(tmp_path_factory, encoder):
         many.remove(["speech.txt"])
     shutil.copytree(tmp / "many", tmp / "one")
     one = Engine(tmp / "one", encoder=encoder)
-    assert one.optimize() == (len(many.store._segments), 1)
+    assert one.optimize() == (len(many.store.rows.segments), 1)
     return many, one
 
 
 def test_many_segments_answer_exactly_as_one(segmented):
     many, one = segmented
-    assert len(many.store._segments) > 5 and many.store._dead and len(one.store._segments) == 1
-    assert len(many.store) == len(one.store) and not one.store._dead
+    assert len(many.store.rows.segments) > 5 and many.store.rows.dead and len(one.store.rows.segments) == 1
+    assert len(many.store) == len(one.store) and not one.store.rows.dead
     for mode in ("dense", "bm25", "hybrid"):
         for group in ("passages", "documents"):
             a = many.query(QUESTIONS, k=8, mode=mode, group=group)
@@ -71,11 +71,11 @@ def test_a_merge_copies_the_live_rows_vectors_and_sentence_tables(segmented):
     """The merged segment, written block by block from the parts' maps, holds exactly the live
     rows' vectors and sentence tables of the segments it replaced, owners renumbered."""
     many, one = segmented
-    np.testing.assert_array_equal(one.store.vectors(), many.store.vectors())
-    merged, parts = whole_table(one.store), whole_table(many.store).take(many.store.live_rows())
+    np.testing.assert_array_equal(one.store.all_vectors(), many.store.all_vectors())
+    merged, parts = whole_table(one.store), whole_table(many.store).take(many.store.rows_of())
     for name in ("chunks", "sentences", "owner", "spans"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(parts, name), err_msg=name)
-    assert len(merged.owner) == one.store.sentence_count() < many.store.sentence_count()
+    assert len(merged.owner) == one.store.stats()["sentences"] < many.store.stats()["sentences"]
 
 
 def test_the_use_route_reads_the_sentence_table_in_pieces(segmented, monkeypatch):
@@ -88,13 +88,13 @@ def test_the_use_route_reads_the_sentence_table_in_pieces(segmented, monkeypatch
 
     many, _ = segmented
     store = many.store
-    monkeypatch.setattr(faiss_store, "XL_BLOCK", 5)
+    monkeypatch.setattr(snapshot, "XL_BLOCK", 5)
     pieces = list(store.sentence_tables())
-    assert len(pieces) > len(store._segments) and max(len(t) for _, t in pieces) <= 5
+    assert len(pieces) > len(store.rows.segments) and max(len(t) for _, t in pieces) <= 5
     assert [start for start, _ in pieces] == sorted(start for start, _ in pieces)
-    assert sum(len(t.owner) for _, t in pieces) == store.sentence_count() > 0
-    vectors = many.xl_encoder.encode_queries(QUESTIONS[3:])
-    live = store.live_rows()
+    assert sum(len(t.owner) for _, t in pieces) == store.stats()["sentences"] > 0
+    vectors = many.models.use().encode_queries(QUESTIONS[3:])
+    live = store.rows_of()
     ranked = UseRoute(store, live).run([QueryPlan([], True, v) for v in vectors], 10)
     whole = [top_k(scores[live], live, 10, store.tie_keys) for scores in use_scores(vectors, whole_table(store))]
     for got, (scores, rows) in zip(ranked, whole):
@@ -127,7 +127,7 @@ def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch
     narrowed = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
     monkeypatch.setattr(store, "rows_with_terms", lambda terms: None)
     scanned = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
-    live = len(store.live_rows())
+    live = len(store.rows_of())
     for q, (a, n_a), (b, n_b) in zip(questions, narrowed, scanned):
         assert [(h.chunk_id, h.score) for h in a.hits] == [(h.chunk_id, h.score) for h in b.hits], q
         assert n_b >= live and (n_a < n_b or q in ('"党" 建设', '"Party" 建设')), (q, n_a, n_b)
@@ -153,14 +153,15 @@ def test_an_exclusion_drops_rows_from_the_usual_search(segmented, monkeypatch):
             texts_read = sum(read) - len(got)  # the hits' own records are read to show them
             plain = [h for h in many.search("民办学校党组织", k=40, mode=mode) if word not in h.text][:5]
             assert len(got) == 5 and [(h.chunk_id, h.score) for h in got] == [(h.chunk_id, h.score) for h in plain]
-            assert texts_read == 0 if len(word) == 2 else 0 < texts_read < len(store.live_rows()), (word, mode)
+            assert texts_read == 0 if len(word) == 2 else 0 < texts_read < len(store.rows_of()), (word, mode)
 
 
 def test_merged_postings_equal_postings_built_from_the_live_rows():
     """Postings.merge of several parts with deletion masks gives exactly the arrays that building
     postings from the surviving rows' terms gives: keys, list starts, rows, term counts, lengths
     (terms whose every row was removed are gone)."""
-    from indexer.keyword import Analyzer, Postings, Segmenter
+    from indexer.analysis import Analyzer, Segmenter
+    from indexer.postings import Postings
 
     segmenter = Segmenter(analyzer=Analyzer())
     lines = [line for line in SPEECH.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -181,22 +182,22 @@ def test_merged_postings_equal_postings_built_from_the_live_rows():
 
 
 def test_a_write_adds_a_segment_and_marks_deletions(segmented, tmp_path, encoder, monkeypatch):
-    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
+    monkeypatch.setattr(merge_policy, "MERGE_FACTOR", 100)
     many, _ = segmented
     path = tmp_path / "many"
     shutil.copytree(many.path, path)
     engine = Engine(path, encoder=encoder)
     store = engine.store
-    before = {s.seg: s for s in store._segments}
+    before = {s.seg: s for s in store.rows.segments}
     notice = tmp_path / "notice.txt"
     notice.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。", encoding="utf-8")
     Engine(path, encoder=encoder).add([notice])  # another writer
     reopened = engine.store  # the reader picks up the commit …
-    assert reopened is not store and len(reopened._segments) == len(before) + 1
-    assert all(s is before[s.seg] for s in reopened._segments[:-1])  # … reopening only the new segment
+    assert reopened is not store and len(reopened.rows.segments) == len(before) + 1
+    assert all(s is before[s.seg] for s in reopened.rows.segments[:-1])  # … reopening only the new segment
     assert engine.search("足球联赛什么时候举行", k=1)[0].doc_id == "notice.txt"
     engine.remove(["notice.txt"])
-    assert len(engine.store._segments) == len(before) + 1  # a removal rebuilds nothing: one more mark
+    assert len(engine.store.rows.segments) == len(before) + 1  # a removal rebuilds nothing: one more mark
     assert "notice.txt" not in {h.doc_id for h in engine.search("足球联赛什么时候举行", k=20)}
 
 
@@ -211,9 +212,9 @@ def test_a_merge_moves_no_record(segmented, tmp_path, encoder):
     shutil.copytree(many.path, tmp_path / "index")
     engine = Engine(tmp_path / "index", encoder=encoder)
     store = engine.store
-    live = np.concatenate([s.ids[store._live_mask(i)] if store._live_mask(i) is not None else s.ids
-                           for i, s in enumerate(store._segments)])
-    dead = sorted(set(np.concatenate([s.ids for s in store._segments]).tolist()) - set(live.tolist()))
+    live = np.concatenate([s.ids[store.rows.live_mask(i)] if store.rows.live_mask(i) is not None else s.ids
+                           for i, s in enumerate(store.rows.segments)])
+    dead = sorted(set(np.concatenate([s.ids for s in store.rows.segments]).tolist()) - set(live.tolist()))
 
     def records():
         with closing(sqlite3.connect(engine.path / "records.db")) as db:
@@ -223,7 +224,7 @@ def test_a_merge_moves_no_record(segmented, tmp_path, encoder):
     assert dead and sorted(before) == sorted(live.tolist() + dead)
     engine.optimize()
     after, dropped = records()
-    np.testing.assert_array_equal(engine.store._segments[0].ids, live)  # the live rows' ids, in row order
+    np.testing.assert_array_equal(engine.store.rows.segments[0].ids, live)  # the live rows' ids, in row order
     assert after == before and sorted(dropped) == dead  # nothing copied; the deleted rows' records wait
     notice = tmp_path / "notice.txt"
     notice.write_text("关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。", encoding="utf-8")
@@ -245,15 +246,15 @@ def test_a_document_replaced_within_one_commit_keeps_one_copy(segmented, tmp_pat
     engine = Engine(tmp_path / "index", encoder=encoder)
     first = Document("notice.txt", "关于开展校园足球联赛的通知\n各中小学要在十月组织校园足球联赛。", "通知")
     second = Document("notice.txt", "关于开展校园篮球联赛的通知\n各中小学要在十一月组织校园篮球联赛。", "通知")
-    for store in (faiss_store.FaissStore.load(engine.path), engine._new_store()):
-        with faiss_store.FaissStore.lock(engine.path):
-            engine._upsert_all(store, [first], False)
+    for store in (Writer.open(engine.path), engine.indexer._new_store()):
+        with lock(engine.path):
+            engine.indexer._upsert_all(store, [first], False)
             store.flush()
-            engine._upsert_all(store, [second], False)
-            store.save()
+            engine.indexer._upsert_all(store, [second], False)
+            store.commit()
         reopened = Engine(engine.path, encoder=encoder)
         assert reopened.check() == []
-        text = "".join(c.text for c in reopened.store.chunks_of("notice.txt"))
+        text = "".join(c.text for c in chunks_of(reopened.store, "notice.txt"))
         assert "篮球" in text and "足球" not in text
 
 
@@ -274,7 +275,7 @@ def test_an_ivf_segment_answers_as_the_exact_one(segmented, tmp_path, encoder, m
     index is memory-mapped IVF on disk, its k-means trained on a sample; with every list probed it
     answers as exact search, and a deletion mark on it still hides the removed document."""
     many, one = segmented
-    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10)
+    monkeypatch.setattr(segment, "APPROX_ABOVE", 10)
     shutil.copytree(many.path, tmp_path / "ivf")
     ivf = Engine(tmp_path / "ivf", encoder=encoder)
     ivf.optimize()
@@ -296,12 +297,12 @@ def test_a_merge_into_an_ivf_segment_keeps_its_centroids(segmented, tmp_path, en
     from indexer.store import segment
 
     many, one = segmented
-    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10)
+    monkeypatch.setattr(segment, "APPROX_ABOVE", 10)
     monkeypatch.setattr(segment, "ivf_nlist", lambda n: 4)  # four lists of these ~25 rows, every one probed
     shutil.copytree(many.path, tmp_path / "ivf")
     ivf = Engine(tmp_path / "ivf", encoder=encoder)
     ivf.optimize()  # the flat segments become one IVF segment, trained
-    before = faiss.downcast_index(ivf.store._segments[0].index.quantizer)
+    before = faiss.downcast_index(ivf.store.rows.segments[0].index.quantizer)
     centroids = before.reconstruct_n(0, before.ntotal)
     extra = tmp_path / "notice.txt"
     extra.write_text("关于举办全市中小学生足球联赛的通知。比赛于五月举行，各校组队参加。", encoding="utf-8")
@@ -309,7 +310,7 @@ def test_a_merge_into_an_ivf_segment_keeps_its_centroids(segmented, tmp_path, en
     ivf.remove(["part2.txt"])  # deletion marks in the IVF segment: its kept rows shift
     monkeypatch.setattr(segment, "_training_sample", lambda *a: pytest.fail("k-means ran again"))
     ivf.optimize()
-    (merged,) = ivf.store._segments
+    (merged,) = ivf.store.rows.segments
     after = faiss.downcast_index(merged.index.quantizer)
     assert merged.kind == "ivf" and merged.index.ntotal == len(ivf.store)
     np.testing.assert_array_equal(after.reconstruct_n(0, after.ntotal), centroids)
@@ -324,37 +325,37 @@ def test_a_merge_into_an_ivf_segment_keeps_its_centroids(segmented, tmp_path, en
 
 
 def test_segments_of_a_tier_are_merged(tmp_path, encoder, monkeypatch):
-    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 3)
+    monkeypatch.setattr(merge_policy, "MERGE_FACTOR", 3)
     engine = Engine(tmp_path / "index", encoder=encoder)
     files = _sections(tmp_path)
     counts = []
     for path in files[:5]:
         engine.add([path])
-        counts.append(len(engine.store._segments))
+        counts.append(len(engine.store.rows.segments))
     assert max(counts) < 3 and counts[2] == 1  # the third one-tier segment merged the three
     assert engine.check() == [] and len(engine.documents()) == 5
-    retired = {f"seg-{s:06d}" for (s,) in engine.store._records.query("SELECT seg FROM retired")}
-    live = {f"seg-{s.seg:06d}" for s in engine.store._segments}
+    retired = {f"seg-{s:06d}" for (s,) in engine.store.records.query("SELECT seg FROM retired")}
+    live = {f"seg-{s.seg:06d}" for s in engine.store.rows.segments}
     assert {p.name for p in engine.path.glob("seg-*")} == live | retired  # older ones are gone
 
 
 def test_flat_segments_merge_into_one_approximate_segment_at_its_size(tmp_path, encoder, monkeypatch):
     """Each question scans every flat segment whole: once together they hold as many live rows as
     an approximate segment starts at, they are merged into one, below the tiers' own merges."""
-    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
-    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 12)
+    monkeypatch.setattr(merge_policy, "MERGE_FACTOR", 100)
+    monkeypatch.setattr(segment, "APPROX_ABOVE", 12)
     engine = Engine(tmp_path / "index", encoder=encoder)
     flat_rows = []
     for path in _sections(tmp_path):
         engine.add([path])
-        flat = [s for i, s in enumerate(engine.store._segments) if s.kind == "flat"]
+        flat = [s for i, s in enumerate(engine.store.rows.segments) if s.kind == "flat"]
         flat_rows.append(sum(len(s) for s in flat))
         assert len(flat) <= 1 or flat_rows[-1] < 12, flat_rows
-    kinds = [s.kind for s in engine.store._segments]
+    kinds = [s.kind for s in engine.store.rows.segments]
     assert "ivf" in kinds and engine.check() == []
     assert any(b < a for a, b in zip(flat_rows, flat_rows[1:]))  # the flat rows grew to the size, then merged
     exact = Engine(tmp_path / "exact", encoder=encoder)
-    monkeypatch.setattr(faiss_store, "APPROX_ABOVE", 10**9)
+    monkeypatch.setattr(segment, "APPROX_ABOVE", 10**9)
     exact.build(_sections(tmp_path))
     for x, y in zip(engine.query(QUESTIONS, k=5), exact.query(QUESTIONS, k=5)):  # encoded in other batches
         assert_same_ranking(x.hits, y.hits, x.query, BATCHED)
@@ -384,7 +385,7 @@ def test_format_one_index_is_refused_then_upgraded(tmp_path, encoder, capsys):
 
 
 def _write_format_one(engine: Engine, folder) -> None:
-    """The files format 1 kept (indexer.store.legacy), written from a loaded index."""
+    """The files format 1 kept (indexer.store.migrate), written from a loaded index."""
     import json
     from dataclasses import asdict, fields
 
@@ -405,7 +406,7 @@ def _write_format_one(engine: Engine, folder) -> None:
                                                 ensure_ascii=False) + "\n", encoding="utf-8")
     terms = [engine.segmenter.terms(c.text) for c in chunks]
     (gen / "terms.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in terms), encoding="utf-8")
-    np.save(gen / "vectors.npy", store.vectors())
+    np.save(gen / "vectors.npy", store.all_vectors())
     (gen / "xl.npz").write_bytes(whole_table(store).to_bytes())
 
 
@@ -438,23 +439,24 @@ def test_build_streams_in_batches(tmp_path, encoder, monkeypatch):
     """A build reads, embeds and writes in batches (a segment each): into a new location each batch
     is committed (an interrupted first build keeps them); over an index, the batches land in one
     commit, and a build that fails halfway leaves the old index as it was."""
-    from indexer import engine as engine_module
+    from indexer import indexing as engine_module
+    from indexer.indexing import Indexer
 
     monkeypatch.setattr(engine_module, "COMMIT_CHARS", 800)
-    monkeypatch.setattr(faiss_store, "MERGE_FACTOR", 100)
+    monkeypatch.setattr(merge_policy, "MERGE_FACTOR", 100)
     files = _sections(tmp_path)
     engine = Engine(tmp_path / "index", encoder=encoder)
     engine.build(files)
     first = engine.store
-    assert len(first._segments) > 2 and int(first.generation[4:]) == len(first._segments)  # a commit per batch
+    assert len(first.rows.segments) > 2 and int(first.generation[4:]) == len(first.rows.segments)  # a commit per batch
     assert {d.doc_id for d in engine.documents()} == {p.name for p in files} and engine.check() == []
     engine.build(files[:4])
     again = engine.store
     assert int(again.generation[4:]) == int(first.generation[4:]) + 1  # the batches in one commit
-    assert len(again._segments) > 1 and {d.doc_id for d in engine.documents()} == {p.name for p in files[:4]}
+    assert len(again.rows.segments) > 1 and {d.doc_id for d in engine.documents()} == {p.name for p in files[:4]}
     want = [(h.chunk_id, h.score) for h in engine.search(QUESTIONS[1], k=5)]
     calls = {"n": 0}
-    real = Engine._upsert_all
+    real = Indexer._upsert_all
 
     def fail_second(self, *args):
         calls["n"] += 1
@@ -462,11 +464,11 @@ def test_build_streams_in_batches(tmp_path, encoder, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of the build
         return real(self, *args)
 
-    monkeypatch.setattr(Engine, "_upsert_all", fail_second)
+    monkeypatch.setattr(Indexer, "_upsert_all", fail_second)
     with pytest.raises(KeyboardInterrupt):
         engine.build(files)
     reopened = Engine(tmp_path / "index", encoder=encoder)
     assert reopened.store.generation == again.generation and reopened.check() == []
     assert [(h.chunk_id, h.score) for h in reopened.search(QUESTIONS[1], k=5)] == want
-    assert {p.name for p in engine.path.glob("seg-*")} == {f"seg-{s.seg:06d}" for s in reopened.store._segments} | {
-        f"seg-{s:06d}" for (s,) in reopened.store._records.query("SELECT seg FROM retired")}
+    assert {p.name for p in engine.path.glob("seg-*")} == {f"seg-{s.seg:06d}" for s in reopened.store.rows.segments} | {
+        f"seg-{s:06d}" for (s,) in reopened.store.records.query("SELECT seg FROM retired")}

@@ -9,11 +9,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ..chunking import Chunk
+from .table import PassageVectors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from ..crosslingual import PassageVectors
 
 FORMAT_VERSION = 1
 
@@ -74,78 +73,35 @@ def check_upsert(chunks: list[Chunk], vectors: np.ndarray, terms: list[list[str]
         raise ValueError("cross-lingual vectors are needed for every chunk exactly when the index keeps them")
 
 
-def empty_table(manifest: Manifest) -> "PassageVectors":
+def empty_table(manifest: Manifest) -> PassageVectors:
     """The empty sentence table of an index that keeps one (with e5 sentence vectors if it keeps them)."""
-    from ..crosslingual import PassageVectors
-
     return PassageVectors.empty(manifest.dim if manifest.crosslingual.get("e5_sentences") else None)
 
 
-class Store(Protocol):
-    """Vectors + chunk records + manifest, updated per document, searched by vector and keywords.
+class IndexReader(Protocol):
+    """One committed snapshot of an index, searched by vector and keywords (indexer.store.snapshot).
 
-    Rows are integers: a chunk's position in the loaded index (indexer.store.faiss_store: over its
-    segments, deleted rows included; `live_rows()` are the others). Searches return rows and
-    scores; records are read for the rows a caller shows (`chunks`).
+    Rows are integers: a chunk's position in the snapshot (over its segments, deleted rows
+    included; `rows_of()` are the live ones). Searches return rows and scores; records are read
+    for the rows a caller shows (`chunks`). A snapshot never changes: `reopened()` gives the
+    newer one once another writer has committed.
     """
 
     manifest: Manifest
-    generation: str | None
-    location: str  # where the index is, as given (a folder, or a Milvus address)
-    keyword_backend: str  # which BM25 scores the keyword route, as shown by `info`
-    index_kind: str  # the vector index, as shown by `info` ("flat", "ivf", "flat+ivf" …)
-
-    # the index at a location (class-level)
-    @staticmethod
-    def exists(location) -> bool:
-        """Whether an index is there (a StoreError for a location that holds something else)."""
-
-    @staticmethod
-    def lock(location):
-        """The writers' lock of that index: a context manager; two writers never overlap."""
+    generation: str  # the commit it holds, gen-NNNNNN
+    location: str  # where the index is, as given
 
     @classmethod
-    def load(cls, location) -> "Store":
+    def load(cls, location) -> "IndexReader":
         """The index as last committed there."""
 
-    @classmethod
-    def upgrade(cls, location) -> str:
-        """Convert an index of the previous format in place (lock held) and say what was done."""
+    def reopened(self) -> "IndexReader":
+        """This snapshot while it is the last commit, else the last commit (reusing what is still valid)."""
 
-    @staticmethod
-    def display(location: str) -> str:
-        """The location as shown to people (no secrets)."""
+    def stats(self, recall: bool = False) -> dict:
+        """What `info` shows of the store: chunks, index_type, keyword_backend, sentences (and, with
+        `recall`, the vector index's recall@10 against exact search)."""
 
-    def __len__(self) -> int: ...
-
-    # writes, kept in memory until save
-    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
-               terms: list[list[str]], xl: "PassageVectors | None" = None) -> None:
-        """Put a document's chunks, vectors, terms (and cross-lingual vectors) in place of any it had."""
-
-    def delete(self, doc_ids: list[str]) -> None:
-        """Remove documents with all their chunks and vectors."""
-
-    def flush(self) -> None:
-        """Write what is pending into the commit being made, and let it go from memory (a build
-        stays within bounded memory); nothing is visible before `save`."""
-
-    def save(self) -> None:
-        """Commit atomically: the previous state stays intact until the new one is complete."""
-
-    def rollback(self) -> None:
-        """Drop an unfinished commit: the index stays as it was."""
-
-    def optimize(self) -> int:
-        """Merge what the store keeps in pieces into one; how many pieces there were."""
-
-    def reopened(self) -> "Store":
-        """The store as last committed (reusing what is still valid)."""
-
-    def is_current(self) -> bool:
-        """False once another process has committed a newer generation."""
-
-    # rows
     def search(self, queries: np.ndarray, k: int, doc_ids: set[str] | None = None) -> list[list[tuple[float, int]]]:
         """For each query vector, the k best (score, row) by inner product, best first."""
 
@@ -160,11 +116,8 @@ class Store(Protocol):
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:
         """Σ idf of the query's terms (None where the BM25 is not the project's): BM25's ceiling."""
 
-    def rows_of(self, doc_ids: set[str]) -> np.ndarray:
-        """The live rows of these documents, ascending."""
-
-    def live_rows(self) -> np.ndarray:
-        """Every live row, ascending."""
+    def rows_of(self, doc_ids: set[str] | None = None) -> np.ndarray:
+        """The live rows of these documents (None: every live row), ascending."""
 
     def rows_with_terms(self, terms: list[str]) -> np.ndarray | None:
         """The live rows indexed under every one of these keyword terms, ascending (None: this store
@@ -172,9 +125,6 @@ class Store(Protocol):
 
     def chunks(self, rows: list[int]) -> list[Chunk]:
         """The chunk records of these rows, in the order given."""
-
-    def doc_ids(self, rows: list[int]) -> list[str]:
-        """The document of each of these rows."""
 
     def tie_keys(self, rows: np.ndarray) -> list[tuple[str, int]]:
         """Each row's chunk id as (document id, position): the order of equal scores (indexer.topk)."""
@@ -186,24 +136,52 @@ class Store(Protocol):
         """The sentence table of every row in pieces, (first row, its rows' table), in row order;
         nothing where the index keeps none (the USE route scores one piece at a time)."""
 
-    def sentence_count(self) -> int:
-        """How many sentences the sentence table holds (0 without one)."""
-
     def vocabulary(self) -> frozenset[str]:
-        """Every keyword term of the indexed chunks."""
+        """Every keyword term of the live chunks."""
 
-    # documents
-    def document_text(self, doc_id: str) -> str: ...
+    def document_text(self, doc_id: str) -> str:
+        """A document's whole text, as it was read (a KeyError for an unknown id)."""
+
+
+class IndexWriter(Protocol):
+    """Changes to an index, kept in memory (and in its open commit) until `commit` makes them
+    visible at once (indexer.store.writer). One writer at a time, under the writers' lock."""
+
+    manifest: Manifest  # as it will be committed; its documents include the pending changes
+    snapshot: IndexReader | None  # the last commit (None for a new index before its first commit)
+
+    @classmethod
+    def create(cls, location, manifest: Manifest, vectors: str | None = None) -> "IndexWriter":
+        """A writer of a new index there, which replaces any index there at its first commit."""
+
+    @classmethod
+    def open(cls, location) -> "IndexWriter":
+        """A writer over the index last committed there."""
+
+    def upsert(self, doc: DocRecord, chunks: list[Chunk], vectors: np.ndarray, text: str,
+               terms: list[list[str]], xl: "PassageVectors | None" = None) -> None:
+        """Put a document's chunks, vectors, terms (and sentence table) in place of any it had."""
+
+    def delete(self, doc_ids: list[str]) -> None:
+        """Remove documents with all their chunks and vectors."""
 
     def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, "PassageVectors | None"]:
-        """A saved document's chunks with their vectors and cross-lingual vectors, row-aligned
-        (what an update reuses for the chunks whose text did not change)."""
+        """A committed document's chunks with their vectors and sentence table, row-aligned (what an
+        update reuses for the chunks whose text did not change)."""
 
-    def chunks_of(self, doc_id: str) -> list[Chunk]:
-        """A document's chunks in order."""
+    def flush(self) -> None:
+        """Write what is pending into the commit being made, and let it go from memory (a build
+        stays within bounded memory); nothing is visible before `commit`."""
 
-    def problems(self) -> list[str]:
-        """What `check` reports (empty: consistent)."""
+    def commit(self) -> IndexReader:
+        """Commit atomically (the previous state stays intact until the new one is complete); the
+        snapshot of what was committed."""
 
-    def recall_vs_exact(self) -> float | None:
-        """Recall@10 of the vector search against exact search (None: it is exact)."""
+    def rollback(self) -> None:
+        """Drop an unfinished commit: the index stays as it was."""
+
+    def optimize(self) -> int:
+        """Merge what the store keeps in pieces into one; how many pieces there were."""
+
+    def merge(self, positions: list[int]) -> None:
+        """Merge these pieces (segments, by position) into one."""

@@ -1,6 +1,6 @@
 """Milvus as the vector index of an index folder: the chunks' vectors in a Milvus collection, keyed
 by their records' stable ids and searched on the server; the records, postings, sentence tables and
-the commit point stay in the folder (indexer.store.faiss_store), exactly as with FAISS segments.
+the commit point stay in the folder (indexer.store.folder), exactly as with FAISS segments.
 
     python -m indexer build PATHS --index DIR --vectors milvus://HOST[:PORT]/[DB/]NAME
 
@@ -14,7 +14,7 @@ INDEXER_MILVUS_USER + INDEXER_MILVUS_PASSWORD, for every command. They are never
 The collection NAME_xxxxxxxx (a random suffix per build: two folders given the same NAME never share
 one; the folder's commit drops the replaced index's collection one commit later, as it does its
 segments) holds one row per chunk: its record id (the primary key), its document (for searches
-within chosen documents) and its vector. Its index is FLAT (exact) below faiss_store.APPROX_ABOVE
+within chosen documents) and its vector. Its index is FLAT (exact) below segment.APPROX_ABOVE
 vectors, IVF_FLAT from there, with the folder's nlist and nprobe.
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from ..errors import StoreError
-from .segment import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, ivf_nlist
+from .records import Records
+from .segment import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M, IVF_NPROBE, choose_index_type, ivf_nlist
 
 DEFAULT_PORT = 19530
 LITE_COLLECTION = "indexer"
@@ -407,9 +408,7 @@ class MilvusVectors:
             client.load_collection(self.name, timeout=LONG_TIMEOUT)
 
     def kind_for(self, rows: int) -> str:
-        """The index kind for this many rows (faiss_store.choose_index_type: one rule for both)."""
-        from .faiss_store import choose_index_type
-
+        """The index kind for this many rows (segment.choose_index_type: one rule for both)."""
         return choose_index_type(self.index_type, rows)
 
 
@@ -447,3 +446,35 @@ def _ensure_loaded(client, name: str) -> None:
     state = client.get_load_state(name, timeout=CALL_TIMEOUT)
     if "Loaded" not in str(state.get("state") if isinstance(state, dict) else state):
         client.load_collection(name, timeout=LONG_TIMEOUT)
+
+
+# ---------------------------------------------------------------- collections a rebuild replaced
+
+RETIRED = "retired_vectors"  # the folder's meta: the vectors entries of replaced indexes, and the generation that replaced each
+
+
+def note_replaced(db, meta: dict[str, str], old: dict, new: dict, generation: int) -> None:
+    """In a build's commit (`db`, its open transaction; `meta`, the folder's meta as it stood): the
+    replaced index's collection, if it had another one, is dropped one commit after this one
+    (`retire_replaced`), when no reader of the replaced index can be searching it any more."""
+    if old and old.get("collection") != new.get("collection"):
+        retired = json.loads(meta.get(RETIRED, "[]")) + [{"vectors": old, "generation": generation}]
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [RETIRED, json.dumps(retired)])
+
+
+def retire_replaced(records: Records, generation: int) -> None:
+    """Drop exactly the collections of indexes that builds replaced before `generation` (a reader
+    of the previous commit may still be searching one); a failure warns, and is tried again after
+    the next commit."""
+    retired = json.loads(records.meta().get(RETIRED, "[]"))
+    kept = [r for r in retired if r["generation"] >= generation]
+    for r in retired:
+        if r["generation"] < generation:
+            try:
+                MilvusVectors(r["vectors"]["milvus"], 0, collection=r["vectors"]["collection"]).drop()
+            except StoreError as exc:
+                logging.getLogger(__name__).warning("%s (the replaced index's collection stays for now)", exc)
+                kept.append(r)
+    if kept != retired:
+        with records.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [RETIRED, json.dumps(kept)])

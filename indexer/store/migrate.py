@@ -1,5 +1,5 @@
-"""Indexes of earlier formats, for `python -m indexer upgrade` only: the store refuses to open
-one, so it is never silently misread.
+"""`python -m indexer upgrade`: indexes of earlier formats converted into this one. The store
+refuses to open one (indexer.store.layout), so it is never silently misread.
 
 Format 1 kept, in DIR/gen-NNNNNN/ named by DIR/CURRENT: manifest.json, chunks.jsonl, texts.jsonl,
 terms.jsonl, vectors.npy, index.faiss and (with the cross-lingual table) xl.npz. It is read whole
@@ -16,19 +16,48 @@ from pathlib import Path
 import numpy as np
 
 from ..chunking import Chunk
-from ..crosslingual import PassageVectors
 from ..errors import StoreError
 from .atomic import _fsync_dir
 from .base import Manifest
-from .records import SCHEMA, Records, chunk_from_json
+from .layout import CURRENT, FOLDER_FORMAT, is_legacy, read_manifest
+from .records import DB_FILE, SCHEMA, Records, chunk_from_json
+from .table import PassageVectors
+from .writer import Writer
 
-CURRENT = "CURRENT"
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy")
 
 
-def is_legacy(path: Path) -> bool:
-    """Whether `path` holds a format-1 index (a CURRENT pointer and no record database)."""
-    return (Path(path) / CURRENT).is_file()
+def upgrade(path: Path) -> str:
+    """Convert an index of an earlier format at `path` into this one and say what was done
+    (format 1: its records into records.db, its rows into one segment, its vectors unchanged;
+    format 2: in place, `stable_ids`). Call with the writers' lock held."""
+    path = Path(path)
+    if (path / DB_FILE).is_file():
+        records = Records(path / DB_FILE)
+        version = read_manifest(records, path, upgrading=True).format_version
+        if version == FOLDER_FORMAT:
+            raise StoreError(f"{path} is already an index of format {FOLDER_FORMAT}; nothing to upgrade")
+        segments, chunks = stable_ids(path, records, FOLDER_FORMAT)
+        Writer.open(path)._after_commit()  # the retired segments' folders go
+        return (f"upgraded {path} from format {version} to {FOLDER_FORMAT}: its {chunks} chunk records are keyed "
+                f"by a stable id and each of its {segments} segments maps its rows to theirs (ids.npy), so a "
+                "merge no longer copies records; vectors and postings unchanged")
+    if not is_legacy(path):
+        raise StoreError(f"no index at {path} to upgrade")
+    manifest, chunks, texts, terms, vectors, xl = read_legacy(path)
+    docs, manifest.documents = manifest.documents, {}
+    manifest.format_version = FOLDER_FORMAT
+    writer = Writer.create(path, manifest)
+    rows_of: dict[str, list[int]] = {}
+    for row, c in enumerate(chunks):
+        rows_of.setdefault(c.doc_id, []).append(row)
+    for doc_id, record in docs.items():
+        rows = rows_of.get(doc_id, [])
+        writer.upsert(record, [chunks[r] for r in rows], vectors[rows], texts.get(doc_id, ""),
+                      [terms[r] for r in rows], xl.take(np.asarray(rows, np.int64)) if xl is not None else None)
+    writer.commit()
+    return (f"upgraded {path} from format 1 to {FOLDER_FORMAT}: {len(docs)} documents and {len(chunks)} chunks "
+            f"now in {DB_FILE} and one segment (vectors unchanged); the format-1 files were removed")
 
 
 def read_legacy(path: Path) -> tuple[Manifest, list[Chunk], dict[str, str], list[list[str]], np.ndarray,

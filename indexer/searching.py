@@ -1,0 +1,282 @@
+"""Answering questions: the reader side of an engine (as tantivy's IndexReader beside its
+IndexWriter). A Searcher holds the last committed snapshot of an index and moves to a newer one
+when a writer commits (`publish`, in this process) or another process has (checked at each
+question, one read of the commit generation): a question in flight keeps the snapshot it began on,
+and no question ever waits for a write. Questions run the routes of indexer.search over the
+snapshot, are fused, grouped, and turned into hits with their answering sentences at the end.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from . import filters
+from .analysis import Analyzer, Segmenter, phrase_is_term, phrase_terms, with_synonyms
+from .crosslingual import Translator, is_cross_lingual
+from .errors import QueryError
+from .models import Models
+from .querytext import ParsedQuery, holds, parse_query
+from .results import DocHit, Hit, Result, SearchOptions, explain
+from .search import (DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored, UseRoute, best_sentence,
+                     group_documents, retrieve)
+from .settings import IndexSettings
+from .store import Snapshot
+
+DOC_POOL = 10  # grouped by documents: the best k × 10 passages are grouped into k documents
+MAX_QUERY_CHARS = 2000  # the model reads ~512 tokens; longer questions are cut here, visibly
+
+
+def clean_query(query: str) -> str:
+    """Strip control characters and outer space; refuse a question with nothing in it."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(query)).strip()
+    if not text:
+        raise QueryError("the question is empty")
+    return text[:MAX_QUERY_CHARS]
+
+
+class SnapshotView:
+    """What questions keep of one committed snapshot: the settings it was built with (and their
+    segmenter), the translator over its vocabulary (made on the first cross-lingual question) and
+    chunk texts folded to the index's script (made as hits need them)."""
+
+    def __init__(self, store: Snapshot) -> None:
+        self.store = store
+        self.settings = IndexSettings.of_manifest(store.manifest)
+        self.segmenter = self.settings.segmenter
+        self._folded: dict[int, str] = {}
+
+    @functools.cached_property
+    def translator(self) -> Translator:
+        return Translator(self.store.vocabulary())
+
+    def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None,
+              segmenter: Segmenter) -> tuple[np.ndarray | None, frozenset[int]]:
+        """(scope, excluded) of a question, comparing in the index's script (the segmenter's fold:
+        a Simplified phrase finds its Traditional text). With phrases, the scope is the rows (of the
+        allowed ones; None: every live row) that hold them and none of its exclusions, ascending;
+        with exclusions alone, the scope is None and `excluded` the rows that hold an excluded word,
+        so the routes search as usual and drop those. Posting lists answer first: a two-character
+        phrase or word is held exactly by the rows indexed under it (`phrase_is_term`), and a longer
+        phrase only by rows indexed under all its bigrams (`phrase_terms`), so the texts read are
+        those of the candidates for what the lists cannot decide, never the index's."""
+        if not parsed.constrained:
+            return None, frozenset()
+        fold, analyzer = segmenter.fold, segmenter.analyzer
+        phrases, excluded = tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded))
+        rows = self.store.rows_of() if allowed is None else allowed
+        held = {x: self._holding(rows, (x,), analyzer) for x in excluded}
+        decided = {x: told and phrase_is_term(x, analyzer) for x, (_, told) in held.items()}  # the list alone tells
+        known = [held[x][0] for x in excluded if decided[x]]
+        unsure_out = tuple(x for x in excluded if not decided[x])
+        if phrases:
+            suspects, told = self._holding(rows, phrases, analyzer)
+            for gone in known:
+                suspects = np.setdiff1d(suspects, gone, assume_unique=True)
+            unsure = ParsedQuery(parsed.text, tuple(p for p in phrases if not (told and phrase_is_term(p, analyzer))),
+                                 unsure_out)
+            failed = np.fromiter(self._failing(suspects, unsure, fold), np.int64)
+            return np.setdiff1d(suspects, failed, assume_unique=True), frozenset()
+        suspects = np.unique(np.concatenate([held[x][0] for x in unsure_out] or [np.zeros(0, np.int64)]))
+        gone = frozenset(np.concatenate(known).tolist()) if known else frozenset()
+        return None, gone | self._failing(suspects, ParsedQuery(parsed.text, (), unsure_out), fold)
+
+    def _failing(self, rows: np.ndarray, wanted: ParsedQuery, fold: Callable[[str], str]) -> frozenset[int]:
+        """Those of `rows` whose text does not hold `wanted` (its phrases, none of its exclusions):
+        their texts are read, unless there is nothing to check."""
+        if not wanted.constrained or not len(rows):
+            return frozenset()
+        return frozenset(row for row, c in zip(rows.tolist(), self.store.chunks(rows.tolist()))
+                         if not holds(self.folded(row, c.text, fold), wanted))
+
+    def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> tuple[np.ndarray, bool]:
+        """Those of `rows` indexed under every term that all holders of these phrases have, and
+        whether the posting lists told (False: all `rows`, as there is no such term or the store
+        cannot tell)."""
+        must = [t for p in phrases for t in phrase_terms(p, analyzer)]
+        held = self.store.rows_with_terms(must) if must else None
+        return (rows, False) if held is None else (np.intersect1d(rows, held, assume_unique=True), True)
+
+    def folded(self, row: int, original: str, fold: Callable[[str], str]) -> str:
+        """Row `row`'s text in the index's script, folded once per loaded store. OpenCC's t2s
+        maps character for character; were a length to change, the original text stands."""
+        text = self._folded.get(row)
+        if text is None:
+            text = fold(original)
+            self._folded[row] = text = text if len(text) == len(original) else original
+        return text
+
+
+def _title(store: Snapshot, doc_id: str) -> str:
+    """A document's title ("" when a newer commit removed it while the question was answered)."""
+    record = store.manifest.documents.get(doc_id)
+    return record.title if record is not None else ""
+
+
+class Searcher:
+    """Questions over the index at `path`, encoded with `models`; `fusion` says how routes join."""
+
+    def __init__(self, path: Path, models: Models) -> None:
+        self.path, self.models = Path(path), models
+        self.fusion = FusionSettings()
+        self._snapshot: Snapshot | None = None
+        self._view: SnapshotView | None = None
+        self._swap = threading.Lock()  # held to look at or replace the snapshot, never across a question or a write
+        self._asking = threading.Condition()
+        self._in_flight = 0
+
+    def current(self) -> tuple[Snapshot, SnapshotView]:
+        """The last committed snapshot (and what questions keep of it), reopened when a newer
+        commit is there."""
+        with self._swap:
+            fresh = Snapshot.load(self.path) if self._snapshot is None else self._snapshot.reopened()
+            if fresh is not self._snapshot or self._view is None:
+                self._snapshot, self._view = fresh, SnapshotView(fresh)
+            return fresh, self._view
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """A writer of this process committed: later questions take its snapshot (and a new view of it)."""
+        with self._swap:
+            self._snapshot, self._view = snapshot, SnapshotView(snapshot)
+
+    def forget(self) -> None:
+        """Drop the snapshot (an upgrade rewrote the folder): the next question opens it again."""
+        with self._swap:
+            self._snapshot = self._view = None
+
+    @contextmanager
+    def _question(self) -> Iterator[None]:
+        with self._asking:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._asking:
+                self._in_flight -= 1
+                self._asking.notify_all()
+
+    def wait_for_questions(self, timeout: float) -> None:
+        """Return once no question is being answered (or after `timeout` seconds): a writer calls
+        it between its batches, so that questions have the CPU first."""
+        with self._asking:
+            self._asking.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def answer(self, queries: list[str], options: SearchOptions, sentences: bool = True) -> list[Result]:
+        """Each question's ranked passages (or documents), with the terms it was searched with and
+        each hit's answering sentence; the questions are encoded together.
+
+        mode: dense (embeddings), bm25 (keywords) or hybrid (both, fused: indexer.search). A
+        question with no CJK character and some Latin letters is cross-lingual: where the index
+        keeps the USE vectors it also takes the USE route, and its English words are translated
+        into the corpus's Chinese terms for BM25 (`options.use`, `options.translate` and the
+        searcher's `fusion` switch either off). `docs` and `where` limit the search to the
+        documents they allow, inside every route; a question's quoted phrases and `-word`
+        exclusions (indexer.querytext) limit it to the passages that hold them. Grouped by
+        documents, documents are ranked by their passages' evidence (search.group_documents),
+        each with its best passages; k then counts documents and min_score applies to them.
+        sentences=False leaves out the answering sentences (what `eval` needs no sentence for)."""
+        with self._question():
+            return self._answer(queries, options, sentences)
+
+    def _answer(self, queries: list[str], options: SearchOptions, sentences: bool) -> list[Result]:
+        texts = [clean_query(q) for q in queries]
+        conditions = filters.parse(options.where)
+        fusion = replace(self.fusion, use_route=self.fusion.use_route and options.use,
+                         translate=self.fusion.translate and options.translate)
+        store, view = self.current()
+        self.models.check(store.manifest, str(self.path))
+        allowed = self._doc_filter(store, options.docs, conditions)
+        segmenter, mode, k, min_score = view.segmenter, options.mode, options.k, options.min_score
+        rows = store.rows_of(allowed)
+        parsed = [parse_query(t) for t in texts]
+        asked = [p.text for p in parsed]  # what the routes read: no quotes, no exclusions
+        encoding = self.models.pool().submit(self.models.e5().encode_queries, asked) if mode != "bm25" else None
+        plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
+        fold = segmenter.fold
+        scopes = [view.scope(p, rows, segmenter) for p in parsed]
+        plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
+                         scope=scope, excluded=excluded)  # repeats count in BM25
+                 for plan, p, (scope, excluded) in zip(plans, parsed, scopes)]
+        if encoding is not None:
+            plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
+        share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0
+        routes = {"dense": DenseRoute(store, allowed, share), "use": UseRoute(store, rows),
+                  "bm25": KeywordRoute(store, allowed)}
+        by_doc = options.group == "documents"
+        ranked = retrieve(routes, plans, max(k * DOC_POOL, fusion.candidates) if by_doc else k, mode, fusion,
+                          store.tie_keys)
+        out = []
+        for i, (text, plan) in enumerate(zip(texts, plans)):
+            use_vector = None if use_vecs is None else use_vecs[i]
+            if not by_doc:
+                hits = self._hits(store, view, ranked[i], min_score, plan.terms, use_vector, sentences)
+                out.append(Result(text, hits, plan.terms, plan.cross_lingual, translations[i], store.generation))
+                continue
+            found_rows = [r.row for r in ranked[i]]
+            grouped = group_documents(ranked[i], {r: c.doc_id for r, c in zip(found_rows, store.chunks(found_rows))}, k,
+                                      fusion.doc_weights)
+            found = [DocHit(n, round(d.score, 6), d.doc_id, _title(store, d.doc_id),
+                            self._hits(store, view, d.chunks, None, plan.terms, use_vector, sentences))
+                     for n, d in enumerate((d for d in grouped if min_score is None or d.score >= min_score), 1)]
+            out.append(Result(text, [h for d in found for h in d.hits], plan.terms, plan.cross_lingual,
+                              translations[i], store.generation, found))
+        return out
+
+    def _plans(self, texts: list[str], view: SnapshotView,
+               fusion: FusionSettings) -> tuple[list[QueryPlan], list, np.ndarray | None]:
+        """Per question: its keyword terms (translated for a cross-lingual question), its language,
+        and its USE vector where the USE route runs; the translations; every question's USE
+        vector (which also picks the answering sentences), None when the index keeps no USE vectors."""
+        cross = [is_cross_lingual(t) for t in texts]
+        terms = view.segmenter.terms_many(texts)
+        translations: list[list[tuple[str, list[str]]]] = [[] for _ in texts]
+        for i, text in enumerate(texts):
+            if cross[i] and fusion.translate:
+                translations[i] = view.translator.explain(text)
+                terms[i] = list(dict.fromkeys(t for _, part in translations[i] for t in part)) or terms[i]
+            terms[i] = with_synonyms(terms[i], view.settings.synonyms)
+        use_vecs = self.models.use().encode_queries(texts) if view.store.manifest.crosslingual else None
+        plans = [QueryPlan(terms[i], cross[i],
+                           use_vecs[i] if use_vecs is not None and cross[i] and fusion.use_route else None)
+                 for i in range(len(texts))]
+        return plans, translations, use_vecs
+
+    @staticmethod
+    def _doc_filter(store: Snapshot, docs: Iterable[str] | None, conditions: list[filters.Condition]) -> set[str] | None:
+        """The documents a question may search (None: all): the ids given, that meet every filter."""
+        records = store.manifest.documents
+        wanted = None if docs is None else set(docs)
+        unknown = sorted(d for d in wanted or () if d not in records)
+        if unknown:
+            raise QueryError(f"no document {unknown[0]!r} in the index")
+        if conditions:
+            met = filters.matching(records.values(), conditions)
+            wanted = met if wanted is None else wanted & met
+        return wanted
+
+    def _hits(self, store: Snapshot, view: SnapshotView, ranked: list[Scored], min_score: float | None, terms: list[str],
+              use_vector: np.ndarray | None, sentences: bool = True) -> list[Hit]:
+        """Fused results as hits: each chunk with its answering sentence and why it ranks there
+        (terms are matched in the text folded to the index's script; offsets are the original's).
+        The chunks' records are read here, for these rows only."""
+        table = bool(store.manifest.crosslingual)
+        ranked = [r for r in ranked if min_score is None or r.score >= min_score]
+        out = []
+        for r, c in zip(ranked, store.chunks([r.row for r in ranked])):
+            folded = view.folded(r.row, c.text, view.segmenter.fold)
+            if not sentences:
+                span = None
+            elif table:
+                spans, vectors, _ = store.sentences(r.row)
+                span = best_sentence(folded, terms, spans, vectors, use_vector)
+            else:
+                span = best_sentence(folded, terms)
+            s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
+            out.append(Hit(len(out) + 1, round(r.score, 6), c.chunk_id, c.doc_id, _title(store, c.doc_id), c.section,
+                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, folded, terms)))
+        return out
