@@ -484,7 +484,7 @@ def plan(model_path: str | Path, backend: str = "auto", device: str = "cpu") -> 
     """(query backend, document backend) for a setting: "auto", one of BACKENDS for both sides, or
     "QUESTIONS,DOCUMENTS" with each side "auto" or one of BACKENDS (e.g. "onnx-int8,auto").
 
-    auto, for a local folder on the CPU: OpenVINO for both sides (one loaded model; bf16 where
+    auto, for a local folder on the CPU: OpenVINO for both sides (a compiled model each; bf16 where
     native, else float32). Without openvino: questions on ONNX fp32 (onnxruntime), documents on
     torch bf16 on a CPU with native bf16, else the question backend. A hub id or a GPU takes torch.
     """

@@ -95,7 +95,7 @@ class USEEncoder:
         self.threads = threads
         self.batch_size = batch_size
         self.bulk = bulk
-        self._lock = threading.Lock()  # one encode at a time: the BLAS thread limit is process-wide
+        self._lock = threading.Lock()  # one numpy encode at a time: the BLAS thread limit is process-wide
         self._model = _load_use(1)
         self._torch = None
 
@@ -139,10 +139,10 @@ class USEEncoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         texts = [t if t.strip() else " " for t in texts]
-        with self._lock:
-            if len(texts) > self.bulk:
-                vecs = self._bulk().encode(texts)
-            else:
+        if len(texts) > self.bulk:  # a writer's batch, on torch: questions go on meanwhile
+            vecs = self._bulk().encode(texts)
+        else:
+            with self._lock:
                 self._model.threads = self.threads  # the shared model reads its BLAS limit at each call
                 vecs = np.asarray(self._model.encode(texts), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -150,12 +150,13 @@ class USEEncoder:
 
     def _bulk(self):
         """The torch forward of the same model, made on first need."""
-        if self._torch is None:
-            from .backends import native_bf16
-            from .usetorch import TorchUSE
+        with self._lock:
+            if self._torch is None:
+                from .backends import native_bf16
+                from .usetorch import TorchUSE
 
-            self._torch = TorchUSE(self._model, bf16=native_bf16())
-        return self._torch
+                self._torch = TorchUSE(self._model, bf16=native_bf16())
+            return self._torch
 
 
 SENTENCE_WEIGHT = 0.5  # measured: 0.5·chunk + 0.5·best sentence beats either alone (README-crosslingual.md)

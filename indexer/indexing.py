@@ -1,13 +1,16 @@
 """Adding documents: the writer side of an engine (as tantivy's IndexWriter beside its
 IndexReader). An Indexer reads files, chunks them, embeds the chunks and writes them through the
 store's Writer under the writers' lock (one write at a time, across processes too), and hands
-each commit's snapshot to whoever reads (`on_commit`): readers never wait for it. Between its
-encoding batches it yields to questions in flight (`yield_to`), so they have the CPU first.
+each commit's snapshot to the Searcher: questions never wait for it. Nor do they wait for its
+encoding: the question side of the encoder is a model of its own (indexer.embedding), and the two
+share the cores as the system schedules them (bench/README.md, "Questions while the index is
+written": a question's p50 about twice its idle time, its max about 0.1 s).
 """
 from __future__ import annotations
 
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
@@ -25,6 +28,7 @@ from .store.base import DocRecord, now
 from .store.table import PassageVectors
 
 Progress = Union[bool, Callable[[float], None]]  # a console bar, or a callback given the fraction done
+SWITCH_WHILE_WRITING = 0.0005  # seconds: the interpreter's switch interval while a write runs (Python's own: 0.005)
 
 COMMIT_CHARS = 2_000_000  # `add` commits every ~2M characters read (~90 s of encoding here): Ctrl-C keeps those
 VOLATILE_META = frozenset({"modified"})  # a file touched but unchanged is not re-written
@@ -110,13 +114,26 @@ def passage_text(chunk: Chunk, min_chars: int = ChunkSettings.min_chars) -> str:
 
 class Indexer:
     """Writes to the index at `path` with `settings` (a new index's; an existing index's own are
-    read from its manifest at each write), encoding with `models`; each commit goes to
-    `searcher`, to which it also yields the CPU between batches."""
+    read from its manifest at each write), encoding with `models`; each commit goes to `searcher`."""
 
     def __init__(self, path: Path, models: Models, settings: IndexSettings, searcher: Searcher) -> None:
         self.path, self.models, self.settings, self.searcher = Path(path), models, settings, searcher
         self._lock = threading.Lock()  # one write at a time in this process (the file lock: across processes)
         self.reused = 0  # chunks the last update took over from the old version instead of embedding
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The writers' locks (this process's and the index's file lock) and, while they are held,
+        a short interpreter switch interval: the write's Python work (chunking, jieba, postings)
+        hands the GIL to a waiting question within SWITCH_WHILE_WRITING instead of Python's 5 ms,
+        which a question pays at each of its many steps. That is how the writer yields."""
+        with self._lock, lock(self.path):
+            before = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_WHILE_WRITING)
+            try:
+                yield
+            finally:
+                sys.setswitchinterval(before)
 
     def _new_store(self, vectors: str | None = None) -> Writer:
         """A writer of a new index with these settings (its vectors at `vectors`, else as the settings say)."""
@@ -138,7 +155,7 @@ class Indexer:
         failed: list[DocReport] = []
         self.models.e5(1)
         try:
-            with self._lock, lock(self.path):
+            with self._writing():
                 store, fresh = self._new_store(), not exists(self.path)
                 try:
                     for docs, part in self._batches(files, bar, failed, tags=tags, ocr=ocr):
@@ -186,7 +203,7 @@ class Indexer:
         change), in batches of about COMMIT_CHARS characters written as they are done (bounded
         memory), all in one commit: the old index answers until it lands."""
         self.models.e5(1)
-        with self._lock, lock(self.path):
+        with self._writing():
             old = Snapshot.load(self.path)
             self.settings = IndexSettings.of_manifest(old.manifest)  # the index's own settings, the model's vectors
             records = old.manifest.documents.values()
@@ -235,7 +252,7 @@ class Indexer:
         if not docs:
             return []
         self.models.e5(1)
-        with self._lock, lock(self.path):
+        with self._writing():
             store = Writer.open(self.path) if exists(self.path) else self._new_store()
             self.models.check(store.manifest, str(self.path))
             self.settings = IndexSettings.of_manifest(store.manifest)  # chunk new documents the way the index was built
@@ -246,7 +263,7 @@ class Indexer:
 
     def remove(self, doc_ids: list[str]) -> list[DocReport]:
         """Remove documents by id; an unknown id is an error and nothing is removed."""
-        with self._lock, lock(self.path):
+        with self._writing():
             store = Writer.open(self.path)
             unknown = [d for d in doc_ids if d not in store.manifest.documents]
             if unknown:
@@ -258,7 +275,7 @@ class Indexer:
 
     def optimize(self) -> tuple[int, int]:
         """Merge the index's segments into one, dropping deleted chunks: (segments before, after)."""
-        with self._lock, lock(self.path):
+        with self._writing():
             store = Writer.open(self.path)
             before = store.optimize()
             self.searcher.publish(store.snapshot)
@@ -266,7 +283,7 @@ class Indexer:
 
     def upgrade(self) -> str:
         """Convert an index of the previous format in place; what was done, in one line."""
-        with self._lock, lock(self.path):
+        with self._writing():
             self.searcher.forget()
             return upgrade(self.path)
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -127,8 +126,6 @@ class Searcher:
         self._snapshot: Snapshot | None = None
         self._view: SnapshotView | None = None
         self._swap = threading.Lock()  # held to look at or replace the snapshot, never across a question or a write
-        self._asking = threading.Condition()
-        self._in_flight = 0
 
     def current(self) -> tuple[Snapshot, SnapshotView]:
         """The last committed snapshot (and what questions keep of it), reopened when a newer
@@ -149,23 +146,6 @@ class Searcher:
         with self._swap:
             self._snapshot = self._view = None
 
-    @contextmanager
-    def _question(self) -> Iterator[None]:
-        with self._asking:
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._asking:
-                self._in_flight -= 1
-                self._asking.notify_all()
-
-    def wait_for_questions(self, timeout: float) -> None:
-        """Return once no question is being answered (or after `timeout` seconds): a writer calls
-        it between its batches, so that questions have the CPU first."""
-        with self._asking:
-            self._asking.wait_for(lambda: self._in_flight == 0, timeout)
-
     def answer(self, queries: list[str], options: SearchOptions, sentences: bool = True) -> list[Result]:
         """Each question's ranked passages (or documents), with the terms it was searched with and
         each hit's answering sentence; the questions are encoded together.
@@ -180,10 +160,6 @@ class Searcher:
         documents, documents are ranked by their passages' evidence (search.group_documents),
         each with its best passages; k then counts documents and min_score applies to them.
         sentences=False leaves out the answering sentences (what `eval` needs no sentence for)."""
-        with self._question():
-            return self._answer(queries, options, sentences)
-
-    def _answer(self, queries: list[str], options: SearchOptions, sentences: bool) -> list[Result]:
         texts = [clean_query(q) for q in queries]
         conditions = filters.parse(options.where)
         fusion = replace(self.fusion, use_route=self.fusion.use_route and options.use,

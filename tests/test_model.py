@@ -132,11 +132,11 @@ def test_a_build_loads_only_the_document_side(tmp_path, monkeypatch, speech_text
     (tmp_path / "speech.txt").write_text(speech_text, encoding="utf-8")
     builder = Engine(tmp_path / "index")
     builder.build([tmp_path / "speech.txt"])
-    assert set(builder.encoder._loaded) == {"openvino"}
+    assert set(builder.encoder._loaded) == {("openvino", 1)}
     _shared.cache_clear()  # as a new process would: the engines of one process share their models
     searcher = Engine(tmp_path / "index")
     assert "民办学校" in searcher.search("民办学校怎样建立党组织", k=1)[0].text
-    assert set(searcher.encoder._loaded) == {"onnx"}
+    assert set(searcher.encoder._loaded) == {("onnx", None)}
 
 
 def test_folder_tokenizer_matches_transformers(encoder, speech_text):
