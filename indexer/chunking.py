@@ -7,9 +7,10 @@ anywhere), repeating `overlap` sentences. Offsets always satisfy text == doc.tex
 """
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .reading import Document
 
@@ -68,6 +69,7 @@ class Chunk:
     start: int
     end: int
     text: str
+    place: dict = field(default_factory=dict, hash=False)  # where it starts in the original: page (and ocr), slide, sheet, row
 
 
 @dataclass(frozen=True)
@@ -401,4 +403,13 @@ def _make_chunk(doc: Document, position: int, unit: _Unit, span: Span) -> Chunk:
         start=start,
         end=end,
         text=doc.text[start:end],
+        place=place_at(doc.places, next((line.start for line in unit.lines if line.start >= start and not line.is_heading),
+                                        start)),  # where its body starts: a sheet's first row, not its heading
     )
+
+
+def place_at(places: tuple[tuple[int, dict], ...], offset: int) -> dict:
+    """What part of the original (page, slide, sheet and row…) the text at `offset` is in: the last
+    place that starts at or before it ({} where the document has none)."""
+    at = bisect.bisect_right([start for start, _ in places], offset) - 1
+    return dict(places[at][1]) if at >= 0 else {}

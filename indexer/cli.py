@@ -207,7 +207,7 @@ def _print_result(result: Result) -> None:
 
 def _print_hit(h, head: str, indent: str) -> None:
     """A passage: where it is, its text, its answering sentence (») and why it ranks there."""
-    typer.echo(f"{head}  [{h.chunk_id}, chars {h.start}–{h.end}]")
+    typer.echo(f"{head}  [{h.chunk_id}, {h.where + ', ' if h.where else ''}chars {h.start}–{h.end}]")
     typer.echo(f"{indent}{h.text}")
     if h.sentence:
         typer.echo(f"{indent}» {h.sentence}  [chars {h.sentence_start}–{h.sentence_end}]")

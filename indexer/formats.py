@@ -49,29 +49,47 @@ _profile_dir: str | None = None
 _soffice_lock = threading.Lock()  # one soffice at a time per process: they would share its profile
 _version: str | None = None
 
-Read = tuple[str, str, str]  # text, declared title ("" if none), reader name
+Place = tuple[int, dict]  # where a part of a document starts (a character offset) and what it is: page, slide, sheet, row
+Read = tuple[str, tuple[Place, ...], str, str]  # text, its places, the declared title ("" if none), the reader
+
+
+def joined(parts: Iterable[tuple[dict, str]], separator: str) -> tuple[str, tuple[Place, ...]]:
+    """Parts of a document (what each is, its text) joined by `separator`, and where each starts
+    in the joined text. Newlines are normalised first, so the offsets are the document's own."""
+    texts, places, at = [], [], 0
+    for where, text in parts:
+        text = normalise_newlines(text)
+        if texts:
+            at += len(separator)
+        places.append((at, where))
+        texts.append(text)
+        at += len(text)
+    return separator.join(texts), tuple(places)
 
 
 # ---------------------------------------------------------------------------- tables
 
 
-def table_text(sheets: Iterable[tuple[str | None, list[list[str]]]]) -> str:
-    """Sheets (name or None, rows of cell strings) as sections of row paragraphs with headers."""
-    blocks = []
+def table_text(sheets: Iterable[tuple[str | None, list[list[str]]]]) -> tuple[str, tuple[Place, ...]]:
+    """Sheets (name or None, rows of cell strings) as sections of row paragraphs with headers, and
+    where each sheet and row starts (rows numbered as in the sheet, from 1)."""
+    parts: list[tuple[dict, str]] = []
     for name, rows in sheets:
-        lines = _row_lines([row for row in rows if any(row)])
+        sheet = {"sheet": name} if name else {}
+        lines = _row_lines([(n, row) for n, row in enumerate(rows, 1) if any(row)])
         if lines:
-            blocks.append(ROW_SEPARATOR.join(([f"# {name}"] if name else []) + lines))
-    return ROW_SEPARATOR.join(blocks)
+            parts += ([(sheet, f"# {name}")] if name else []) + [({**sheet, "row": n}, line) for n, line in lines]
+    return joined(parts, ROW_SEPARATOR)
 
 
-def _row_lines(rows: list[list[str]]) -> list[str]:
-    """Rows under the header as "header：value，…"; title rows above it as their values."""
-    start = _header_index(rows)
+def _row_lines(rows: list[tuple[int, list[str]]]) -> list[tuple[int, str]]:
+    """Rows (numbered) under the header as "header：value，…", title rows above it as their values;
+    each with its row number."""
+    start = _header_index([row for _, row in rows])
     if start == len(rows) - 1:  # nothing under the header: every row is a plain line
-        return [_values(row) for row in rows]
-    header = rows[start]
-    return [_values(row) for row in rows[:start]] + [_with_headers(header, row) for row in rows[start + 1 :]]
+        return [(n, _values(row)) for n, row in rows]
+    header = rows[start][1]
+    return [(n, _values(row)) for n, row in rows[:start]] + [(n, _with_headers(header, row)) for n, row in rows[start + 1:]]
 
 
 def _values(row: list[str]) -> str:
@@ -124,7 +142,7 @@ def read_xlsx(data: bytes | Path, name: str) -> Read:
             book.close()
     except Exception as error:  # openpyxl raises many types for a damaged package
         raise ReadError(f"{name}: not a valid .xlsx file ({type(error).__name__})") from error
-    return table_text(sheets), title, "openpyxl"
+    return *table_text(sheets), title, "openpyxl"
 
 
 def read_csv(data: bytes, name: str) -> Read:
@@ -138,7 +156,7 @@ def read_csv(data: bytes, name: str) -> Read:
         rows = [[_cell_text(cell) for cell in row] for row in csv.reader(io.StringIO(text), dialect)]
     except csv.Error as error:
         raise ReadError(f"{name}: not valid CSV ({error})") from error
-    return table_text([(None, rows)]), "", "csv"
+    return *table_text([(None, rows)]), "", "csv"
 
 
 # ---------------------------------------------------------------------------- slides
@@ -150,11 +168,11 @@ def read_pptx(data: bytes | Path, name: str) -> Read:
 
     try:
         deck = Presentation(_source(data))
-        slides = [_slide_text(slide, number) for number, slide in enumerate(deck.slides, start=1)]
+        slides = [({"slide": number}, _slide_text(slide, number)) for number, slide in enumerate(deck.slides, start=1)]
         title = (deck.core_properties.title or "").strip()
     except Exception as error:  # python-pptx raises many types for a damaged package
         raise ReadError(f"{name}: not a valid .pptx file ({type(error).__name__})") from error
-    return "\n\n".join(slides), title, "python-pptx"
+    return *joined(slides, "\n\n"), title, "python-pptx"
 
 
 def _slide_text(slide, number: int) -> str:
@@ -193,7 +211,7 @@ def read_html(data: bytes, name: str) -> Read:
         raise ReadError(f"{name}: not a readable HTML page")
     title = " ".join((tree.findtext(".//title") or "").split())
     text = trafilatura.extract(tree, include_tables=True, include_comments=False) or ""
-    return normalise_newlines(text), title, f"trafilatura {trafilatura.__version__}"
+    return normalise_newlines(text), (), title, f"trafilatura {trafilatura.__version__}"
 
 
 # ---------------------------------------------------------------------------- LibreOffice

@@ -114,7 +114,7 @@ def write_results(path: str | Path, questions: list[Question], results: list) ->
             os.unlink(tmp)
 
 
-CSV_FIELDS = ("id", "query", "rank", "score", "doc_id", "chunk_id", "section", "text", "sentence",
+CSV_FIELDS = ("id", "query", "rank", "score", "doc_id", "chunk_id", "section", "place", "text", "sentence",
               "sentence_start", "sentence_end", "terms")
 
 
@@ -123,5 +123,5 @@ def _write_csv(fh, questions: list[Question], results: list) -> None:
     writer.writerow(CSV_FIELDS)
     for q, result in zip(questions, results):
         for h in result.hits:
-            writer.writerow([q.qid, q.query, h.rank, h.score, h.doc_id, h.chunk_id, h.section, h.text, h.sentence,
+            writer.writerow([q.qid, q.query, h.rank, h.score, h.doc_id, h.chunk_id, h.section, h.where, h.text, h.sentence,
                              h.sentence_start, h.sentence_end, " ".join(result.terms)])

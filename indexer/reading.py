@@ -17,8 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from . import formats
 from .decoding import MAX_CONTROL_SHARE, decode_bytes, normalise_newlines
 from .errors import ReadError
+from .formats import Place, joined
 
 if TYPE_CHECKING:
     from docx.document import Document as DocxDocument
@@ -50,6 +52,7 @@ class Document:
     source: str = ""
     encoding: str | None = None
     meta: dict = field(default_factory=dict, hash=False)
+    places: tuple[Place, ...] = field(default=(), hash=False)  # where its pages, slides, sheets or rows start
 
     @property
     def content_hash(self) -> str:
@@ -72,6 +75,7 @@ class _Extract:
     """What a format reader got out of a file."""
 
     text: str
+    places: tuple[Place, ...]  # where its pages, slides, sheets or rows start (formats.joined)
     title: str  # the title the file declares, "" if none
     reader: str  # what read it, e.g. "python-docx", "pypdf + rapidocr (2 of 5 pages)"
     encoding: str | None = None
@@ -296,11 +300,9 @@ def _needs_libreoffice(path: Path) -> bool:
 def _convert_ahead(files: list[SourceFile], done: dict[Path, object]) -> dict[Path, bytes | ReadError]:
     """Convert the next files LibreOffice reads (up to a batch, within the size limit, not done yet)
     in one go."""
-    from .formats import LIBREOFFICE_BATCH, convert_with_libreoffice
-
     batch = [f.path for f in files
              if _needs_libreoffice(f.path) and f.size <= max_document_bytes() and f.path not in done]
-    return convert_with_libreoffice(batch[:LIBREOFFICE_BATCH]) if batch else {}
+    return formats.convert_with_libreoffice(batch[:formats.LIBREOFFICE_BATCH]) if batch else {}
 
 
 def _read_source(file: SourceFile, converted: bytes | ReadError | None, *, skip_bad_lines: bool,
@@ -315,13 +317,11 @@ def _read_source(file: SourceFile, converted: bytes | ReadError | None, *, skip_
     text = normalise_newlines(extract.text)
     _require_content(text, str(path))
     return [Document(doc_id=file.doc_id, text=text, title=extract.title.strip() or path.stem, source=str(path),
-                     encoding=extract.encoding, meta={**meta, "reader": extract.reader})]
+                     encoding=extract.encoding, meta={**meta, "reader": extract.reader}, places=extract.places)]
 
 
 def _extract(path: Path, converted: bytes | ReadError | None, *, ocr: bool) -> _Extract:
     """Dispatch on the file's suffix; unknown suffixes are read as text."""
-    from . import formats
-
     suffix, name = path.suffix.lower(), str(path)
     if isinstance(converted, ReadError):
         raise converted
@@ -337,7 +337,7 @@ def _extract(path: Path, converted: bytes | ReadError | None, *, ocr: bool) -> _
     if suffix in IMAGE_SUFFIXES:
         from .ocr import read_image
 
-        return _Extract(read_image(path, ocr=ocr), "", "rapidocr")
+        return _Extract(read_image(path, ocr=ocr), ((0, {"ocr": True}),), "", "rapidocr")
     table_or_page = {".xlsx": formats.read_xlsx, ".pptx": formats.read_pptx}.get(suffix)
     if table_or_page is not None:
         return _Extract(*table_or_page(path, name))
@@ -346,13 +346,11 @@ def _extract(path: Path, converted: bytes | ReadError | None, *, ocr: bool) -> _
     if suffix in HTML_SUFFIXES:
         return _Extract(*formats.read_html(_read_bytes(path), name))
     text, encoding = decode_bytes(_read_bytes(path), name)
-    return _Extract(text, "", "text", encoding)
+    return _Extract(text, (), "", "text", encoding)
 
 
 def _extract_converted(data: bytes | None, target: str | None, name: str) -> _Extract:
     """A LibreOffice conversion (.docx, .xlsx or .pptx bytes) read by that format's reader."""
-    from . import formats
-
     if data is None:  # not converted ahead: only when called outside iter_documents
         raise ReadError(f"{name}: was not converted by LibreOffice")
     if target == "docx":
@@ -531,7 +529,7 @@ def _read_docx(source: Path | bytes, name: str) -> _Extract:
         text = "\n".join(_docx_lines(document))
     except Exception as error:  # python-docx raises many types for a damaged package
         raise ReadError(f"{name}: not a valid .docx file ({type(error).__name__})") from error
-    return _Extract(text, document.core_properties.title or "", "python-docx")
+    return _Extract(text, (), document.core_properties.title or "", "python-docx")
 
 
 def _docx_lines(document: DocxDocument) -> Iterator[str]:
@@ -562,16 +560,18 @@ def _read_pdf(path: Path, *, ocr: bool) -> _Extract:
 
     pages, title = _pdf_pages(path)
     scanned = [index for index, page in enumerate(pages) if len("".join(page.split())) < MIN_PDF_PAGE_CHARS]
-    reader = "pypdf"
+    reader, recognised = "pypdf", set()
     if scanned and ocr_enabled(ocr):
         for index, text in zip(scanned, recognise_pdf_pages(path, scanned)):
-            pages[index] = max(pages[index], text, key=lambda page: len(page.strip()))
+            if len(text.strip()) > len(pages[index].strip()):
+                pages[index] = text
+                recognised.add(index)
         reader = f"pypdf + rapidocr ({len(scanned)} of {len(pages)} pages)"
-    text = "\n".join(pages)
+    text, places = joined((({"page": n + 1, "ocr": n in recognised}, page) for n, page in enumerate(pages)), "\n")
     if not text.strip():
         why = "OCR found no text either" if scanned and ocr_enabled(ocr) else "scanned?"
         raise ReadError(f"{path}: has no text layer ({why})")
-    return _Extract(text, title, reader)
+    return _Extract(text, places, title, reader)
 
 
 def _pdf_pages(path: Path) -> tuple[list[str], str]:

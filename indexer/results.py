@@ -59,6 +59,7 @@ class Hit:
     sentence_start: int | None = None  # the answering sentence, offsets in the document like start/end
     sentence_end: int | None = None
     why: dict = field(default_factory=dict)  # `explain`: each route's score and part of `score`, terms matched
+    place: dict = field(default_factory=dict)  # where it starts in the original: page (and ocr), slide, sheet, row
 
     @property
     def sentence(self) -> str:
@@ -77,11 +78,28 @@ class Hit:
         body = "\n".join(lines)
         return " › ".join(heads) if heads else self.section, body, self.end - len(body)
 
+    @property
+    def where(self) -> str:
+        """The place in words: "page 3 (OCR)", "slide 2", "sheet 学校, row 14" ("" for none)."""
+        return describe_place(self.place)
+
     def to_json(self) -> dict:
         data = asdict(self)
+        data.update(data.pop("place"))  # page (1-based), ocr, slide, sheet, row: as the original has them
         start, end = data.pop("sentence_start"), data.pop("sentence_end")
         data["sentence"] = None if start is None else {"start": start, "end": end, "text": self.sentence}
         return data
+
+
+def describe_place(place: dict) -> str:
+    """A chunk's place in the original, in words ("" where the document has no pages, slides or sheets)."""
+    parts = [f"page {place['page']}" + (" (OCR)" if place.get("ocr") else "")] if "page" in place else []
+    parts += [f"slide {place['slide']}"] if "slide" in place else []
+    parts += [f"sheet {place['sheet']}"] if "sheet" in place else []
+    parts += [f"row {place['row']}"] if "row" in place else []
+    if not parts and place.get("ocr"):
+        parts = ["OCR"]
+    return ", ".join(parts)
 
 
 def explain(result: Scored, text: str, terms: list[str]) -> dict:

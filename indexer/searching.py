@@ -254,5 +254,6 @@ class Searcher:
                 span = best_sentence(folded, terms)
             s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
             out.append(Hit(len(out) + 1, round(r.score, 6), c.chunk_id, c.doc_id, _title(store, c.doc_id), c.section,
-                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, folded, terms)))
+                           c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, folded, terms),
+                           c.place))
         return out

@@ -383,3 +383,44 @@ def test_upload_errors_name_the_upload_not_a_temporary_path():
     with pytest.raises(ReadError) as caught:
         read_upload("broken.xlsx", b"PK\x03\x04 damaged")
     assert str(caught.value) == "broken.xlsx: not a valid .xlsx file (BadZipFile)"
+
+
+def test_each_passage_knows_its_page_slide_sheet_and_row(documents, archive, tmp_path, encoder):
+    """Every chunk keeps where it starts in the original: a PDF's page (1-based) and whether OCR
+    read it, a deck's slide, a workbook's sheet and row (as the sheet numbers them), a CSV's row;
+    the command line's --json and batch files carry it."""
+    import csv
+    import json
+
+    def places(doc_id: str) -> list[tuple[dict, str]]:
+        return [(c.place, c.text) for c in chunk_document(documents[doc_id], ChunkSettings(), estimate_tokens)]
+
+    pdf = places("scans/admissions.pdf")
+    assert pdf[0][0] == {"page": 1, "ocr": False} and "Cover page" in pdf[0][1]
+    assert len(pdf) > 1 and all(place == {"page": 2, "ocr": True} for place, _ in pdf[1:])  # the scanned page
+    assert any("招生" in text for _, text in pdf[1:])
+    slides = places("report.pptx")
+    assert [p for p, t in slides if "消防演练" in t] == [{"slide": 1}]
+    assert [p for p, t in slides if "烟感报警器" in t] == [{"slide": 2}]
+    sheets = places("schools.xlsx")  # each chunk's first row, past the sheet's heading
+    assert [p for p, t in sheets if "第一中学" in t] == [{"sheet": "学校名单", "row": 2}]
+    assert [p for p, t in sheets if "实验小学" in t] == [{"sheet": "学校名单", "row": 3}]
+    assert [p for p, t in sheets if "图书采购" in t] == [{"sheet": "经费", "row": 1}]  # from its title row
+    csv_rows = [(p, t) for p, t in places("schools.csv") if "row" in p]
+    assert csv_rows and all(t.startswith(f"学校：{SCHOOLS[p['row'] - 1][0]}") for p, t in csv_rows)
+    assert places("swim.html")[0][0] == {}  # a web page has no pages
+
+    engine = Engine(tmp_path / "index", encoder=encoder)
+    engine.build([archive / "scans" / "admissions.pdf", archive / "report.pptx"])
+    hit = engine.search("报名时间是什么时候", k=1)[0]
+    assert hit.to_json()["page"] == 2 and hit.to_json()["ocr"] is True and hit.where == "page 2 (OCR)"
+    run = subprocess.run([".venv/bin/python", "-m", "indexer", "search", "烟感报警器", "--index", str(tmp_path / "index"),
+                          "-k", "1", "--json"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+    assert json.loads(run.stdout)["hits"][0]["slide"] == 2
+    questions = tmp_path / "q.txt"
+    questions.write_text("报名时间是什么时候\n", encoding="utf-8")
+    subprocess.run([".venv/bin/python", "-m", "indexer", "batch", str(questions), "-o", str(tmp_path / "r.csv"),
+                    "--index", str(tmp_path / "index"), "-k", "1"], check=True, capture_output=True,
+                   cwd=Path(__file__).parent.parent)
+    with open(tmp_path / "r.csv", encoding="utf-8") as fh:
+        assert next(csv.DictReader(fh))["place"] == "page 2 (OCR)"
