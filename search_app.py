@@ -469,7 +469,8 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
         show_hit(engine, hit, terms)
 
 
-ROUTE_NAMES = {"dense": "meaning 语义 (cosine)", "bm25": "words 关键词 (BM25)", "use": "cross-lingual 跨语言 (USE)"}
+ROUTE_NAMES = {"dense": "meaning 语义 (cosine)", "bm25": "words 关键词 (BM25)", "use": "cross-lingual 跨语言 (USE)",
+               "doc": "its document's words 全文关键词 (BM25 of the whole document)"}
 
 
 def why_html(hit: Hit) -> str:

@@ -176,6 +176,15 @@ def check(index: Optional[str] = IndexOpt) -> None:
 
 
 @app.command()
+def rebuild(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt) -> None:
+    """Re-chunk and re-embed every document from its stored text, in one commit (after a model
+    change, or to index titles' words with their chunks): the old index answers until it lands."""
+    engine = _engine(index, model)
+    reports = engine.rebuild(progress=_progress())
+    typer.echo(f"rebuilt {engine.shown}: {len(reports)} documents, {sum(r.chunks for r in reports)} chunks")
+
+
+@app.command()
 def optimize(index: Optional[str] = IndexOpt) -> None:
     """Merge the index's segments into one, dropping removed documents' chunks for good."""
     engine = _engine(index, None)
@@ -272,6 +281,12 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
     typer.echo(f"{'mode':8}" + "".join(f"{key:>11}" for key in keys))
     for m, row in rows.items():
         typer.echo(f"{m:8}" + "".join(f"{row[key]:11.3f}" for key in keys))
+    if "hybrid" in rows and len(rows) > 1:
+        mrr = next(key for key in keys if key.startswith("mrr"))
+        best = max((m for m in rows if m != "hybrid"), key=lambda m: rows[m][mrr])
+        gap = rows["hybrid"][mrr] - rows[best][mrr]
+        typer.echo(f"best single route: {best} ({mrr} {rows[best][mrr]:.3f}); hybrid {gap:+.3f} against it"
+                   + ("  <- the fusion loses to one of its routes" if gap < -0.005 else ""))
     if json_out:
         json_out.write_text(json.dumps({"labelled": str(labelled), "index": engine.shown, "results": rows},
                                        indent=1), encoding="utf-8")

@@ -213,6 +213,7 @@ class Engine:
             "created": m.created, "updated": m.updated,
             "keyword_backend": stats["keyword_backend"],
             "analyzer": settings.analyzer.to_json(), "bm25": settings.bm25.to_json(),
+            "title_terms": settings.title_terms if settings.title_terms else "no (`rebuild` indexes each chunk with its title's words)",
             "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
                              f"{stats['sentences']} sentences)") if m.crosslingual else "off",
             "sentence_vectors": settings.sentence_vectors,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import replace
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
@@ -205,7 +206,8 @@ class Indexer:
         self.models.e5(1)
         with self._writing():
             old = Snapshot.load(self.path)
-            self.settings = IndexSettings.of_manifest(old.manifest)  # the index's own settings, the model's vectors
+            # the index's own settings, but a chunk's terms with its title's, as a new index keeps them
+            self.settings = replace(IndexSettings.of_manifest(old.manifest), title_terms=True)
             records = old.manifest.documents.values()
             total = max(1, sum(d.chars for d in records))
             store = self._new_store(old.manifest.vectors.get("milvus"))  # the vectors stay where they were
@@ -302,7 +304,8 @@ class Indexer:
         min_chars = self.settings.chunking.min_chars
         bodies = [passage_text(all_chunks[i], min_chars) for i in fresh]
         # keyword terms (jieba: one Python thread) are cut while the encoders, which release the GIL, run
-        cutting = self.models.pool().submit(self.settings.segmenter.terms_many, [c.text for c in all_chunks])
+        keyword_texts = [self.settings.keyword_text(d.title, c.text) for d in todo for c in chunked[d.doc_id]]
+        cutting = self.models.pool().submit(self.settings.segmenter.terms_many, keyword_texts)
         table = store.manifest.crosslingual
         stages = _stages(e5=1.0, use=USE_COST if table else 0.0, sentences=SENTENCE_COST if table.get("e5_sentences") else 0.0)
         vectors = np.zeros((len(all_chunks), self.models.e5(1).dim), np.float32)

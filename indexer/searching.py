@@ -70,20 +70,31 @@ class SnapshotView:
         phrases, excluded = tuple(map(fold, parsed.phrases)), tuple(map(fold, parsed.excluded))
         rows = self.store.rows_of() if allowed is None else allowed
         held = {x: self._holding(rows, (x,), analyzer) for x in excluded}
-        decided = {x: told and phrase_is_term(x, analyzer) for x, (_, told) in held.items()}  # the list alone tells
+        decided = {x: told and self._exact(x, analyzer) for x, (_, told) in held.items()}  # the list alone tells
         known = [held[x][0] for x in excluded if decided[x]]
         unsure_out = tuple(x for x in excluded if not decided[x])
         if phrases:
             suspects, told = self._holding(rows, phrases, analyzer)
             for gone in known:
                 suspects = np.setdiff1d(suspects, gone, assume_unique=True)
-            unsure = ParsedQuery(parsed.text, tuple(p for p in phrases if not (told and phrase_is_term(p, analyzer))),
+            unsure = ParsedQuery(parsed.text, tuple(p for p in phrases if not (told and self._exact(p, analyzer))),
                                  unsure_out)
             failed = np.fromiter(self._failing(suspects, unsure, fold), np.int64)
             return np.setdiff1d(suspects, failed, assume_unique=True), frozenset()
         suspects = np.unique(np.concatenate([held[x][0] for x in unsure_out] or [np.zeros(0, np.int64)]))
         gone = frozenset(np.concatenate(known).tolist()) if known else frozenset()
         return None, gone | self._failing(suspects, ParsedQuery(parsed.text, (), unsure_out), fold)
+
+    def _exact(self, phrase: str, analyzer: Analyzer) -> bool:
+        """Whether the rows indexed under this phrase's one term are exactly those whose text holds
+        it: a two-character phrase is its own bigram, unless a document's title (whose terms its
+        chunks are indexed under too: IndexSettings.title_terms) holds it."""
+        return phrase_is_term(phrase, analyzer) and not (self.settings.title_terms and phrase in self.titles)
+
+    @functools.cached_property
+    def titles(self) -> str:
+        """Every document's title in the index's script, one a line (read once per snapshot)."""
+        return "\n".join(self.segmenter.fold(d.title) for d in self.store.manifest.documents.values())
 
     def _failing(self, rows: np.ndarray, wanted: ParsedQuery, fold: Callable[[str], str]) -> frozenset[int]:
         """Those of `rows` whose text does not hold `wanted` (its phrases, none of its exclusions):

@@ -32,6 +32,7 @@ class IndexSettings:
     synonyms: tuple[tuple[str, ...], ...] = ()  # groups of words a question's keyword search treats as one
     analyzer: Analyzer = field(default_factory=Analyzer)  # how text becomes keyword terms (indexer.analysis)
     bm25: BM25 = field(default_factory=BM25)  # BM25's k1 and b (indexer.postings)
+    title_terms: bool = True  # a chunk's keyword terms include its document's title (docs/decisions/fusion.md)
     vectors: str = ""  # a Milvus location to keep a new index's vectors in (indexer.store.milvus_vectors); "": FAISS
 
     @staticmethod
@@ -58,12 +59,19 @@ class IndexSettings:
         return IndexSettings(ChunkSettings(**manifest.chunking), manifest.index_type,
                              tuple(keyword.get("user_terms", ())), bool(manifest.crosslingual),
                              bool(manifest.crosslingual.get("e5_sentences")),
-                             tuple(tuple(g) for g in keyword.get("synonyms", ())), Analyzer.of(keyword), BM25.of(keyword))
+                             tuple(tuple(g) for g in keyword.get("synonyms", ())), Analyzer.of(keyword), BM25.of(keyword),
+                             bool(keyword.get("title_terms")))
 
     def keyword(self) -> dict:
         """The keyword settings as the manifest keeps them."""
         return {"user_terms": list(self.user_terms), "analyzer": self.analyzer.to_json(), "bm25": self.bm25.to_json(),
-                **({"synonyms": [list(g) for g in self.synonyms]} if self.synonyms else {})}
+                **({"synonyms": [list(g) for g in self.synonyms]} if self.synonyms else {}),
+                **({"title_terms": True} if self.title_terms else {})}
+
+    def keyword_text(self, title: str, text: str) -> str:
+        """What a chunk's keyword terms are cut from: its text, after its document's title where the
+        index keeps title terms (notices' titles name what they are about)."""
+        return f"{title}\n{text}" if self.title_terms and title else text
 
     def manifest(self, model: str, dim: int) -> Manifest:
         """The manifest of a new index made with these settings and this model."""

@@ -65,7 +65,7 @@ def test_score_breakdown_sums_to_the_fused_score(speech_engine, question, mode):
     for h in hits:
         routes = h.why["routes"]
         assert sum(r["part"] for r in routes.values()) == pytest.approx(h.score, abs=1e-5)
-        assert set(routes) <= {"dense", "bm25", "use"} and all(set(r) == {"score", "part"} for r in routes.values())
+        assert set(routes) <= {"dense", "bm25", "use", "doc"} and all(set(r) == {"score", "part"} for r in routes.values())
         assert all(t in h.text.lower() for t in h.why["matched"])
     if mode != "bm25" and "私立" in question:
         assert all(-1 <= h.why["routes"]["dense"]["score"] <= 1 for h in hits)  # the cosine itself
@@ -196,14 +196,12 @@ def test_equal_scores_come_in_chunk_id_order_from_any_segments(tmp_path, encoder
     """Two notices with the same text score the same in BM25 (each row's score is its own sum, on
     any CPU): the one whose id sorts first ranks first, though it came in last, in a later segment,
     and at k=1 too; merged into one segment, the same. Grouped by documents, the same."""
+    from indexer.reading import Document
+
     text = next(line for line in SPEECH.read_text(encoding="utf-8").splitlines() if line.startswith("市教育局党组继续贯彻"))
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for name in ("z-notice.txt", "a-notice.txt"):
-        (folder / name).write_text(text, encoding="utf-8")
     engine = Engine(tmp_path / "index", encoder=encoder)
-    engine.build([folder / "z-notice.txt"])
-    engine.add([folder / "a-notice.txt"])  # a second segment: its rows come after z's
+    engine.add_documents([Document("z-notice.txt", text, "通知")])
+    engine.add_documents([Document("a-notice.txt", text, "通知")])  # a second segment: its rows come after z's
     question = "民办学校党组织书记的教育培训"
     for _ in range(2):
         top = engine.search(question, k=1, mode="bm25")[0]

@@ -404,7 +404,8 @@ def _write_format_one(engine: Engine, folder) -> None:
                                       encoding="utf-8")
     (gen / "texts.jsonl").write_text(json.dumps({"doc_id": "speech.txt", "text": store.document_text("speech.txt")},
                                                 ensure_ascii=False) + "\n", encoding="utf-8")
-    terms = [engine.segmenter.terms(c.text) for c in chunks]
+    terms = [engine.segmenter.terms(engine.settings.keyword_text(store.manifest.documents[c.doc_id].title, c.text))
+             for c in chunks]
     (gen / "terms.jsonl").write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in terms), encoding="utf-8")
     np.save(gen / "vectors.npy", store.all_vectors())
     (gen / "xl.npz").write_bytes(whole_table(store).to_bytes())

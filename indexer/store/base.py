@@ -64,6 +64,12 @@ class Manifest:
         return cls(**{**data, "documents": docs})
 
 
+def document_key(doc: DocRecord) -> str:
+    """What a document's chunks are grouped by when its BM25 is taken whole: the document, or the
+    document a JSON Lines passage names as its own (a `doc_id` field: passages cut elsewhere)."""
+    return str(doc.meta.get("doc_id") or doc.doc_id)
+
+
 def check_upsert(chunks: list[Chunk], vectors: np.ndarray, terms: list[list[str]], xl, crosslingual: bool) -> None:
     """The arguments of `upsert` agree: one vector and one term list per chunk, and cross-lingual
     vectors exactly when the index keeps them."""
@@ -84,16 +90,12 @@ class IndexReader(Protocol):
     Rows are integers: a chunk's position in the snapshot (over its segments, deleted rows
     included; `rows_of()` are the live ones). Searches return rows and scores; records are read
     for the rows a caller shows (`chunks`). A snapshot never changes: `reopened()` gives the
-    newer one once another writer has committed.
+    newer one once another writer has committed. (It is opened by its class: `Snapshot.load`.)
     """
 
     manifest: Manifest
     generation: str  # the commit it holds, gen-NNNNNN
     location: str  # where the index is, as given
-
-    @classmethod
-    def load(cls, location) -> "IndexReader":
-        """The index as last committed there."""
 
     def reopened(self) -> "IndexReader":
         """This snapshot while it is the last commit, else the last commit (reusing what is still valid)."""
@@ -115,6 +117,9 @@ class IndexReader(Protocol):
 
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:
         """Σ idf of the query's terms (None where the BM25 is not the project's): BM25's ceiling."""
+
+    def document_bm25(self, query_terms: list[str], rows: list[int]) -> np.ndarray:
+        """The BM25 of each row's document taken whole (its chunks' counts summed), for the query."""
 
     def rows_of(self, doc_ids: set[str] | None = None) -> np.ndarray:
         """The live rows of these documents (None: every live row), ascending."""

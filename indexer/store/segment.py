@@ -5,6 +5,7 @@ Files of seg-NNNNNN/ (every array a .npy, memory-mapped on open, never copied):
     vectors.npy            float32 [rows, dim], L2-normalised (none where the vectors live in Milvus:
                            kind "milvus", indexer.store.milvus_vectors)
     ids.npy                int64 [rows]: each row's chunk record id (indexer.store.records)
+    docs.npy               int64 [rows]: each row's document key (base.document_key; older segments have none)
     index.faiss            only for an approximate kind (hnsw, ivf); a flat segment is searched
                            exactly from vectors.npy
     keys.npy starts.npy rows.npy tf.npy lengths.npy vocabulary.txt   the postings (indexer.postings)
@@ -33,6 +34,7 @@ XL_ARRAYS = ("chunks", "sentences", "owner", "spans", "dense")
 XL_TYPES = {"chunks": np.float16, "sentences": np.float16, "owner": np.int32, "spans": np.int32, "dense": np.float16}
 BLOCK = 65_536  # rows per matrix product in an exact search: bounded temporary memory
 REMOTE = "milvus"  # the kind of a segment whose vectors a Milvus collection keeps, by record id
+DOCS_FILE = "docs.npy"  # each row's document key: the grouping the document BM25 signal sums over
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
 APPROX_ABOVE = 100_000  # auto: exact search below this many vectors in a segment, IVF from there
 
@@ -135,12 +137,14 @@ def _search_params(index: faiss.Index, rows: np.ndarray | None, dead: np.ndarray
     return faiss.SearchParameters(sel=sel)
 
 
-def write_segment(folder: Path, ids: np.ndarray, vectors: np.ndarray, terms: list[list[str]],
+def write_segment(folder: Path, ids: np.ndarray, docs: np.ndarray, vectors: np.ndarray, terms: list[list[str]],
                   xl: PassageVectors | None, kind: str) -> None:
     """Write the segment of one commit's new rows into `folder` (the caller makes it live by
-    committing it): their record ids, vectors, each row's keyword terms, their sentence table."""
+    committing it): their record ids, their documents' keys, vectors, each row's keyword terms,
+    their sentence table."""
     folder.mkdir(parents=True)
     _save(folder / "ids.npy", [ids], (len(ids),), np.int64)
+    _save(folder / DOCS_FILE, [docs], (len(ids),), np.int64)
     if kind != REMOTE:
         _write_vectors(folder, [vectors], vectors.shape, kind)
     _write_postings(folder, *Postings.build(terms))
@@ -157,6 +161,8 @@ def merge_segments(folder: Path, parts: list[tuple["Segment", np.ndarray | None]
     folder.mkdir(parents=True)
     live = [len(s) if m is None else int(m.sum()) for s, m in parts]
     _save(folder / "ids.npy", (piece for s, m in parts for _, piece in _live_blocks(s.ids, m)), (sum(live),), np.int64)
+    if all(s.docs is not None for s, _ in parts):  # (a segment written before documents' keys were kept has none)
+        _save(folder / DOCS_FILE, (piece for s, m in parts for _, piece in _live_blocks(s.docs, m)), (sum(live),), np.int64)
     if kind != REMOTE:
         dim = parts[0][0].vectors.shape[1]
         _write_vectors(folder, (piece for s, m in parts for _, piece in _live_blocks(s.vectors, m)), (sum(live), dim),
@@ -258,6 +264,7 @@ class Segment:
     ids: np.ndarray
     vectors: np.ndarray | None  # None: kind REMOTE
     postings: Postings
+    docs: np.ndarray | None = None  # each row's document key (DOCS_FILE); None in segments written before them
     index: faiss.Index | None = None
     xl: dict[str, np.ndarray] | None = None
     _lookup: tuple[np.ndarray, np.ndarray | None] | None = None  # (ids ascending, their rows or None: in order)
@@ -319,7 +326,10 @@ class Segment:
             # (crosslingual.inner_products); nothing ever writes to it
             xl = {name: load(f"xl_{name}.npy", "c" if name in ("chunks", "sentences") else "r")
                   for name in XL_ARRAYS if name != "dense" or (folder / "xl_dense.npy").exists()}
-        return Segment(seg, folder, kind, ids, vectors, postings, index, xl)
+        docs = load(DOCS_FILE) if (folder / DOCS_FILE).is_file() else None
+        if docs is not None and docs.shape != (rows,):
+            raise StoreError(f"{where}: {DOCS_FILE} is {docs.shape}, expected ({rows},)")
+        return Segment(seg, folder, kind, ids, vectors, postings, docs, index, xl)
 
     def search(self, queries: np.ndarray, k: int, rows: np.ndarray | None,
                dead: np.ndarray | None = None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ the rows a caller shows.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class Snapshot:
         self.generation = f"gen-{generation:06d}"
         self.vectors = reader_of(manifest, rows)
         self._bm25_memo: tuple | None = None
+        self._docs_memo: dict[int, np.ndarray] = {}  # segment → its rows' document keys, where it keeps none
+        self._documents_memo: tuple[np.ndarray, np.ndarray, int] | None = None
 
     # ---------------------------------------------------------------- opening
 
@@ -184,6 +187,71 @@ class Snapshot:
     def keyword_ceiling(self, query_terms: list[str]) -> float | None:
         """Σ idf of the query's terms over the live rows: BM25's ceiling (indexer.postings.bm25)."""
         return self._bm25(query_terms)[2]
+
+    def document_bm25(self, query_terms: list[str], rows: list[int]) -> np.ndarray:
+        """The BM25 of each row's document taken whole (its live chunks' term counts and lengths
+        summed; idf and the average length over the live documents), for the query terms: the
+        evidence a long notice gives beyond its one best chunk (search.score_fuse)."""
+        keys, lengths, count = self._documents()
+        params = BM25.of(self.manifest.keyword)
+        wanted = np.unique(self._row_documents(np.asarray(rows, np.int64)))
+        score = np.zeros(len(wanted), np.float64)
+        avg = float(lengths.mean()) if count else 1.0
+        norm = params.k1 * (1 - params.b + params.b * lengths[np.searchsorted(keys, wanted)] / avg)
+        for term, repeats in Counter(t for t in query_terms if t).items():
+            key = int(term_keys([term])[0])
+            held, tf = [], []
+            for s, base, live in self.rows.parts():
+                found, counts = s.postings.lookup(key)
+                if live is not None and len(found):
+                    keep = live[found]
+                    found, counts = found[keep], counts[keep]
+                held.append(self._row_documents(found.astype(np.int64) + base))
+                tf.append(counts)
+            docs, at = np.unique(np.concatenate(held), return_inverse=True)
+            if not len(docs):
+                continue
+            sums = np.bincount(at, weights=np.concatenate(tf))
+            idf = np.log1p((count - len(docs) + 0.5) / (len(docs) + 0.5))
+            pick = np.searchsorted(docs, wanted)
+            hit = (pick < len(docs)) & (docs[np.minimum(pick, len(docs) - 1)] == wanted)
+            term_tf = np.where(hit, sums[np.minimum(pick, len(docs) - 1)], 0.0)
+            score += repeats * idf * term_tf / (term_tf + norm)
+        return score[np.searchsorted(wanted, self._row_documents(np.asarray(rows, np.int64)))]
+
+    def _row_documents(self, rows: np.ndarray) -> np.ndarray:
+        """The document key of each row (segment.DOCS_FILE; for a segment without one, the key of its
+        chunk records' document, read once per snapshot)."""
+        at, local = self.rows.locate(rows)
+        out = np.zeros(len(rows), np.int64)
+        for i in set(at.tolist()):
+            pick = at == i
+            out[pick] = self._segment_documents(i)[local[pick]]
+        return out
+
+    def _segment_documents(self, i: int) -> np.ndarray:
+        segment = self.rows.segments[i]
+        if segment.docs is not None:
+            return segment.docs
+        memo = self._docs_memo.get(segment.seg)
+        if memo is None:
+            names = self.records.chunk_names(segment.ids.tolist())
+            self._docs_memo[segment.seg] = memo = term_keys([chunk_key(n)[0] for n in names])
+        return memo
+
+    def _documents(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(every live document's key, ascending; its length in terms; how many there are), made once
+        per snapshot (the first question that weighs documents pays it: 0.2 s at a million chunks)."""
+        if self._documents_memo is None:
+            keys, lengths = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+            for i, (s, _, live) in enumerate(self.rows.parts()):
+                docs, sizes = self._segment_documents(i), s.postings.lengths.astype(np.int64)
+                keys.append(docs if live is None else docs[live])
+                lengths.append(sizes if live is None else sizes[live])
+            unique, at = np.unique(np.concatenate(keys), return_inverse=True)
+            self._documents_memo = (unique, np.bincount(at, weights=np.concatenate(lengths)).astype(np.float64),
+                                    len(unique))
+        return self._documents_memo
 
     def vocabulary(self) -> frozenset[str]:
         """Every keyword term of the live rows (read from the segments' files on the first

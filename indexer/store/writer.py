@@ -25,9 +25,9 @@ import numpy as np
 
 from ..chunking import Chunk
 from ..errors import StoreError
-from ..postings import Postings
+from ..postings import Postings, term_keys
 from .atomic import _fsync_dir, _fsync_tree
-from .base import DocRecord, Manifest, check_upsert, empty_table, now
+from .base import DocRecord, Manifest, check_upsert, document_key, empty_table, now
 from .layout import FOLDER_FORMAT, read_manifest
 from .merge_policy import next_merge
 from .milvus_vectors import note_replaced, retire_replaced
@@ -126,8 +126,9 @@ class Writer:
             vectors = np.concatenate([p[2] for p in self._pending])
             xl = PassageVectors.concat([p[5] for p in self._pending]) if self.manifest.crosslingual else None
             ids = self._records.next_chunk_id() + np.arange(len(rows), dtype=np.int64)
+            docs = np.repeat(term_keys([document_key(p[0]) for p in self._pending]), [len(p[1]) for p in self._pending])
             seg = self._write_segment(len(vectors), lambda folder, kind: write_segment(
-                folder, ids, vectors, [t for _, t in rows], xl, kind))
+                folder, ids, docs, vectors, [t for _, t in rows], xl, kind))
             self._written.append(seg[0])
             self._vectors.add(ids, [c.doc_id for c, _ in rows], vectors)
             db.execute("INSERT INTO segments VALUES (?, ?, ?)", seg)
