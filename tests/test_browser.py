@@ -64,11 +64,12 @@ def serve(index: Path, log: Path):
 
 
 @contextlib.contextmanager
-def browser_page(chromium_path: str):
+def browser_page(chromium_path: str, flags: tuple[str, ...] | list[str] = ()):
+    """A page of a fresh Chromium (with these `flags` beside CHROMIUM_FLAGS); closed afterwards."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(executable_path=chromium_path, args=[*CHROMIUM_FLAGS, *flags])
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1100}, locale="zh-CN")
             yield page

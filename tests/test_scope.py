@@ -1,45 +1,24 @@
 """A reader bound to filters (`Engine.scoped`), on the real model: an index of two departments'
-folders where the document outside the scope is the one that answers the question best. Nothing of
+folders (conftest.departments_index) where the document outside the scope is the one that
+answers the question best. Nothing of
 it may show to the reader: not as a hit, a document, a count, a text, a translation or synonym
 term, nor through an error that names it. The HTTP API and the page apply the same view
 (tests/test_api.py, tests/test_access.py)."""
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
-from indexer.engine import Engine, IndexSettings, SearchOptions
+from conftest import INSIDE, OUTSIDE, PANDA_ENGLISH, PANDA_QUESTION, SCOPE
+from indexer.engine import Engine, SearchOptions
 from indexer.errors import IndexerError, NotFound, QueryError
-
-SCOPE = ("folder=教育科",)
-INSIDE = {"教育科/民办学校通知.txt", "教育科/教师培训.txt"}
-OUTSIDE = "办公室/大熊猫报告"
-PANDA = ("成都大熊猫繁育研究基地的饲养员每天清晨给大熊猫准备新鲜的竹子、竹笋和苹果，成年大熊猫一天要吃二十多公斤竹子。\n"
-         "熊猫宝宝在木架上玩耍，饲养员记录它们吃竹子的数量。\n")
-PANDA_QUESTION = "大熊猫每天吃什么？"
-PANDA_ENGLISH = "What do giant pandas eat every day?"
 
 
 @pytest.fixture(scope="module")
-def departments(tmp_path_factory, encoder) -> Engine:
-    """教育科 (two notices) and 办公室 (a report on pandas, with a field of its own), built once
-    (with one synonym group, 猫熊 熊猫)."""
-    root = tmp_path_factory.mktemp("departments")
-    docs = root / "docs"
-    (docs / "教育科").mkdir(parents=True)
-    (docs / "办公室").mkdir()
-    (docs / "教育科" / "民办学校通知.txt").write_text(
-        "关于民办学校党组织建设的通知\n各民办学校要在年内建立党组织，党组织书记由上级党组织选派。\n", encoding="utf-8")
-    (docs / "教育科" / "教师培训.txt").write_text(
-        "教师培训安排\n暑假期间全体教师参加师德培训和信息技术培训，培训结束后进行考核。\n", encoding="utf-8")
-    (docs / "办公室" / "报告.jsonl").write_text(json.dumps(
-        {"id": OUTSIDE, "text": PANDA, "title": "大熊猫报告", "secret_level": "内部"}, ensure_ascii=False) + "\n",
-        encoding="utf-8")
-    engine = Engine(root / "index", encoder=encoder, settings=IndexSettings.of(synonym_lines=["猫熊 熊猫"]))
-    engine.build([docs])
-    return engine
+def departments(departments_index, encoder) -> Engine:
+    """The departments' index (conftest.departments_index); only a view of it is written to, and refused."""
+    return Engine(departments_index, encoder=encoder)
 
 
 def test_the_document_outside_the_scope_answers_best_unscoped(departments):
