@@ -318,6 +318,21 @@ def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
     run(settings)
 
 
+@app.command()
+def page(index: Optional[str] = IndexOpt, access: Optional[Path] = AccessOpt,
+         host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"),
+         port: int = typer.Option(8501, help="port to listen on"),
+         allowed_host: Optional[list[str]] = AllowedHostOpt, trusted_proxy: Optional[list[str]] = TrustedProxyOpt) -> None:
+    """Serve the search page (what `make run` starts). Each start shows a one-time login link on the
+    terminal that signs its browser in; the first also makes the write key and shows it once."""
+    from .access import access_path
+    from .pageserver import PageSettings, run
+
+    run(PageSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
+                     host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
+                     trusted_proxies=tuple(trusted_proxy or ())), _warn)
+
+
 access_app = typer.Typer(no_args_is_help=True, help="The keys that writes (and, optionally, reads) need, and "
                                                     "readers bound to filters.")
 app.add_typer(access_app, name="access")
