@@ -685,31 +685,34 @@ def access_gate() -> Grant:
     if st.query_params.get("signin") == "expired":
         st.warning("That login link was used already, or is from an earlier start of the page: use the link the "
                    "page showed at its last start, or the write password. 登录链接已失效。")
-    acc, grant = page_access(), signed_in()
-    if grant is not None:
+    acc = page_access()
+    signed = signed_in() if acc.configured("write") else None  # with the write key gone, no one writes
+    password = None
+    if signed is not None:
         st.sidebar.success("Signed in 已登录: this browser may edit")
     elif acc.keys:
         st.sidebar.header("Access 权限")
         password = st.sidebar.text_input("Password 密码", type="password", key="password",
                                          help="A key: the write key unlocks adding, removing and rebuilding; "
                                               "a reader's key shows its documents.") or None
-        grant = acc.grant_of(password)
-        if password and grant is None:
-            st.sidebar.error("Wrong password 密码错误")
-        elif grant is not None and grant.may("write"):
-            st.sidebar.success("Editing unlocked 已解锁")
-        elif grant is not None and grant.where:
-            st.sidebar.info(f"Reading as {grant.name}: its documents only 仅限本部门文档")
+    if "Host" in st.context.headers:  # a browser's session (AppTest has none); before a new key's scrypt
+        try:
+            PAGE.limits.admit(signed or acc.known(password), st.context.ip_address or "127.0.0.1",
+                              st.context.headers.get("X-Forwarded-For"))
+        except RateLimited as exc:
+            st.error(f"Too many requests 请求过多: {exc}")
+            st.stop()
+    grant = signed or acc.grant_of(password)
+    if password and grant is None:
+        st.sidebar.error("Wrong password 密码错误")
+    elif password and grant.may("write"):
+        st.sidebar.success("Editing unlocked 已解锁")
+    elif password and grant.where:
+        st.sidebar.info(f"Reading as {grant.name}: its documents only 仅限本部门文档")
     grant = grant or (None if acc.reading_locked() else ANYONE)
     if grant is None:
         st.info("This page needs a password: give it in the sidebar. 请在侧栏输入密码。")
         st.stop()
-    if "Host" in st.context.headers:  # a browser's session (AppTest has none)
-        try:
-            PAGE.limits.admit(grant, st.context.ip_address or "127.0.0.1", st.context.headers.get("X-Forwarded-For"))
-        except RateLimited as exc:
-            st.error(f"Too many requests 请求过多: {exc}")
-            st.stop()
     st.session_state["_grant"] = grant
     return grant
 

@@ -284,6 +284,10 @@ AllowedHostOpt = typer.Option(None, "--allowed-host", envvar="INDEXER_ALLOWED_HO
                                    "addresses (repeatable; *.example.com for a domain's names; * for any)")
 TrustedProxyOpt = typer.Option(None, "--trusted-proxy", envvar="INDEXER_TRUSTED_PROXIES",
                                help="a reverse proxy's address or network whose X-Forwarded-For is believed (repeatable)")
+KeyRateOpt = typer.Option(KEY_RATE, envvar="INDEXER_KEY_RATE",
+                          help="requests per second per key (bursts of twice that; 0: no limit)")
+AddressRateOpt = typer.Option(ADDRESS_RATE, envvar="INDEXER_ADDRESS_RATE",
+                              help="requests per second per client address without a key (0: no limit)")
 
 
 def _warn(message: str) -> None:
@@ -295,10 +299,7 @@ def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"),
           port: int = typer.Option(8000, help="port to listen on"), access: Optional[Path] = AccessOpt,
           allowed_host: Optional[list[str]] = AllowedHostOpt, trusted_proxy: Optional[list[str]] = TrustedProxyOpt,
-          key_rate: float = typer.Option(KEY_RATE, envvar="INDEXER_KEY_RATE",
-                                         help="requests per second per key (bursts of twice that; 0: no limit)"),
-          address_rate: float = typer.Option(ADDRESS_RATE, envvar="INDEXER_ADDRESS_RATE",
-                                             help="requests per second per client address without a key (0: no limit)"),
+          key_rate: float = KeyRateOpt, address_rate: float = AddressRateOpt,
           max_k: int = typer.Option(100, envvar="INDEXER_API_MAX_K", help="largest k a request may ask for"),
           max_batch: int = typer.Option(256, envvar="INDEXER_API_MAX_BATCH", help="most questions in one /batch"),
           max_body_kb: int = typer.Option(1024, envvar="INDEXER_API_MAX_BODY_KB", help="largest JSON request body, KB"),
@@ -322,7 +323,8 @@ def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
 def page(index: Optional[str] = IndexOpt, access: Optional[Path] = AccessOpt,
          host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"),
          port: int = typer.Option(8501, help="port to listen on"),
-         allowed_host: Optional[list[str]] = AllowedHostOpt, trusted_proxy: Optional[list[str]] = TrustedProxyOpt) -> None:
+         allowed_host: Optional[list[str]] = AllowedHostOpt, trusted_proxy: Optional[list[str]] = TrustedProxyOpt,
+         key_rate: float = KeyRateOpt, address_rate: float = AddressRateOpt) -> None:
     """Serve the search page (what `make run` starts). Each start shows a one-time login link on the
     terminal that signs its browser in; the first also makes the write key and shows it once."""
     from .access import access_path
@@ -330,7 +332,7 @@ def page(index: Optional[str] = IndexOpt, access: Optional[Path] = AccessOpt,
 
     run(PageSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
                      host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
-                     trusted_proxies=tuple(trusted_proxy or ())), _warn)
+                     trusted_proxies=tuple(trusted_proxy or ()), key_rate=key_rate, address_rate=address_rate), _warn)
 
 
 access_app = typer.Typer(no_args_is_help=True, help="The keys that writes (and, optionally, reads) need, and "

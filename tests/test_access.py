@@ -30,7 +30,11 @@ PASTED = "成都大熊猫繁育研究基地的饲养员每天清晨给大熊猫�
 
 
 def open_documents_tab(page) -> None:
+    """The Documents tab, shown (its controls are counted next: the tab's panel must be visible)."""
+    from playwright.sync_api import expect
+
     page.get_by_role("tab").filter(has_text="Documents").click()
+    expect(page.get_by_text("In the index 已收录")).to_be_visible(timeout=RESULT_TIMEOUT)
     settle(page)
 
 
