@@ -99,7 +99,8 @@ def test_without_the_link_the_page_is_read_only_even_on_loopback(local_page, chr
 
 def test_attacks_on_the_page_are_refused(local_page, chromium):
     """DNS rebinding (a foreign Host, on the page and on its websocket, and the page reached
-    under a rebound name in Chromium) and cross-site websockets: refused before the script runs."""
+    under a rebound name in Chromium), cross-site websockets and uploads: refused before the
+    script runs."""
     url, proc, index, _, _ = local_page
     port = int(url.rsplit(":", 1)[1])
     before = documents(index)
@@ -109,6 +110,9 @@ def test_attacks_on_the_page_are_refused(local_page, chromium):
     assert handshake(port, Origin="http://evil.example.com") == 403
     assert handshake(port, Origin=url, Sec_Fetch_Site="cross-site") == 403
     assert handshake(port, Origin=url, Sec_Fetch_Site="same-origin") == 101  # the page's own
+    for headers in ({"Origin": "http://evil.example.com"}, {"Sec-Fetch-Site": "cross-site"}):  # the page's uploads
+        upload = httpx.put(f"{url}/_stcore/upload_file/session/file", headers=headers, files={"file": ("x.txt", b"x")})
+        assert upload.status_code == 403 and "refused" in upload.json()["error"]
     with browser_page(chromium, [f"--host-resolver-rules=MAP {REBIND} 127.0.0.1"]) as browser:
         rebound = browser.goto(login_link(proc).replace("127.0.0.1", REBIND))  # even with the login link
         assert rebound.status == 400 and "does not answer to the host" in browser.content()
