@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine (Python 3.11):
 #   make run    install, provision the model, build the sample index if missing, start the page
+#               (its terminal shows a login link that signs this machine's browser in)
 #   make test   install (with test tools and the browser), provision the model, run the tests
 #   make serve  the same set-up, then the HTTP API (README, "Serving a team")
 PYTHON ?= python3
@@ -8,17 +9,20 @@ PY     := $(VENV)/bin/python
 MODEL  := models/multilingual-e5-small
 INDEX  ?= indexes/default
 PORT   ?= 8501
-# The page and the API listen on HOST only; HOST=0.0.0.0 opens them to the network (read-only without a write key).
+# The page and the API listen on HOST only; HOST=0.0.0.0 opens them to the network. They answer to this
+# machine's names and addresses; ALLOWED_HOSTS="search.example.com …" adds the names colleagues use.
 HOST   ?= 127.0.0.1
 API_PORT ?= 8000
+ALLOWED_HOSTS ?=
+GUARD  := --host $(HOST) $(foreach h,$(ALLOWED_HOSTS),--allowed-host $(h))
 
 .PHONY: run serve test install install-dev model index browser office bench clean
 
 run: install model index office
-	$(VENV)/bin/streamlit run search_app.py --server.headless true --server.address $(HOST) --server.port $(PORT)
+	$(PY) -m indexer page --index $(INDEX) $(GUARD) --port $(PORT)
 
 serve: install model index office
-	$(PY) -m indexer serve --index $(INDEX) --host $(HOST) --port $(API_PORT)
+	$(PY) -m indexer serve --index $(INDEX) $(GUARD) --port $(API_PORT)
 
 test: install-dev model browser office
 	$(PY) -m pytest -q --durations=12 $(PYTEST_ARGS)

@@ -13,11 +13,18 @@ one-line message is shown as it is. No search logic lives here.
 
 `$INDEXER_SAMPLE` overrides the file the "build" button indexes (default data/speech.txt).
 
-Access (indexer.access): the page is read-only (no build, upload, remove or rebuild controls) when
-it is bound to anything but loopback (`--server.address`) and no write key is set; with a write
-key set, the password field in the sidebar unlocks them. `--access FILE` after `--` (else
-$INDEXER_ACCESS, else access.json) names the file of hashed keys; a read key, when set, must be
-given before anything is shown.
+Start it with `python -m indexer page` (`make run`): the launcher (indexer.pageserver) puts the
+guard in front of it (indexer.guard: the Host allow-list, the Origin of its websocket and of
+writes) and shows a one-time login link on the terminal at each start; opening it sets an
+HttpOnly cookie that signs that browser in as the operator, reload after reload. Started with
+plain `streamlit run`, the page still refuses a Host that is not this machine's.
+
+Access (indexer.access), on every address: the page is read-only (no build, upload, remove or
+rebuild controls) until the browser is signed in by the login link or given the write key as the
+password in the sidebar. A reader's key as the password shows only that reader's documents (the
+engine's scoped view: the search, the lists, the counts, the texts). Once the read key or a reader
+is set, nothing is shown until a key is given. `--access FILE` after `--` (else $INDEXER_ACCESS,
+else access.json) names the file of hashed keys.
 """
 from __future__ import annotations
 
@@ -40,10 +47,11 @@ if str(ROOT) not in sys.path:  # `streamlit run /path/to/search_app.py` from ano
 
 import streamlit as st  # noqa: E402
 
-from indexer.access import Access, access_path  # noqa: E402
+from indexer.access import ANYONE, Access, Grant, access_path  # noqa: E402
 from indexer.engine import (DEFAULT_MODE, GROUPS, MODES, UPLOAD_SUFFIXES, DocHit, DocRecord, Engine, Hit,  # noqa: E402
                             Result, SearchOptions)
 from indexer.errors import IndexerError  # noqa: E402
+from indexer.guard import PAGE, RateLimited, allowed_hosts, host_matches, host_of  # noqa: E402
 from indexer.highlight import highlight_spans, to_html, worth_marking  # noqa: E402
 from indexer.querying import Question, answer, read_questions, write_results  # noqa: E402
 
@@ -140,12 +148,13 @@ class Catalog:
     tags: list[str] = field(default_factory=list)
 
 
-@st.cache_resource(show_spinner="Reading the document list…", max_entries=4)
-def catalog(path: str, generation: str) -> Catalog:
-    """The documents of the index at `path` as committed in `generation`: read once per commit and
-    shared by every view. Read on every rerun, as it was (three times), a click took 13-16 s on the
-    1M-chunk stub index (200,000 documents) and 1.2-1.7 s on the 100k one."""
-    records = get_engine(path).documents()
+@st.cache_resource(show_spinner="Reading the document list…", max_entries=8)
+def catalog(path: str, generation: str, scope: tuple[str, ...] = ()) -> Catalog:
+    """The documents of the index at `path` as committed in `generation` that a reader bound to
+    `scope` may see (all for none): read once per commit and scope, and shared by every session.
+    Read on every rerun, as it was (three times), a click took 13-16 s on the 1M-chunk stub index
+    (200,000 documents) and 1.2-1.7 s on the 100k one."""
+    records = get_engine(path).scoped(scope).documents()
     labels = {d.doc_id: d.doc_id if not d.title or d.title == Path(d.doc_id).stem else f"{d.title} ({d.doc_id})"
               for d in records}
     table = {d.doc_id: {"id": d.doc_id, "title": d.title, "type": d.meta.get("type", ""),
@@ -175,26 +184,54 @@ def listed(known: Catalog, typed: str = "") -> list[str]:
 
 
 @st.cache_resource(show_spinner=False)
-def get_access(path: str, bind: str) -> Access:
-    """The access rules of this server process: its keys file and its bind address."""
-    return Access(Path(path), bind)
+def get_access(path: str) -> Access:
+    """The access rules of this server process: its keys file."""
+    return Access(Path(path))
 
 
 def page_access() -> Access:
-    return get_access(str(access_path(page_argument("access"))), st.get_option("server.address") or "")
+    return get_access(str(access_path(page_argument("access"))))
+
+
+@st.cache_resource(show_spinner=False)
+def page_hosts(bind: str) -> tuple[str, ...]:
+    """The host names a page bound to `bind` answers to (indexer.guard.allowed_hosts)."""
+    return allowed_hosts(bind, PAGE.named)
+
+
+def host_refusal() -> str | None:
+    """Why this session's connection is refused (None: it is not): a Host that is not this page's
+    (DNS rebinding). The launcher's guard and Streamlit's `server.allowedHosts` refuse it at the
+    websocket's handshake already; this covers a page started by plain `streamlit run`."""
+    host = st.context.headers.get("Host")
+    if host is None:  # no HTTP request behind this run (AppTest)
+        return None
+    patterns = st.get_option("server.allowedHosts") or page_hosts(st.get_option("server.address") or "")
+    return None if host_matches(host_of(host) or "", patterns) else \
+        f"This page does not answer to the host {host[:80]!r}; its operator can add it with --allowed-host."
+
+
+def signed_in() -> Grant | None:
+    """The sign-in this browser's cookie names (made by the login link), if any."""
+    return PAGE.sign_ins.grant(st.context.cookies.get(PAGE.cookie)) if PAGE.cookie else None
+
+
+def session_grant() -> Grant:
+    """What this session may do, as `access_gate` found it at the top of this run."""
+    return st.session_state.get("_grant") or ANYONE
 
 
 def can_write() -> bool:
-    """Whether this session may change the index (its password, if any, is checked every run)."""
-    return page_access().allows("write", st.session_state.get("password") or None)
+    """Whether this session may change the index (signed in, or given the write key as its password)."""
+    return session_grant().may("write")
 
 
 def read_only_note() -> str:
     """Why this session cannot change the index, and what would let it."""
     if page_access().configured("write"):
-        return "Read-only 只读: give the write password in the sidebar to add, remove, build or rebuild."
-    return ("Read-only 只读: this page is open to the network and no write password is set "
-            "(`python -m indexer access set-write-key`).")
+        return ("Read-only 只读: open the login link the page showed on its terminal, or give the write password "
+                "in the sidebar, to add, remove, build or rebuild.")
+    return "Read-only 只读: no write password is set (`python -m indexer access set-write-key`)."
 
 
 # ---------------------------------------------------------------------------- inputs → documents/questions
@@ -637,34 +674,61 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
                 st.rerun()
 
 
-def access_gate() -> None:
-    """The sidebar's password field (when a key is set); stops the page when reading needs a key."""
+def access_gate() -> Grant:
+    """Who this session is, found once per run: the Host it came by (else the page stops), the
+    sign-in of its cookie, else the key given in the sidebar's password field, else anyone while
+    no reading key is set; stops the page when reading needs a key, or when the session asks
+    faster than its rate (indexer.guard.Limits)."""
+    problem = host_refusal()
+    if problem:
+        st.error(problem)
+        st.stop()
+    if st.query_params.get("signin") == "expired":
+        st.warning("That login link was used already, or is from an earlier start of the page: use the link the "
+                   "page showed at its last start, or the write password. 登录链接已失效。")
     acc = page_access()
+    signed = signed_in() if acc.configured("write") else None  # with the write key gone, no one writes
     password = None
-    if acc.configured("write") or acc.configured("read"):
+    if signed is not None:
+        st.sidebar.success("Signed in 已登录: this browser may edit")
+    elif acc.keys:
         st.sidebar.header("Access 权限")
         password = st.sidebar.text_input("Password 密码", type="password", key="password",
-                                         help="The write password unlocks adding, removing and rebuilding.") or None
-        if password and not acc.rights_of(password):
-            st.sidebar.error("Wrong password 密码错误")
-        elif acc.allows("write", password):
-            st.sidebar.success("Editing unlocked 已解锁")
-    if not acc.allows("read", password):
+                                         help="A key: the write key unlocks adding, removing and rebuilding; "
+                                              "a reader's key shows its documents.") or None
+    if "Host" in st.context.headers:  # a browser's session (AppTest has none); before a new key's scrypt
+        try:
+            PAGE.limits.admit(signed or acc.known(password), st.context.ip_address or "127.0.0.1",
+                              st.context.headers.get("X-Forwarded-For"))
+        except RateLimited as exc:
+            st.error(f"Too many requests 请求过多: {exc}")
+            st.stop()
+    grant = signed or acc.grant_of(password)
+    if password and grant is None:
+        st.sidebar.error("Wrong password 密码错误")
+    elif password and grant.may("write"):
+        st.sidebar.success("Editing unlocked 已解锁")
+    elif password and grant.where:
+        st.sidebar.info(f"Reading as {grant.name}: its documents only 仅限本部门文档")
+    grant = grant or (None if acc.reading_locked() else ANYONE)
+    if grant is None:
         st.info("This page needs a password: give it in the sidebar. 请在侧栏输入密码。")
         st.stop()
+    st.session_state["_grant"] = grant
+    return grant
 
 
 def main() -> None:
     st.set_page_config(page_title="语义检索 · Semantic search", page_icon=":material/search:", layout="wide")
     st.html(CSS)
-    access_gate()
+    grant = access_gate()
     try:
-        engine = get_engine(str(index_path()))
+        engine = get_engine(str(index_path())).scoped(grant.where)  # a reader's view; else the engine itself
         info, problem = index_state(engine)
     except IndexerError as exc:  # the model cannot be loaded, or the index is not a folder
         st.error(str(exc))
         st.stop()
-    known = catalog(str(index_path()), info["generation"]) if info else Catalog()
+    known = catalog(str(index_path()), info["generation"], grant.where) if info else Catalog()
     if info:
         info["doc_ids"] = known.by_id.keys()
     settings = sidebar(engine, info, problem, known)

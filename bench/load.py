@@ -3,16 +3,22 @@
     python -m bench.load                         # 50 clients x 60 s
     python -m bench.run --only load              # the same, as a section of bench.run
 
-A server is started on a private copy of the speech index; first one client asks questions back
-to back (`--single-seconds`), then `--clients` clients ask for `--seconds` while a writer adds a document (three paragraphs of the speech under a new id)
-and removes it again, one write every `--write-every` seconds. The questions are a fixed mix:
-Chinese (tests/data/speech_qa_zh.jsonl) and English (speech_qa_en.jsonl) questions to /search,
-and /batch requests of `--batch-size` of both. Beside them, in this process on the same index:
-`Engine.search` one question at a time and `Engine.batch` (no HTTP).
+The server runs with keys, as a team's does: the write key (the writer's), the read key and a
+reader bound to `tag=教育科` (indexer.access), with the default request rates. Its index holds the
+speech twice: tagged 教育科 (in the reader's scope) and, as a second document, tagged 办公室 (outside
+it, and answering every question as well). First one client asks questions back to back
+(`--single-seconds`, with the read key), then `--clients` clients ask for `--seconds`, half with
+the read key and half with the reader's, while a writer adds a document (three paragraphs of the
+speech under a new id, tagged 教育科 or 办公室 in turn) and removes it again, one write every
+`--write-every` seconds. The questions are a fixed mix: Chinese (tests/data/speech_qa_zh.jsonl) and
+English (speech_qa_en.jsonl) questions to /search, and /batch requests of `--batch-size` of both.
+Beside them, in this process on the same index: `Engine.search` one question at a time and
+`Engine.batch` (no HTTP).
 
 Every answer names the generation it came from; the writer records each committed generation's
-documents, and every hit of every answer must be a document of its generation (a removed
-document, or one not yet committed, would show up here as `uncommitted`).
+documents and their tags, and every hit of every answer must be a document of its generation (a
+removed document, or one not yet committed, would show up here as `uncommitted`); every hit of an
+answer to the reader must be tagged 教育科 (`outside the scope`).
 """
 from __future__ import annotations
 
@@ -39,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 SPEECH = ROOT / "data" / "speech.txt"
 K = 5
+SCOPE_TAG = "教育科"  # the reader's scope is tag=教育科; the other copy of the speech is tagged 办公室
+OTHER_TAG = "办公室"
+WRITE_KEY, READ_KEY, READER_KEY = "load-write-key-5KqZ", "load-read-key-8WmR", "load-reader-key-3TdX"
 
 
 def questions(name: str) -> list[str]:
@@ -52,7 +61,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     questions: int = 0
     errors: dict[str, int] = field(default_factory=dict)
-    answers: list[tuple[str, frozenset[str], float, float]] = field(default_factory=list)  # gen, docs, sent, done
+    answers: list[tuple[str, frozenset[str], float, float, bool]] = field(default_factory=list)  # gen, docs, sent, done, scoped
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -71,11 +80,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def set_keys(access: Path) -> None:
+    """The write key, the read key and the reader bound to tag=教育科, as `access` commands set them."""
+    from indexer.access import add_reader, set_key
+
+    set_key(access, "write", WRITE_KEY)
+    set_key(access, "read", READ_KEY)
+    add_reader(access, SCOPE_TAG, [f"tag={SCOPE_TAG}"], READER_KEY)
+
+
 @contextlib.contextmanager
 def api_server(index: Path, log: Path, timeout: float = 300):
-    """`python -m indexer serve` on 127.0.0.1 and a free port; yields its URL; always stopped."""
+    """`python -m indexer serve` on 127.0.0.1 and a free port, with the keys of `set_keys`; yields
+    its URL; always stopped."""
     port = free_port()
-    access = log.with_suffix(".access.json")  # none: loopback writes need no key
+    access = log.with_suffix(".access.json")
+    set_keys(access)
     cmd = [sys.executable, "-m", "indexer", "serve", "--index", str(index), "--host", "127.0.0.1", "--port", str(port),
            "--access", str(access)]
     with open(log, "wb") as fh:
@@ -117,12 +137,14 @@ class Load:
         return "/search", {"query": rng.choice(self.zh if kind == "zh" else self.en), "k": K}, 1
 
 
-async def client(http: httpx.AsyncClient, load: Load, rng: random.Random, until: float, tally: Tally) -> None:
+async def client(http: httpx.AsyncClient, load: Load, rng: random.Random, until: float, tally: Tally,
+                 key: str = READ_KEY) -> None:
+    """Ask questions until `until`, with `key` (the reader's: its answers are checked against its scope)."""
     while time.perf_counter() < until:
         path, body, n = load.request(rng)
         sent = time.perf_counter()
         try:
-            resp = await http.post(path, json=body)
+            resp = await http.post(path, json=body, headers={"X-API-Key": key})
         except httpx.HTTPError as exc:
             tally.error(type(exc).__name__)
             continue
@@ -134,33 +156,37 @@ async def client(http: httpx.AsyncClient, load: Load, rng: random.Random, until:
         tally.questions += n
         data = resp.json()
         for result in data if isinstance(data, list) else [data]:
-            tally.answers.append((result["generation"], frozenset(h["doc_id"] for h in result["hits"]), sent, done))
+            tally.answers.append((result["generation"], frozenset(h["doc_id"] for h in result["hits"]), sent, done,
+                                  key == READER_KEY))
 
 
 async def writer(http: httpx.AsyncClient, paragraphs: list[str], every: float, until: float, rng: random.Random,
-                 committed: dict[str, frozenset[str]], spans: list[tuple[float, float]], errors: dict[str, int]) -> int:
-    """Every `every` seconds: add a document (three speech paragraphs under a new id), or remove the
-    one added before; record each committed generation's documents and when each write ran."""
-    docs = set(next(iter(committed.values())))
-    added, writes = None, 0
+                 committed: dict[str, dict[str, bool]], spans: list[tuple[float, float]], errors: dict[str, int]) -> int:
+    """Every `every` seconds: add a document (three speech paragraphs under a new id, tagged 教育科
+    or 办公室 in turn), or remove the one added before; record each committed generation's
+    documents (id → in the reader's scope) and when each write ran."""
+    docs = dict(next(iter(committed.values())))
+    added, writes, key = None, 0, {"X-API-Key": WRITE_KEY}
     while time.perf_counter() + every < until:
         await asyncio.sleep(every)
         start = time.perf_counter()
         if added is None:
-            name = f"load-{writes}.txt"
+            name, tag = f"load-{writes}.txt", (SCOPE_TAG, OTHER_TAG)[writes // 2 % 2]
             text = "\n".join(rng.sample(paragraphs, 3)) + "\n"
-            resp = await http.post("/documents", files={"files": (name, text.encode("utf-8"), "text/plain")})
-            change = {name}
+            resp = await http.post("/documents", files={"files": (name, text.encode("utf-8"), "text/plain")},
+                                   data={"tags": tag}, headers=key)
         else:
-            resp = await http.delete(f"/documents/{added}")
-            change = {added}
+            resp = await http.delete(f"/documents/{added}", headers=key)
         spans.append((start, time.perf_counter()))
         if resp.status_code != 200:
             errors[f"write HTTP {resp.status_code}"] = errors.get(f"write HTTP {resp.status_code}", 0) + 1
             continue
-        docs = docs | change if added is None else docs - change
-        added = None if added else next(iter(change))
-        committed[resp.json()["generation"]] = frozenset(docs)
+        if added is None:
+            docs[name], added = tag == SCOPE_TAG, name
+        else:
+            docs.pop(added)
+            added = None
+        committed[resp.json()["generation"]] = dict(docs)
         writes += 1
     return writes
 
@@ -169,13 +195,15 @@ async def phase(url: str, load: Load, clients: int, seconds: float, seed: int, w
                 paragraphs: list[str]) -> dict:
     """`clients` clients for `seconds` (and the writer, if `write_every`); the row of figures."""
     limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, headers={"X-API-Key": READ_KEY}) as http:
         gen = (await http.get("/info")).json()["generation"]
-        committed = {gen: frozenset(d["doc_id"] for d in (await http.get("/documents")).json())}
+        committed = {gen: {d["doc_id"]: SCOPE_TAG in d["meta"].get("tags", []) for d in (await http.get("/documents")).json()}}
         tally, spans, write_errors = Tally(), [], {}
         start = time.perf_counter()
         until = start + seconds
-        tasks = [client(http, load, random.Random(seed * 1000 + i), until, tally) for i in range(clients)]
+        keys = (READ_KEY, READER_KEY) if clients > 1 else (READ_KEY,)  # half the clients are the reader
+        tasks = [client(http, load, random.Random(seed * 1000 + i), until, tally, keys[i % len(keys)])
+                 for i in range(clients)]
         if write_every:
             tasks.append(writer(http, paragraphs, write_every, until, random.Random(seed), committed, spans, write_errors))
         done = await asyncio.gather(*tasks)
@@ -184,9 +212,14 @@ async def phase(url: str, load: Load, clients: int, seconds: float, seed: int, w
                     elapsed)
     if write_every:
         during = [a for a in tally.answers if any(a[2] < e and a[3] > s for s, e in spans)]
-        bad = [a for a in tally.answers if a[0] not in committed or not a[1] <= committed[a[0]]]
+        bad = [a for a in tally.answers if a[0] not in committed or not a[1] <= committed[a[0]].keys()]
+        scoped = [a for a in tally.answers if a[4]]
+        outside = [a for a in scoped if a[0] not in committed or not all(committed[a[0]].get(d) for d in a[1])]
+        others = [a for a in tally.answers if not a[4] and a[0] in committed
+                  and not all(committed[a[0]].get(d) for d in a[1])]  # the premise: the read key sees them
         row.update(writes=done[-1], write_errors=sum(write_errors.values()), generations=len(committed),
-                   answers=len(tally.answers), answers_during_writes=len(during), uncommitted=len(bad))
+                   answers=len(tally.answers), answers_during_writes=len(during), uncommitted=len(bad),
+                   scoped_answers=len(scoped), outside_scope=len(outside), read_key_answers_with_others=len(others))
         row["errors"] += row["write_errors"]
     return row
 
@@ -230,8 +263,13 @@ def run(clients: int = 50, seconds: float = 60, single_seconds: float = 20, writ
            "k": K, "rows": []}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         base = Path(tmp) / "speech"
-        log("load: building the speech index")
-        Engine(base).build([SPEECH])
+        log(f"load: building the index of the speech, tagged {SCOPE_TAG}, and its copy, tagged {OTHER_TAG}")
+        copy = Path(tmp) / "copy" / "speech-copy.txt"
+        copy.parent.mkdir()
+        copy.write_bytes(SPEECH.read_bytes())
+        engine = Engine(base)
+        engine.build([SPEECH], tags=[SCOPE_TAG])
+        engine.add([copy], tags=[OTHER_TAG])
         out["index_chunks"] = Engine(base).info()["chunks"]
         log("load: Engine.search and Engine.batch in process")
         out["rows"] += in_process(base, zh, en, in_process_seconds, 64)
@@ -241,19 +279,23 @@ def run(clients: int = 50, seconds: float = 60, single_seconds: float = 20, writ
                 row = asyncio.run(phase(url, load, n, secs, seed, every, paragraphs))
                 out["rows"].append({**row, "what": f"HTTP, {row['what']}"})
                 log(f"load:   {row['requests_per_s']} req/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
-                    f"errors {row['errors']}" + (f", uncommitted answers {row['uncommitted']}" if every else ""))
+                    f"errors {row['errors']}" + (f", uncommitted answers {row['uncommitted']}, answers outside the "
+                                                 f"scope {row['outside_scope']} of {row['scoped_answers']} (the read key's answers "
+                                                 f"holding them: {row['read_key_answers_with_others']})" if every else ""))
     return out
 
 
 def print_load(res: dict) -> None:
     print(f"\n### HTTP API under load ({res['clients']} clients x {res['seconds']:g} s; requests: "
           f"{res['mix_zh_en_batch'][0]:.0%} Chinese /search, {res['mix_zh_en_batch'][1]:.0%} English /search, "
-          f"{res['mix_zh_en_batch'][2]:.0%} /batch of {res['batch_size']}; k={res['k']}; speech index, "
-          f"{res['index_chunks']} chunks; a write every {res['write_every_s']:g} s)\n")
+          f"{res['mix_zh_en_batch'][2]:.0%} /batch of {res['batch_size']}; k={res['k']}; the speech twice, "
+          f"{res['index_chunks']} chunks; with keys, half the clients a reader bound to tag={SCOPE_TAG}; "
+          f"a write every {res['write_every_s']:g} s)\n")
     print(fmt_table(res["rows"], [("what", "what"), ("requests_per_s", "requests/s"), ("questions_per_s", "questions/s"),
                                   ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("errors", "errors"),
                                   ("writes", "writes"), ("answers_during_writes", "answers during writes"),
-                                  ("uncommitted", "from an uncommitted index")]))
+                                  ("uncommitted", "from an uncommitted index"),
+                                  ("outside_scope", "reader's answers outside its scope")]))
 
 
 def main(argv=None) -> int:

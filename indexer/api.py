@@ -5,6 +5,7 @@ A FastAPI shell over the same `Engine` as the command line; the OpenAPI page is 
     POST   /search           one question    → the JSON of `indexer search --json`
     POST   /batch            many questions  → a list of those, in order
     GET    /documents        the indexed documents (as `indexer list --json`)
+    GET    /documents/{id}   one document's record and text
     POST   /documents        upload files (multipart, field `files`, optional `tags`)  [write]
     DELETE /documents/{id}   remove a document (ids may contain "/")                    [write]
     GET    /info             what the index holds (as `indexer info --json`)
@@ -14,13 +15,19 @@ The model is loaded once, by one Engine: its questions keep answering from the c
 generation while a write is under way (one write at a time) and pick up the new one on their next
 question, never waiting for the write (indexer.searching). Each request runs in a worker thread (the encoders release the GIL, so concurrent questions overlap);
 micro-batching concurrent questions into one Engine.query call was measured slower under load
-and left out (docs/decisions/api-concurrency.md). Access (indexer.access): writes need the write key, or a loopback bind address
-when no write key is set; reads need the read key when one is set. Every refused request gets a
-4xx and `{"error": "one sentence"}`; nothing from a refused request reaches the index.
+and left out (docs/decisions/api-concurrency.md).
+
+In front of every request (indexer.guard): the Host allow-list (400), the Origin and
+Sec-Fetch-Site of writes (403), the rate per key or client address (429). Then access
+(indexer.access): writes need the write key, on every address; reads need a key once the read key
+or a reader is set; a reader bound to filters is answered by the engine's scoped view of it, so
+its searches, document list, texts and counts hold only its documents. Every refused request gets
+a 4xx and `{"error": "one sentence"}`; nothing from a refused request reaches the index.
 """
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable, Literal, Optional
@@ -36,9 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
-from .access import Access, AccessError
+from .access import Access, AccessError, Grant
 from .engine import DEFAULT_MODE, GROUPS, MODES, UPLOAD_SUFFIXES, Engine, Result, SearchOptions
 from .errors import IndexerError, NotFound, QueryError, ReadError, StoreError
+from .guard import ADDRESS_RATE, KEY_RATE, Guard, Limits, RateLimited, allowed_hosts
 
 log = logging.getLogger("indexer.api")
 
@@ -56,6 +64,10 @@ class ServeSettings:
     max_batch: int = 256  # questions in one /batch request
     max_body_bytes: int = 1 << 20  # JSON requests
     max_upload_bytes: int = 50 << 20  # one POST /documents request, all files together
+    allowed_hosts: tuple[str, ...] = ()  # names colleagues use, beyond this machine's own (indexer.guard)
+    trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
+    key_rate: float = KEY_RATE  # requests per second per key
+    address_rate: float = ADDRESS_RATE  # requests per second per client address without a key
 
 
 class Options(BaseModel):
@@ -88,9 +100,9 @@ class ErrorBody(BaseModel):
 
 
 ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
-    (400, "a bad request: malformed JSON, a missing question, k out of range, a bad filter…"),
-    (401, "no key, where one is needed"), (403, "a wrong key, or a write to a read-only server"),
-    (413, "a body or upload over the server's limit"))}
+    (400, "a bad request: malformed JSON, a missing question, k out of range, a bad filter, a Host not this server's…"),
+    (401, "no key, where one is needed"), (403, "a wrong key, or a write from another site"),
+    (413, "a body or upload over the server's limit"), (429, "too many requests from one key or address"))}
 
 
 class UploadRefused(IndexerError):
@@ -112,12 +124,25 @@ def plain_name(name: str | None) -> str:
 
 
 class Service:
-    """The engine behind the API (one: its questions never wait for its writes) and the access rules."""
+    """The engine behind the API (one: its questions never wait for its writes), the access rules
+    and the rates."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.access = Access(settings.access, settings.host)
+        self.access = Access(settings.access)
+        self.limits = Limits(settings.key_rate, settings.address_rate, settings.trusted_proxies)
         self.engine = Engine(settings.index, model=settings.model)
+
+    def admit(self, right: str, key: str | None, request: Request) -> Grant:
+        """The grant of a request that needs `right`, counted against its rate first (a key this
+        process has not checked yet counts against its client's address, before scrypt runs)."""
+        client = request.client.host if request.client else None
+        self.limits.admit(self.access.known(key), client, request.headers.get("x-forwarded-for"))
+        return self.access.check(right, key)
+
+    def view(self, grant: Grant) -> Engine:
+        """The engine as this grant may see it (a reader bound to filters: its scoped view)."""
+        return self.engine.scoped(grant.where)
 
     def warm_up(self) -> None:
         """Load the models, the index and the translator before the first request."""
@@ -126,14 +151,22 @@ class Service:
         except IndexerError as exc:  # a damaged index: served anyway, each request says why
             log.warning("warm-up: %s", exc)
 
-    def query(self, queries: list[str], options: Options) -> list[Result]:
-        """Check the request's limits, then answer its questions in one call."""
+    def query(self, grant: Grant, queries: list[str], options: Options) -> list[Result]:
+        """Check the request's limits, then answer its questions in one call, within its grant's scope."""
         if options.k > self.settings.max_k:
             raise QueryError(f"k must be at most {self.settings.max_k} (got {options.k})")
         if len(queries) > self.settings.max_batch:
             raise QueryError(f"a batch may hold at most {self.settings.max_batch} questions (got {len(queries)})")
-        return self.engine.answer(queries, SearchOptions(options.k, options.mode, options.group, tuple(options.where or ()),
-                                                         options.doc, options.min_score, options.use, options.translate))
+        return self.view(grant).answer(queries, SearchOptions(
+            options.k, options.mode, options.group, tuple(options.where or ()), options.doc, options.min_score,
+            options.use, options.translate))
+
+    def document(self, grant: Grant, doc_id: str) -> dict:
+        """One document's record and whole text (NotFound outside the grant's scope, as for no document)."""
+        view = self.view(grant)
+        text = view.document_text(doc_id)
+        record = view.visible().get(doc_id)  # None only if a commit removed it meanwhile
+        return {**(dict(record.__dict__) if record else {"doc_id": doc_id}), "text": text}
 
     def add(self, uploads: list[tuple[str, bytes]], tags: list[str]) -> dict:
         reports = self.engine.add_uploads(uploads, tags)
@@ -170,7 +203,7 @@ def _validation_sentence(errors: list[dict]) -> str:
     return f'"{field or "body"}": {msg[:1].lower()}{msg[1:]}'
 
 
-STATUS = ((AccessError, None), (UploadRefused, None), (NotFound, 404), (QueryError, 400), (ReadError, 400),
+STATUS = ((AccessError, None), (UploadRefused, None), (RateLimited, None), (NotFound, 404), (QueryError, 400), (ReadError, 400),
           (StoreError, 409), (IndexerError, 400))
 
 
@@ -189,7 +222,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(IndexerError)
     async def indexer_error(_: Request, exc: IndexerError) -> JSONResponse:
         status = next(code or exc.status for cls, code in STATUS if isinstance(exc, cls))
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else \
+            {"Retry-After": str(math.ceil(exc.retry_after))} if isinstance(exc, RateLimited) else None
         return _error(status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__, headers)
 
     @app.exception_handler(Exception)
@@ -275,35 +309,40 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
 
     app = FastAPI(title="Semantic search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, responses=ERRORS,
                   description="Search Chinese (and any-language) documents by meaning. Writes need the "
-                              "write key (`Authorization: Bearer KEY` or `X-API-Key`), or a server on loopback.")
+                              "write key (`Authorization: Bearer KEY` or `X-API-Key`); reads need a key once "
+                              "readers are set, and a reader bound to filters sees only its documents.")
     _install_error_handlers(app)
     _install_docs(app)
-    bearer = HTTPBearer(auto_error=False, description="the read or write key")
-    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the read or write key")
+    bearer = HTTPBearer(auto_error=False, description="a key: the write key, the read key or a reader's")
+    api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key, as with Authorization")
 
     def svc() -> Service:
         return state["service"]
 
     def need(right: str) -> Callable:
-        def check(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer),
-                  header: Optional[str] = Depends(api_key)) -> None:
-            svc().access.check(right, credentials.credentials if credentials else header)
+        def check(request: Request, credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer),
+                  header: Optional[str] = Depends(api_key)) -> Grant:
+            return svc().admit(right, credentials.credentials if credentials else header, request)
         return check
 
     read, write = Depends(need("read")), Depends(need("write"))
 
-    @app.post("/search", dependencies=[read], summary="Answer one question")
-    async def search(body: SearchRequest) -> dict:
-        return (await anyio.to_thread.run_sync(svc().query, [body.query], body))[0].to_json()
+    @app.post("/search", summary="Answer one question")
+    async def search(body: SearchRequest, grant: Grant = read) -> dict:
+        return (await anyio.to_thread.run_sync(svc().query, grant, [body.query], body))[0].to_json()
 
-    @app.post("/batch", dependencies=[read], summary="Answer many questions, encoded together")
-    async def batch(body: BatchRequest) -> list[dict]:
-        results = await anyio.to_thread.run_sync(svc().query, body.queries, body)
+    @app.post("/batch", summary="Answer many questions, encoded together")
+    async def batch(body: BatchRequest, grant: Grant = read) -> list[dict]:
+        results = await anyio.to_thread.run_sync(svc().query, grant, body.queries, body)
         return [r.to_json() for r in results]
 
-    @app.get("/documents", dependencies=[read], summary="The indexed documents")
-    async def documents() -> list[dict]:
-        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().engine.documents)]
+    @app.get("/documents", summary="The indexed documents")
+    async def documents(grant: Grant = read) -> list[dict]:
+        return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().view(grant).documents)]
+
+    @app.get("/documents/{doc_id:path}", summary="One document's record and text")
+    async def document(doc_id: str, grant: Grant = read) -> dict:
+        return await anyio.to_thread.run_sync(svc().document, grant, doc_id)
 
     @app.post("/documents", dependencies=[write], summary="Add or replace documents (upload)")
     async def upload(files: list[UploadFile] = File(..., description="files, as the CLI's `add` reads them"),
@@ -317,11 +356,11 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
     async def remove(doc_id: str) -> dict:
         return await anyio.to_thread.run_sync(svc().remove, doc_id)
 
-    @app.get("/info", dependencies=[read], summary="What the index holds and how it was built")
-    async def info(recall: bool = False) -> dict:
+    @app.get("/info", summary="What the index holds and how it was built")
+    async def info(recall: bool = False, grant: Grant = read) -> dict:
         """`recall=true` also measures the vector index's recall@10 against exact search (seconds on
         a big index; left out by default, as clients poll /info for the generation)."""
-        return await anyio.to_thread.run_sync(svc().engine.info, recall)
+        return await anyio.to_thread.run_sync(svc().view(grant).info, recall)
 
     @app.get("/health", summary="Up, with the model loaded")
     async def health() -> dict:
@@ -333,6 +372,7 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
         return settings.max_body_bytes, "request body"
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(Guard, hosts=allowed_hosts(settings.host, settings.allowed_hosts), named=settings.allowed_hosts)
     return app
 
 

@@ -13,6 +13,7 @@ import typer
 from .engine import DEFAULT_INDEX, DEFAULT_MODE, MODES, Engine, IndexSettings, Result, SearchOptions
 from .errors import IndexerError
 from .evaluation import evaluate, read_labelled
+from .guard import ADDRESS_RATE, KEY_RATE
 from .querying import answer, read_questions, write_results
 
 INDEX_ENV = "INDEXER_INDEX"
@@ -293,27 +294,64 @@ def evaluate_cmd(labelled: Path = typer.Argument(..., help='JSONL: {"query", "re
 
 
 AccessOpt = typer.Option(None, "--access", help="the access file of hashed keys (default $INDEXER_ACCESS or access.json)")
+AllowedHostOpt = typer.Option(None, "--allowed-host", envvar="INDEXER_ALLOWED_HOSTS",
+                              help="a host name colleagues reach this server by, beyond this machine's own names and "
+                                   "addresses (repeatable; *.example.com for a domain's names; * for any)")
+TrustedProxyOpt = typer.Option(None, "--trusted-proxy", envvar="INDEXER_TRUSTED_PROXIES",
+                               help="a reverse proxy's address or network whose X-Forwarded-For is believed (repeatable)")
+KeyRateOpt = typer.Option(KEY_RATE, envvar="INDEXER_KEY_RATE",
+                          help="requests per second per key (bursts of twice that; 0: no limit)")
+AddressRateOpt = typer.Option(ADDRESS_RATE, envvar="INDEXER_ADDRESS_RATE",
+                              help="requests per second per client address without a key (0: no limit)")
+
+
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 @app.command()
 def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
-          host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network "
-                                                     "(read-only unless a write key is set)"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"),
           port: int = typer.Option(8000, help="port to listen on"), access: Optional[Path] = AccessOpt,
+          allowed_host: Optional[list[str]] = AllowedHostOpt, trusted_proxy: Optional[list[str]] = TrustedProxyOpt,
+          key_rate: float = KeyRateOpt, address_rate: float = AddressRateOpt,
           max_k: int = typer.Option(100, envvar="INDEXER_API_MAX_K", help="largest k a request may ask for"),
           max_batch: int = typer.Option(256, envvar="INDEXER_API_MAX_BATCH", help="most questions in one /batch"),
           max_body_kb: int = typer.Option(1024, envvar="INDEXER_API_MAX_BODY_KB", help="largest JSON request body, KB"),
           max_upload_mb: int = typer.Option(50, envvar="INDEXER_API_MAX_UPLOAD_MB", help="largest upload request, MB")) -> None:
-    """Serve the HTTP API (OpenAPI page at /docs); keys go in `Authorization: Bearer KEY`."""
+    """Serve the HTTP API (OpenAPI page at /docs); keys go in `Authorization: Bearer KEY`. At the
+    first start (no write key yet) a write key is made and shown once on the terminal."""
     from .access import access_path
     from .api import ServeSettings, serve as run
+    from .guard import first_start
 
-    run(ServeSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
-                      model=model, host=host, port=port, max_k=max_k, max_batch=max_batch,
-                      max_body_bytes=max_body_kb << 10, max_upload_bytes=max_upload_mb << 20))
+    settings = ServeSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
+                             model=model, host=host, port=port, max_k=max_k, max_batch=max_batch,
+                             max_body_bytes=max_body_kb << 10, max_upload_bytes=max_upload_mb << 20,
+                             allowed_hosts=tuple(allowed_host or ()), trusted_proxies=tuple(trusted_proxy or ()),
+                             key_rate=key_rate, address_rate=address_rate)
+    first_start(settings.access, _warn)
+    run(settings)
 
 
-access_app = typer.Typer(no_args_is_help=True, help="Set the keys that writes (and, optionally, reads) need.")
+@app.command()
+def page(index: Optional[str] = IndexOpt, access: Optional[Path] = AccessOpt,
+         host: str = typer.Option("127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"),
+         port: int = typer.Option(8501, help="port to listen on"),
+         allowed_host: Optional[list[str]] = AllowedHostOpt, trusted_proxy: Optional[list[str]] = TrustedProxyOpt,
+         key_rate: float = KeyRateOpt, address_rate: float = AddressRateOpt) -> None:
+    """Serve the search page (what `make run` starts). Each start shows a one-time login link on the
+    terminal that signs its browser in; the first also makes the write key and shows it once."""
+    from .access import access_path
+    from .pageserver import PageSettings, run
+
+    run(PageSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
+                     host=host, port=port, allowed_hosts=tuple(allowed_host or ()),
+                     trusted_proxies=tuple(trusted_proxy or ()), key_rate=key_rate, address_rate=address_rate), _warn)
+
+
+access_app = typer.Typer(no_args_is_help=True, help="The keys that writes (and, optionally, reads) need, and "
+                                                    "readers bound to filters.")
 app.add_typer(access_app, name="access")
 
 
@@ -345,28 +383,58 @@ def set_write_key(access: Optional[Path] = AccessOpt) -> None:
 
 @access_app.command("set-read-key")
 def set_read_key(access: Optional[Path] = AccessOpt) -> None:
-    """Set a read key: then searching needs it (or the write key) as well."""
+    """Set a read key that reads everything: then searching needs a key."""
     _set_key("read", access)
+
+
+@access_app.command("add-reader")
+def add_reader(name: str = typer.Argument(..., help="the reader's name, e.g. 教育科"),
+               where: list[str] = typer.Option(..., "--where", "-w", help="a filter its documents meet, e.g. "
+                                               "folder=教育科 or tag=教育科 (repeatable: all must hold)"),
+               key_stdin: bool = typer.Option(False, "--key-stdin", help="take the key from stdin (or a prompt) "
+                                              "instead of making one"),
+               access: Optional[Path] = AccessOpt) -> None:
+    """Add (or replace) a reader whose key reads only the documents its filters allow: its searches,
+    document lists, counts and texts. Then searching needs a key. The key made is shown once."""
+    from .access import access_path, add_reader as add
+
+    path = access_path(access)
+    key = add(path, name, where, _new_key() if key_stdin else None)
+    typer.echo(f"reader {name!r} set in {path}, reading only where {' and '.join(where)}"
+               + ("" if key_stdin else f"; its key (shown this once):\n{key}"))
+
+
+@access_app.command("remove-reader")
+def remove_reader(name: str = typer.Argument(..., help="the reader's name"), access: Optional[Path] = AccessOpt) -> None:
+    """Remove a reader (its key stops working at once)."""
+    _clear(name, access)
 
 
 @access_app.command("clear")
 def clear_key(right: str = typer.Argument(..., help="write | read"), access: Optional[Path] = AccessOpt) -> None:
-    """Remove a key (without a write key, only a server on 127.0.0.1 accepts writes)."""
-    from .access import access_path, clear_key as clear
+    """Remove the write or the read key (without a write key, no one can write)."""
+    if right not in ("write", "read"):
+        raise IndexerError(f"unknown key {right!r}; choose write or read (a reader: access remove-reader NAME)")
+    _clear(right, access)
+
+
+def _clear(name: str, access: Optional[Path]) -> None:
+    from .access import access_path, remove_key
 
     path = access_path(access)
-    typer.echo(f"{right} key removed from {path}" if clear(path, right) else f"no {right} key in {path}")
+    typer.echo(f"{name} key removed from {path}" if remove_key(path, name) else f"no {name} key in {path}")
 
 
 @access_app.command("show")
 def show_access(access: Optional[Path] = AccessOpt) -> None:
-    """Which keys are set (never the keys or their hashes)."""
-    from .access import RIGHTS, access_path, read_hashes
+    """Which keys are set, with their rights and scopes (never the keys or their hashes)."""
+    from .access import access_path, describe
 
     path = access_path(access)
-    hashes = read_hashes(path)
-    for right in RIGHTS:
-        typer.echo(f"{right} key: {'set' if right in hashes else 'not set'}  ({path})")
+    lines = describe(path)
+    typer.echo(f"{path}: " + ("no keys" if not lines else f"{len(lines)} key{'s' * (len(lines) > 1)}"))
+    for line in lines:
+        typer.echo(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

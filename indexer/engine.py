@@ -4,11 +4,15 @@ to it (indexer.searching, indexer.indexing). Readers never wait for the writer: 
 the last committed snapshot, and a write publishes its own when it commits.
 
 The shells take from here the engine, its options, results and errors (indexer.results,
-indexer.errors), and nothing of the layers below it.
+indexer.errors), and nothing of the layers below it. `Engine.scoped(where)` is the engine as a
+reader bound to filters sees it (indexer.access): its questions, document list, counts, texts and
+translations hold nothing of the documents outside them.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from .chunking import Chunk
@@ -17,7 +21,8 @@ from .indexing import Indexer, Progress
 from .models import Models, shared
 from .reading import SUPPORTED_SUFFIXES, Document, read_uploads
 from .decoding import normalise_newlines
-from .errors import NotFound, ReadError
+from . import filters
+from .errors import IndexerError, NotFound, ReadError
 from .results import DEFAULT_MODE, GROUPS, DocHit, DocReport, Hit, Result, SearchOptions
 from .search import MODES, FusionSettings
 from .searching import Searcher
@@ -36,7 +41,10 @@ class Engine:
     """An index folder plus the models that fill and search it.
 
     `Engine(path)` opens the index there if there is one (else `build`/`add` create it); the models
-    are loaded on first need and shared by every later call, from any thread."""
+    are loaded on first need and shared by every later call, from any thread. `scope` is empty but
+    in the read-only views `scoped` makes."""
+
+    scope: tuple[str, ...] = ()
 
     def __init__(self, index: str | Path = DEFAULT_INDEX, encoder: Encoder | None = None,
                  settings: IndexSettings | None = None, model: str | None = None) -> None:
@@ -92,6 +100,31 @@ class Engine:
     def exists(self) -> bool:
         return exists(self.path)
 
+    def scoped(self, where: Iterable[str]) -> Engine:
+        """This engine as a reader bound to the filters `where` sees it (indexer.filters syntax;
+        none: the engine itself): a view sharing its models, searcher and snapshot, whose questions
+        search only the documents the filters allow (inside every route, as `where` does), whose
+        `documents`, `info` counts, `document_text` and `context` know no other, whose English
+        questions are translated into those documents' terms alone, and which cannot write.
+        Corpus statistics (BM25's document frequencies) stay the whole index's."""
+        where = tuple(w for w in where if w)
+        if not where:
+            return self
+        filters.parse(where)
+        view = copy.copy(self)
+        view.scope = tuple(dict.fromkeys(self.scope + where))
+        return view
+
+    def visible(self) -> dict[str, DocRecord]:
+        """The documents this engine (or view) may show, by id, at the last commit."""
+        return self.searcher.current()[1].within(self.scope)
+
+    def _writer(self) -> Indexer:
+        """The writer side; a scoped view has none."""
+        if self.scope:
+            raise IndexerError("a reader bound to filters cannot change the index")
+        return self.indexer
+
     def warm_up(self) -> None:
         """Load both sides of the encoder, the index and its translator before the first request
         (a first upload would otherwise load the documents' side while questions wait)."""
@@ -104,20 +137,20 @@ class Engine:
     def build(self, paths: Iterable[str | Path], *, progress: Progress = False, tags: Iterable[str] = (),
               ocr: bool = True) -> list[DocReport]:
         """Index exactly the documents of these files and folders, from scratch (indexing.Indexer.build)."""
-        return self.indexer.build(paths, progress=progress, tags=tags, ocr=ocr)
+        return self._writer().build(paths, progress=progress, tags=tags, ocr=ocr)
 
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
         """Re-chunk and re-embed every document from its stored text, in one commit."""
-        return self.indexer.rebuild(progress=progress)
+        return self._writer().rebuild(progress=progress)
 
     def add(self, paths: Iterable[str | Path], *, progress: Progress = False, skip_bad_lines: bool = False,
             tags: Iterable[str] = (), ocr: bool = True) -> list[DocReport]:
         """Add or replace the documents of these files and folders (indexing.Indexer.add)."""
-        return self.indexer.add(paths, progress=progress, skip_bad_lines=skip_bad_lines, tags=tags, ocr=ocr)
+        return self._writer().add(paths, progress=progress, skip_bad_lines=skip_bad_lines, tags=tags, ocr=ocr)
 
     def add_documents(self, docs: list[Document], *, progress: Progress = False) -> list[DocReport]:
         """Add already-read documents."""
-        return self.indexer.add_documents(docs, progress=progress)
+        return self._writer().add_documents(docs, progress=progress)
 
     def add_uploads(self, files: list[tuple[str, bytes]], tags: Iterable[str] = (), *,
                     progress: Progress = False) -> list[DocReport]:
@@ -137,15 +170,15 @@ class Engine:
 
     def remove(self, doc_ids: list[str]) -> list[DocReport]:
         """Remove documents by id; an unknown id is NotFound and nothing is removed."""
-        return self.indexer.remove(doc_ids)
+        return self._writer().remove(doc_ids)
 
     def optimize(self) -> tuple[int, int]:
         """Merge the index's segments into one, dropping deleted chunks: (segments before, after)."""
-        return self.indexer.optimize()
+        return self._writer().optimize()
 
     def upgrade(self) -> str:
         """Convert an index of an earlier format in place; what was done, in one line."""
-        return self.indexer.upgrade()
+        return self._writer().upgrade()
 
     def chunk(self, doc: Document) -> list[Chunk]:
         """Chunks of a document under this index's settings, measured in the model's tokens."""
@@ -154,7 +187,9 @@ class Engine:
     # ---------------------------------------------------------------- reads
 
     def answer(self, queries: list[str], options: SearchOptions, *, sentences: bool = True) -> list[Result]:
-        """Each question's result under `options` (searching.Searcher.answer)."""
+        """Each question's result under `options` (searching.Searcher.answer), within this view's scope."""
+        if self.scope:
+            options = replace(options, scope=tuple(dict.fromkeys(options.scope + self.scope)))
         return self.searcher.answer(queries, options, sentences)
 
     def query(self, queries: list[str], k: int = 10, docs: Iterable[str] | None = None,
@@ -185,32 +220,42 @@ class Engine:
     def document_text(self, doc_id: str) -> str:
         """A document's whole text, as it was read."""
         try:
+            if self.scope and doc_id not in self.visible():
+                raise KeyError(doc_id)
             return self.store.document_text(doc_id)
         except KeyError:
             raise NotFound(f"no document {doc_id!r} in {self.shown}") from None
 
     def context(self, hit: Hit, before: int = 1, after: int = 1) -> list[Chunk]:
         """The chunks around a hit in its document, the hit's own included, in reading order."""
+        if self.scope and hit.doc_id not in self.visible():
+            raise NotFound(f"no document {hit.doc_id!r} in {self.shown}")
         store = self.store
         chunks = sorted(store.chunks(store.rows_of({hit.doc_id}).tolist()), key=lambda c: c.position)
         i = next((n for n, c in enumerate(chunks) if c.chunk_id == hit.chunk_id), 0)
         return chunks[max(0, i - before): i + after + 1]
 
     def documents(self) -> list[DocRecord]:
-        return list(self.store.manifest.documents.values())
+        return list(self.visible().values())
 
     def info(self, recall: bool = False) -> dict:
         """What the index holds and how it was made; with `recall`, also the vector index's
         recall@10 against exact search (None where it is exact), which costs 200 exact searches:
-        seconds at 1M chunks, so the page and /info (polled for the generation) leave it out."""
-        store = self.store
-        m, stats = store.manifest, store.stats(recall)
+        seconds at 1M chunks, so the page and /info (polled for the generation) leave it out.
+        A scoped view counts its documents and their chunks only, and leaves out what only the
+        whole index has a figure for (sentences, the kind of vector index its size chose, recall)."""
+        store, view = self.searcher.current()
+        m, stats, recall = store.manifest, store.stats(recall and not self.scope), recall and not self.scope
+        docs = view.within(self.scope).values()
+        if self.scope:
+            stats.update(chunks=sum(d.chunks for d in docs), index_type=m.index_type, sentences="their")
         settings = IndexSettings.of_manifest(m)
+        updated = max((d.added for d in docs), default=m.created) if self.scope else m.updated
         return {
             "index": self.shown, "generation": store.generation, "format_version": m.format_version,
-            "model": m.model, "dim": m.dim, "documents": len(m.documents), "chunks": stats["chunks"],
+            "model": m.model, "dim": m.dim, "documents": len(docs), "chunks": stats["chunks"],
             "index_type": stats["index_type"], "index_type_setting": m.index_type, "chunking": m.chunking,
-            "created": m.created, "updated": m.updated,
+            "created": m.created, "updated": updated,
             "keyword_backend": stats["keyword_backend"],
             "analyzer": settings.analyzer.to_json(), "bm25": settings.bm25.to_json(),
             "title_terms": settings.title_terms if settings.title_terms else "no (`rebuild` indexes each chunk with its title's words)",

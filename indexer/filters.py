@@ -96,12 +96,13 @@ def _holds(value: object, cond: Condition) -> bool:
             "<": left < right, "<=": left <= right}[cond.op]
 
 
-def matching(docs: Iterable, conditions: list[Condition]) -> set[str]:
-    """The ids of the documents that meet every condition. A field that no document carries is a
-    QueryError (most likely a typo), naming the fields there are."""
+def matching(docs: Iterable, conditions: list[Condition], strict: bool = True) -> set[str]:
+    """The ids of the documents that meet every condition. With `strict`, a field that no document
+    carries is a QueryError (most likely a typo), naming the fields there are; without, it is met
+    by none (a reader's scope: no error may name what lies outside it)."""
     records = [(d.doc_id, fields(d)) for d in docs]
     known = {name for _, values in records for name in values}
-    for cond in conditions:
+    for cond in conditions if strict else ():
         if records and cond.field not in known:
             raise QueryError(f"no document has the field {cond.field!r} (fields: {', '.join(sorted(known))})")
     return {doc_id for doc_id, values in records

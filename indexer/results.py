@@ -18,7 +18,9 @@ class SearchOptions:
     """How to answer a question: how many hits (`k`; documents when grouped), by which route
     (`mode`: dense, bm25 or hybrid), grouped into documents or not, within which documents
     (`where` filters, indexer.filters; `docs` ids), above which score, and whether an English
-    question also takes the USE route (`use`) and BM25 over its Chinese translations (`translate`)."""
+    question also takes the USE route (`use`) and BM25 over its Chinese translations (`translate`).
+    `scope`: a reader's filters (indexer.engine.ScopedEngine sets them): documents outside them are
+    searched, named, counted and translated into as if they were not there."""
 
     k: int = 5
     mode: str = DEFAULT_MODE
@@ -28,6 +30,7 @@ class SearchOptions:
     min_score: float | None = None
     use: bool = True
     translate: bool = True
+    scope: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.k is None or self.k < 1:
@@ -37,6 +40,7 @@ class SearchOptions:
         if self.group not in GROUPS:
             raise QueryError(f"unknown grouping {self.group!r}; choose one of {', '.join(GROUPS)}")
         object.__setattr__(self, "where", tuple(self.where or ()))
+        object.__setattr__(self, "scope", tuple(self.scope or ()))
         if self.docs is not None:
             object.__setattr__(self, "docs", tuple(self.docs))
 

@@ -26,6 +26,7 @@ from .search import (DenseRoute, FusionSettings, KeywordRoute, QueryPlan, Scored
                      group_documents, retrieve)
 from .settings import IndexSettings
 from .store import Snapshot
+from .store.base import DocRecord
 
 DOC_POOL = 10  # grouped by documents: the best k × 10 passages are grouped into k documents
 MAX_QUERY_CHARS = 2000  # the model reads ~512 tokens; longer questions are cut here, visibly
@@ -41,18 +42,45 @@ def clean_query(query: str) -> str:
 
 class SnapshotView:
     """What questions keep of one committed snapshot: the settings it was built with (and their
-    segmenter), the translator over its vocabulary (made on the first cross-lingual question) and
-    chunk texts folded to the index's script (made as hits need them)."""
+    segmenter), the translator over its vocabulary (made on the first cross-lingual question),
+    chunk texts folded to the index's script (made as hits need them), and for each reader's scope
+    the documents it allows and a translator over their vocabulary alone."""
 
     def __init__(self, store: Snapshot) -> None:
         self.store = store
         self.settings = IndexSettings.of_manifest(store.manifest)
         self.segmenter = self.settings.segmenter
         self._folded: dict[int, str] = {}
+        self._within: dict[tuple[str, ...], dict[str, DocRecord]] = {}
+        self._translators: dict[tuple[str, ...], Translator] = {}
 
     @functools.cached_property
     def translator(self) -> Translator:
         return Translator(self.store.vocabulary())
+
+    def within(self, scope: tuple[str, ...]) -> dict[str, DocRecord]:
+        """The documents a reader bound to the filters `scope` may see, by id, in the index's order
+        (every document for no scope); worked out once per snapshot and scope. A field no document
+        has is met by none, without an error that would name the fields of other documents."""
+        if not scope:
+            return self.store.manifest.documents
+        found = self._within.get(scope)
+        if found is None:
+            docs = self.store.manifest.documents
+            met = filters.matching(docs.values(), filters.parse(scope), strict=False)
+            found = self._within[scope] = {d: r for d, r in docs.items() if d in met}
+        return found
+
+    def translator_within(self, scope: tuple[str, ...]) -> Translator:
+        """The translator over the terms of the documents a scope allows: a translation term held
+        only by other documents would tell a reader that they exist."""
+        if not scope:
+            return self.translator
+        found = self._translators.get(scope)
+        if found is None:
+            rows = self.store.rows_of(set(self.within(scope)))
+            found = self._translators[scope] = Translator(self.store.vocabulary(rows))
+        return found
 
     def scope(self, parsed: ParsedQuery, allowed: np.ndarray | None,
               segmenter: Segmenter) -> tuple[np.ndarray | None, frozenset[int]]:
@@ -177,13 +205,13 @@ class Searcher:
                          translate=self.fusion.translate and options.translate)
         store, view = self.current()
         self.models.check(store.manifest, str(self.path))
-        allowed = self._doc_filter(store, options.docs, conditions)
+        allowed = self._doc_filter(view.within(options.scope), options.docs, conditions, bool(options.scope))
         segmenter, mode, k, min_score = view.segmenter, options.mode, options.k, options.min_score
         rows = store.rows_of(allowed)
         parsed = [parse_query(t) for t in texts]
         asked = [p.text for p in parsed]  # what the routes read: no quotes, no exclusions
         encoding = self.models.pool().submit(self.models.e5().encode_queries, asked) if mode != "bm25" else None
-        plans, translations, use_vecs = self._plans(asked, view, fusion)  # meanwhile: keywords, USE vectors
+        plans, translations, use_vecs = self._plans(asked, view, fusion, options.scope)  # meanwhile: keywords, USE vectors
         fold = segmenter.fold
         scopes = [view.scope(p, rows, segmenter) for p in parsed]
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
@@ -214,19 +242,23 @@ class Searcher:
                               translations[i], store.generation, found))
         return out
 
-    def _plans(self, texts: list[str], view: SnapshotView,
-               fusion: FusionSettings) -> tuple[list[QueryPlan], list, np.ndarray | None]:
+    def _plans(self, texts: list[str], view: SnapshotView, fusion: FusionSettings,
+               scope: tuple[str, ...] = ()) -> tuple[list[QueryPlan], list, np.ndarray | None]:
         """Per question: its keyword terms (translated for a cross-lingual question), its language,
         and its USE vector where the USE route runs; the translations; every question's USE
-        vector (which also picks the answering sentences), None when the index keeps no USE vectors."""
+        vector (which also picks the answering sentences), None when the index keeps no USE vectors.
+        Within a reader's scope, translations and synonyms come from its documents' terms alone."""
         cross = [is_cross_lingual(t) for t in texts]
         terms = view.segmenter.terms_many(texts)
         translations: list[list[tuple[str, list[str]]]] = [[] for _ in texts]
+        translator = view.translator_within(scope)
         for i, text in enumerate(texts):
             if cross[i] and fusion.translate:
-                translations[i] = view.translator.explain(text)
+                translations[i] = translator.explain(text)
                 terms[i] = list(dict.fromkeys(t for _, part in translations[i] for t in part)) or terms[i]
-            terms[i] = with_synonyms(terms[i], view.settings.synonyms)
+            own = set(terms[i])
+            terms[i] = [t for t in with_synonyms(terms[i], view.settings.synonyms)
+                        if not scope or t in own or t in translator.vocabulary]
         use_vecs = self.models.use().encode_queries(texts) if view.store.manifest.crosslingual else None
         plans = [QueryPlan(terms[i], cross[i],
                            use_vecs[i] if use_vecs is not None and cross[i] and fusion.use_route else None)
@@ -234,9 +266,11 @@ class Searcher:
         return plans, translations, use_vecs
 
     @staticmethod
-    def _doc_filter(store: Snapshot, docs: Iterable[str] | None, conditions: list[filters.Condition]) -> set[str] | None:
-        """The documents a question may search (None: all): the ids given, that meet every filter."""
-        records = store.manifest.documents
+    def _doc_filter(records: dict[str, DocRecord], docs: Iterable[str] | None, conditions: list[filters.Condition],
+                    scoped: bool = False) -> set[str] | None:
+        """The documents a question may search (None: all): of `records` (a scope's documents when
+        `scoped`, which are then all it may search), the ids given, that meet every filter. An id
+        outside them is unknown, as one no document has."""
         wanted = None if docs is None else set(docs)
         unknown = sorted(d for d in wanted or () if d not in records)
         if unknown:
@@ -244,7 +278,7 @@ class Searcher:
         if conditions:
             met = filters.matching(records.values(), conditions)
             wanted = met if wanted is None else wanted & met
-        return wanted
+        return set(records) if wanted is None and scoped else wanted
 
     def _hits(self, store: Snapshot, view: SnapshotView, ranked: list[Scored], min_score: float | None, terms: list[str],
               use_vector: np.ndarray | None, sentences: bool = True) -> list[Hit]:

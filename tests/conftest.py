@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
+import pty
+import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import termios
 import time
 import urllib.request
 from pathlib import Path
@@ -117,6 +123,39 @@ def speech_index(tmp_path_factory, encoder) -> Path:
     return path
 
 
+# Two departments' folders (tests/test_scope.py, test_api.py, test_access.py, test_app.py): a reader
+# bound to SCOPE sees INSIDE; OUTSIDE, a report on pandas with a field of its own, answers
+# PANDA_QUESTION (and its English form) best.
+SCOPE = ("folder=教育科",)
+INSIDE = {"教育科/民办学校通知.txt", "教育科/教师培训.txt"}
+OUTSIDE = "办公室/大熊猫报告"
+PANDA = ("成都大熊猫繁育研究基地的饲养员每天清晨给大熊猫准备新鲜的竹子、竹笋和苹果，成年大熊猫一天要吃二十多公斤竹子。\n"
+         "熊猫宝宝在木架上玩耍，饲养员记录它们吃竹子的数量。\n")
+PANDA_QUESTION = "大熊猫每天吃什么？"
+PANDA_ENGLISH = "What do giant pandas eat every day?"
+
+
+@pytest.fixture(scope="session")
+def departments_index(tmp_path_factory, encoder) -> Path:
+    """教育科 (two notices) and 办公室 (the panda report, from a JSON Lines file with a field
+    `secret_level`), built once, with one synonym group (猫熊 熊猫); tests that change it copy it."""
+    from indexer.engine import Engine, IndexSettings
+
+    root = tmp_path_factory.mktemp("departments")
+    docs = root / "docs"
+    (docs / "教育科").mkdir(parents=True)
+    (docs / "办公室").mkdir()
+    (docs / "教育科" / "民办学校通知.txt").write_text(
+        "关于民办学校党组织建设的通知\n各民办学校要在年内建立党组织，党组织书记由上级党组织选派。\n", encoding="utf-8")
+    (docs / "教育科" / "教师培训.txt").write_text(
+        "教师培训安排\n暑假期间全体教师参加师德培训和信息技术培训，培训结束后进行考核。\n", encoding="utf-8")
+    (docs / "办公室" / "报告.jsonl").write_text(json.dumps(
+        {"id": OUTSIDE, "text": PANDA, "title": "大熊猫报告", "secret_level": "内部"}, ensure_ascii=False) + "\n",
+        encoding="utf-8")
+    Engine(root / "index", encoder=encoder, settings=IndexSettings.of(synonym_lines=["猫熊 熊猫"])).build([docs])
+    return root / "index"
+
+
 @pytest.fixture
 def speech_engine(speech_index, encoder, tmp_path):
     """A private, writable copy of the speech index."""
@@ -159,14 +198,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Terminal:
+    """The controlling terminal of a server started by `running(..., terminal=True)`: what the
+    server showed there (its stdout and stderr go to the log file instead)."""
+
+    def __init__(self, master: int) -> None:
+        self.master, self.text = master, ""
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match:
+        """The first match of `pattern` in what the terminal has shown, reading until it appears."""
+        deadline = time.monotonic() + timeout
+        while not (found := re.search(pattern, self.text)):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the terminal never showed {pattern!r}; it showed:\n{self.text[-2000:]}")
+            if select.select([self.master], [], [], 0.5)[0]:
+                try:
+                    self.text += os.read(self.master, 65536).decode("utf-8", "replace")
+                except OSError:  # the server has gone
+                    pytest.fail(f"the terminal closed before it showed {pattern!r}:\n{self.text[-2000:]}")
+        return found
+
+
+def _with_terminal(slave: int):
+    """The child's preparation: a session of its own whose controlling terminal is `slave` (stdin)."""
+    def prepare() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    return prepare
+
+
 @contextlib.contextmanager
-def running(cmd: list[str], health: str, log: Path, env: dict | None = None):
+def running(cmd: list[str], health: str, log: Path, env: dict | None = None, terminal: bool = False):
     """Run `cmd` (a server: the page or the API) in its own process group until `health` answers
-    200; yields the process; always stopped afterwards, the whole group."""
+    200; yields the process; always stopped afterwards, the whole group. With `terminal`, the
+    process has a pseudo-terminal as its controlling terminal (`proc.terminal`, a Terminal) while
+    its stdout and stderr still go to `log`: what it shows only on a terminal stays out of the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    master, slave = pty.openpty() if terminal else (None, None)
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdin=slave, stdout=fh, stderr=subprocess.STDOUT, start_new_session=not terminal,
+                                preexec_fn=_with_terminal(slave) if terminal else None)
+    if terminal:
+        os.close(slave)
+        proc.terminal = Terminal(master)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -190,3 +265,5 @@ def running(cmd: list[str], health: str, log: Path, env: dict | None = None):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
+        if master is not None:
+            os.close(master)

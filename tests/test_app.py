@@ -5,7 +5,6 @@ model once for the whole session (st.cache_resource) and one engine per index fo
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import datetime
@@ -52,8 +51,15 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
-def run_app() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=180).run()
+WRITE_KEY = "write-key-of-the-page-tests"
+
+
+def run_app(password: str | None = WRITE_KEY) -> AppTest:
+    """The page, its sidebar's password given (the write key by default) before its first run."""
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    if password:
+        at.session_state["password"] = password
+    at.run()
     no_exception(at)
     return at
 
@@ -73,25 +79,21 @@ def app_index(speech_index, tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture(scope="session")
+def write_key_file(tmp_path_factory):
+    """An access file with the write key of these tests."""
+    from indexer.access import set_key
+
+    path = tmp_path_factory.mktemp("page-access") / "access.json"
+    set_key(path, "write", WRITE_KEY)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def loopback():
-    """The page as `make run` serves it, on 127.0.0.1, where writes need no password
-    (tests/test_access.py covers a page open to the network)."""
-    with served_on("127.0.0.1"):
-        yield
-
-
-@contextlib.contextmanager
-def served_on(address: str):
-    """The page as a server bound to `address` would run it (AppTest runs it in this process)."""
-    from streamlit import config
-
-    before = config.get_option("server.address")
-    config.set_option("server.address", address)
-    try:
-        yield
-    finally:
-        config.set_option("server.address", before)
+def operator(write_key_file, monkeypatch):
+    """The page as its operator sees it: the write key set, and given as the password by run_app
+    (tests/test_access.py covers the login link, pages without a password, and readers in Chromium)."""
+    monkeypatch.setenv("INDEXER_ACCESS", str(write_key_file))
 
 
 # ---------------------------------------------------------------------------- searching
@@ -397,6 +399,52 @@ def test_batch_upload_and_result_files(app_index):
     lines = [json.loads(line) for line in search_app.results_file(questions, results, ".jsonl").decode().splitlines()]
     assert [line["id"] for line in lines] == ["1", "4"]
     assert not lines[0]["cross_lingual"] and lines[1]["cross_lingual"] and lines[1]["translations"]
+
+
+# ---------------------------------------------------------------------------- access
+
+
+WRITE_CONTROLS = ("add_files", "add_paste", "remove", "rebuild", "build")
+
+
+def test_without_a_password_the_page_shows_no_write_control(app_index):
+    at = run_app(password=None)
+    ask(at, QUESTION)
+    assert passages(at) and not [b for b in at.button if b.key in WRITE_CONTROLS]
+    assert any("Read-only" in c.value for c in at.sidebar.caption)
+    at.sidebar.text_input(key="password").input("not-the-write-key").run()
+    assert any("Wrong password" in e.value for e in at.sidebar.error)
+    assert not [b for b in at.button if b.key in WRITE_CONTROLS]
+
+
+def test_a_readers_key_shows_its_documents_only(departments_index, tmp_path, monkeypatch):
+    """A reader bound to 教育科's folder: the counts, the lists the filters offer, the Documents
+    tab, the answers and their context hold nothing of 办公室's panda report, which answers the
+    question best (tests/test_access.py: the same in Chromium)."""
+    from conftest import INSIDE, OUTSIDE, PANDA_QUESTION, SCOPE
+    from indexer.access import add_reader, set_key
+
+    shutil.copytree(departments_index, tmp_path / "index")
+    monkeypatch.setenv("INDEXER_INDEX", str(tmp_path / "index"))
+    access = tmp_path / "access.json"
+    set_key(access, "write", WRITE_KEY)
+    monkeypatch.setenv("INDEXER_ACCESS", str(access))
+    reader = add_reader(access, "教育科", SCOPE)
+    at = run_app(password=None)
+    assert any("needs a password" in i.value for i in at.info) and not at.sidebar.metric  # nothing shown yet
+    at.sidebar.text_input(key="password").input(reader).run()
+    no_exception(at)
+    assert any("Reading as 教育科" in i.value for i in at.sidebar.info)
+    assert at.sidebar.metric[0].value == "2"
+    assert set(at.sidebar.multiselect(key="docs").options) == INSIDE
+    table = next(d.value for d in at.dataframe if "id" in d.value.columns)
+    assert set(table["id"]) == INSIDE
+    ask(at, PANDA_QUESTION)
+    shown = " ".join(text_of(p) for p in passages(at)) + " ".join(heads(at))
+    assert "熊猫" not in shown and OUTSIDE not in shown and heads(at)
+    assert not [b for b in at.button if b.key in WRITE_CONTROLS]
+    at.sidebar.text_input(key="password").input(WRITE_KEY).run()  # the operator sees both departments
+    assert at.sidebar.metric[0].value == "3"
 
 
 # ---------------------------------------------------------------------------- pure parts

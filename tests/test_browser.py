@@ -1,4 +1,6 @@
-"""The page in a real browser: `streamlit run` on a free port, driven by Playwright in Debian's Chromium.
+"""The page in a real browser: `python -m indexer page` (as `make run` starts it) on a free port,
+driven by Playwright in Debian's Chromium, signed in by the login link its terminal shows where a
+test writes.
 
 Screenshots go to test-output/browser/ (look at them: a missing CJK font still passes a text check
 while a person sees empty boxes). `make test` installs Chromium and the font first; this test
@@ -17,7 +19,6 @@ import pytest
 
 from conftest import ROOT, free_port, running
 
-APP = ROOT / "search_app.py"
 OUT = ROOT / "test-output" / "browser"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -52,23 +53,34 @@ def chromium() -> str:
     return CHROMIUM
 
 
+LOGIN_LINK = r"(http://127\.0\.0\.1:\d+/\?login=[A-Za-z0-9_-]+)"  # as the page's terminal shows it
+
+
 @contextlib.contextmanager
-def serve(index: Path, log: Path):
-    """`streamlit run search_app.py` on a free port with $INDEXER_INDEX=index; yields the URL; always stopped."""
+def serve(index: Path, log: Path, access: Path, host: str = "127.0.0.1", terminal: bool = True):
+    """`python -m indexer page` (what `make run` starts) on a free port, keys in `access`; yields
+    (URL, the process); always stopped. On a terminal (`proc.terminal`), it shows the login link
+    there (`login_link`), and at its first start the write key it made."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
-           "--server.address", "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"]
-    with running(cmd, f"{url}/_stcore/health", log, {"INDEXER_INDEX": str(index)}):
-        yield url
+    cmd = [sys.executable, "-m", "indexer", "page", "--index", str(index), "--host", host, "--port", str(port),
+           "--access", str(access)]
+    with running(cmd, f"{url}/_stcore/health", log, terminal=terminal) as proc:
+        yield url, proc
+
+
+def login_link(proc) -> str:
+    """The one-time login link the page showed on its terminal."""
+    return proc.terminal.wait_for(LOGIN_LINK).group(1)
 
 
 @contextlib.contextmanager
-def browser_page(chromium_path: str):
+def browser_page(chromium_path: str, flags: tuple[str, ...] | list[str] = ()):
+    """A page of a fresh Chromium (with these `flags` beside CHROMIUM_FLAGS); closed afterwards."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(executable_path=chromium_path, args=[*CHROMIUM_FLAGS, *flags])
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1100}, locale="zh-CN")
             yield page
@@ -103,8 +115,8 @@ def test_page_in_a_real_browser(speech_index, tmp_path, chromium):
 
     OUT.mkdir(parents=True, exist_ok=True)
     index = tmp_path / "index"
-    with serve(index, OUT / "server.log") as url, browser_page(chromium) as page:
-        page.goto(url, wait_until="domcontentloaded")
+    with serve(index, OUT / "server.log", tmp_path / "access.json") as (url, proc), browser_page(chromium) as page:
+        page.goto(login_link(proc), wait_until="domcontentloaded")  # signed in: the build button is there
         expect(page.get_by_text("There is no index at")).to_be_visible(timeout=RESULT_TIMEOUT)
         expect(page.get_by_role("button", name="Build the index from data/speech.txt")).to_be_visible()
         settle(page)
@@ -158,7 +170,7 @@ def test_documents_and_score_breakdown_in_a_real_browser(encoder, tmp_path, chro
     index = tmp_path / "index"
     Engine(index, encoder=encoder).build([notices])
     OUT.mkdir(parents=True, exist_ok=True)
-    with serve(index, OUT / "server-documents.log") as url, browser_page(chromium) as page:
+    with serve(index, OUT / "server-documents.log", tmp_path / "access.json") as (url, _), browser_page(chromium) as page:
         page.goto(url, wait_until="domcontentloaded")
         page.set_viewport_size({"width": 1440, "height": 2200})
         expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
@@ -189,10 +201,11 @@ def test_a_question_is_answered_while_another_session_adds_a_long_document(speec
     OUT.mkdir(parents=True, exist_ok=True)
     index = tmp_path / "index"
     shutil.copytree(speech_index, index)
-    with serve(index, OUT / "server-two-sessions.log") as url, browser_page(chromium) as reader:
-        writer = reader.context.browser.new_page(viewport={"width": 1440, "height": 1100}, locale="zh-CN")
-        for page in (reader, writer):
-            page.goto(url, wait_until="domcontentloaded")
+    with serve(index, OUT / "server-two-sessions.log", tmp_path / "access.json") as (url, proc), \
+            browser_page(chromium) as reader:
+        writer = reader.context.browser.new_context(viewport={"width": 1440, "height": 1100}, locale="zh-CN").new_page()
+        for page, address in ((reader, url), (writer, login_link(proc))):  # the writer signed in by the link
+            page.goto(address, wait_until="domcontentloaded")
             expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
         writer.get_by_role("tab", name="Documents").click()
         writer.get_by_role("textbox", name="Title 标题").fill("长篇通知")

@@ -253,14 +253,19 @@ class Snapshot:
                                     len(unique))
         return self._documents_memo
 
-    def vocabulary(self) -> frozenset[str]:
-        """Every keyword term of the live rows (read from the segments' files on the first
-        cross-lingual question; a term only deleted rows hold is left out)."""
+    def vocabulary(self, rows: np.ndarray | None = None) -> frozenset[str]:
+        """Every keyword term of the live rows, or of these live rows only (read from the segments'
+        files on the first cross-lingual question; a term only other rows hold is left out)."""
+        chosen = None
+        if rows is not None:
+            chosen = np.zeros(int(self.rows.bases[-1]), bool)
+            chosen[np.asarray(rows, np.int64)] = True
         out: set[str] = set()
-        for s, _, live in self.rows.parts():
+        for s, base, live in self.rows.parts():
             words = s.vocabulary()
-            if live is not None and len(words):
-                held = np.logical_or.reduceat(live[s.postings.rows], s.postings.starts[:-1])
+            keep = live if chosen is None else chosen[base:base + len(s)]
+            if keep is not None and len(words):
+                held = np.logical_or.reduceat(keep[s.postings.rows], s.postings.starts[:-1])
                 words = [w for w, h in zip(words, held) if h]
             out.update(words)
         return frozenset(out)
