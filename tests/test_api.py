@@ -31,7 +31,6 @@ QUESTION = "私立学校怎样建立党组织？"
 ENGLISH = "How are young cadres trained?"
 PANDA = ("成都大熊猫繁育研究基地的饲养员每天清晨给大熊猫准备新鲜的竹子、竹笋和苹果，"
          "成年大熊猫一天要吃二十多公斤竹子。\n")
-PANDA_QUESTION = "大熊猫每天吃什么？"
 WRITE_KEY = "write-key-7Qm2-correct-horse"
 READ_KEY = "read-key-9Zx4-battery-staple"
 READER_KEY = "reader-key-5Tq8-education-office"
