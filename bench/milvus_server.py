@@ -192,14 +192,14 @@ def copy_into(folder: Path, dest: Path, vectors: str | None = None):
     import numpy as np
 
     from indexer.store.table import PassageVectors
-    from indexer.analysis import Segmenter
+    from indexer.settings import IndexSettings
     from indexer.store.base import Manifest
     from indexer.store import Snapshot, Writer
 
     src = Snapshot.load(folder)
     manifest = Manifest.from_json({**src.manifest.to_json(), "documents": {}, "vectors": {}})
     dst = Writer.create(Path(dest), manifest, vectors=vectors)
-    segmenter = Segmenter.of(manifest.keyword)
+    settings = IndexSettings.of_manifest(manifest)  # terms cut as the indexer cuts them (a title's too)
     chunks, vecs, xl = src.all_chunks(), src.all_vectors(), PassageVectors.concat([t for _, t in src.sentence_tables()])
     xl = xl.take(src.rows_of()) if src.manifest.crosslingual else None  # the table has a row for every row, deleted ones too
     rows_of: dict[str, list[int]] = defaultdict(list)
@@ -208,7 +208,8 @@ def copy_into(folder: Path, dest: Path, vectors: str | None = None):
     for doc in src.manifest.documents.values():
         rows = np.asarray(rows_of[doc.doc_id], np.int64)
         mine = [chunks[i] for i in rows]
-        dst.upsert(doc, mine, vecs[rows], src.document_text(doc.doc_id), segmenter.terms_many(c.text for c in mine),
+        dst.upsert(doc, mine, vecs[rows], src.document_text(doc.doc_id),
+                   settings.segmenter.terms_many([settings.keyword_text(doc.title, c.text) for c in mine]),
                    None if xl is None else xl.take(rows))
     dst.commit()
     return dst
