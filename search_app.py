@@ -50,7 +50,7 @@ import streamlit as st  # noqa: E402
 from indexer.access import ANYONE, Access, Grant, access_path  # noqa: E402
 from indexer.engine import (DEFAULT_MODE, GROUPS, MODES, UPLOAD_SUFFIXES, DocHit, DocRecord, Engine, Hit,  # noqa: E402
                             Result, SearchOptions)
-from indexer.errors import IndexerError  # noqa: E402
+from indexer.errors import Gone, IndexerError  # noqa: E402
 from indexer.guard import PAGE, RateLimited, allowed_hosts, host_matches, host_of  # noqa: E402
 from indexer.highlight import highlight_spans, to_html, worth_marking  # noqa: E402
 from indexer.querying import Question, answer, read_questions, write_results  # noqa: E402
@@ -91,6 +91,9 @@ CSS = """
 .terms .term b { color: #3a78c2; font-weight: 600; }
 .context .ctx-around { opacity: .65; }
 .context .ctx-hit { border-left: 3px solid #f0b400; padding-left: .6rem; margin: .35rem 0; }
+.where { font-size: .85rem; opacity: .8; margin: 0 0 .25rem 0; }
+.where .id { font-family: monospace; }
+.where .gone { opacity: .7; font-style: italic; }
 .why { font-size: .82rem; opacity: .8; margin: -.1rem 0 .25rem 0; }
 .why .part { font-family: monospace; background: rgba(120, 120, 120, .12); border-radius: .25rem; padding: 0 .3rem; margin-right: .3rem; }
 .doc-head { display: flex; gap: .35rem .9rem; align-items: baseline; font-size: 1.1rem; margin: .2rem 0 .35rem 0; }
@@ -158,8 +161,9 @@ def catalog(path: str, generation: str, scope: tuple[str, ...] = ()) -> Catalog:
     labels = {d.doc_id: d.doc_id if not d.title or d.title == Path(d.doc_id).stem else f"{d.title} ({d.doc_id})"
               for d in records}
     table = {d.doc_id: {"id": d.doc_id, "title": d.title, "type": d.meta.get("type", ""),
-                        "tags": "、".join(d.meta.get("tags") or []), "chunks": d.chunks, "characters": d.chars,
-                        "read by": d.meta.get("reader") or d.encoding or "", "source": d.source,
+                        "source": d.source, "tags": "、".join(d.meta.get("tags") or []), "chunks": d.chunks,
+                        "characters": d.chars,
+                        "read by": d.meta.get("reader") or d.encoding or "", "from": d.origin,
                         "added": when(d.added)} for d in records}
     return Catalog(records, {d.doc_id: d for d in records}, labels, table,
                    {d: label.casefold() for d, label in labels.items()},
@@ -384,7 +388,10 @@ def sidebar(engine: Engine, info: dict | None, problem: str | None, known: Catal
     where = filters_panel(sb, known)
     mode = sb.selectbox("Mode 检索方式", MODES, key="mode", index=MODES.index(DEFAULT_MODE),
                         help="dense: by meaning (cosine score) · bm25: by words (BM25 score) · hybrid: both, "
-                             "0–1, each hit showing its parts. Each mode scores on its own scale.")
+                             "0–1. Each mode scores on its own scale.")
+    sb.toggle("Why each hit ranks 评分明细", key="show_why",
+              help="Under each hit: each route's own score and its part of the hit's score, and the question's "
+                   "words the passage holds.")
 
     sb.header("Manage 管理")
     if not can_write():
@@ -532,6 +539,31 @@ def show_document(engine: Engine, doc: DocHit, terms: list[str]) -> None:
             show_hit(engine, hit, terms)
 
 
+def original_link(engine: Engine, hit: Hit) -> str:
+    """A link that opens the hit's original file (a PDF at the hit's page), through a short-lived
+    pass (indexer.guard.Passes) for a document this reader sees; "" where the page is not served
+    by its launcher or the document has no file; a note where its file has gone."""
+    if PAGE.passes is None:
+        return ""
+    try:
+        engine.original(hit.doc_id)  # within this reader's scope, and still there
+    except Gone:
+        return '<span class="gone" title="moved or deleted since it was read">original gone 原文已移走</span>'
+    except IndexerError:
+        return ""
+    at = f"#page={hit.place['page']}" if "page" in hit.place else ""
+    return (f'<a href="/original?t={esc(PAGE.passes.issue(hit.doc_id))}{at}" target="_blank" rel="noopener noreferrer">'
+            f'open original 打开原文</a>')
+
+
+def where_html(engine: Engine, hit: Hit) -> str:
+    """Where a hit is: its document (SOURCE/path for a source's file), its page, slide or sheet,
+    and the link to its original."""
+    parts = [f'<span class="id">{esc(hit.doc_id)}</span>'] + ([esc(hit.where)] if hit.place else [])
+    link = original_link(engine, hit)
+    return '<div class="where">' + " · ".join(parts + ([link] if link else [])) + "</div>"
+
+
 def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
     section, body, body_start = hit.split()
     with st.container(border=True):
@@ -539,7 +571,8 @@ def show_hit(engine: Engine, hit: Hit, terms: list[str]) -> None:
             f'<div class="hit-head"><span class="rank">#{hit.rank}</span>'
             f'<span class="score" title="score">{hit.score:.4g}</span>'
             f'<span class="doc">{esc(hit.title or hit.doc_id)}</span>'
-            f'<span class="section">{esc(section) if section else ""}</span></div>' + why_html(hit),
+            f'<span class="section">{esc(section) if section else ""}</span></div>' + where_html(engine, hit)
+            + (why_html(hit) if st.session_state.get("show_why") else ""),
             unsafe_allow_html=True)
         st.markdown(f'<div class="passage">{marked(engine, body, terms, sentence_in(hit, body_start, len(body)))}</div>',
                     unsafe_allow_html=True)
@@ -626,6 +659,14 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
         st.session_state.paste_text = ""
         st.session_state.upload_round = st.session_state.get("upload_round", 0) + 1
     records = known.records
+    sources = engine.sources()  # none for a scoped reader, who learns nothing of the folders
+    if sources:
+        st.subheader(f"Folders followed 跟踪的文件夹 ({len(sources)})")
+        st.dataframe([{"source": x["name"], "folder": x["root"], "documents": x["documents"],
+                       "last sync": when(x.get("synced")) if x.get("synced") else "never",
+                       "patterns": " ".join([f"+{p}" for p in x["include"]] + [f"-{p}" for p in x["exclude"]])}
+                      for x in sources], hide_index=True, width="stretch")
+        st.caption("`python -m indexer sync` mirrors them; `watch` (or `serve --watch`) keeps them in sync.")
     st.subheader(f"In the index 已收录 ({len(records)})")
     typed = find_box(st, known, "Find 查找", "table_find", "part of a title or file name")
     shown = listed(known, typed)

@@ -157,7 +157,7 @@ def build_stub(path: Path, n: int, crosslingual: bool = False, seed: int = 0, co
                 chunks.append(Chunk(chunk_id=f"{doc_id}#{j}", doc_id=doc_id, position=j, paragraph=j, section="",
                                     section_path=(), start=at, end=at + len(text), text=text))
                 at += len(text) + 1
-            record = DocRecord(doc_id=doc_id, content_hash=doc.content_hash, title=doc.title, source=doc.source,
+            record = DocRecord(doc_id=doc_id, content_hash=doc.content_hash, title=doc.title, origin=doc.origin,
                                encoding=doc.encoding, chunks=len(chunks), added=now(), chars=len(doc.text),
                                meta={**doc.meta, "size": len(doc.text.encode("utf-8"))})
             store.upsert(record, chunks, _unit(rng, len(chunks), manifest.dim), doc.text, terms,

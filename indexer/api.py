@@ -6,6 +6,7 @@ A FastAPI shell over the same `Engine` as the command line; the OpenAPI page is 
     POST   /batch            many questions  → a list of those, in order
     GET    /documents        the indexed documents (as `indexer list --json`)
     GET    /documents/{id}   one document's record and text
+    GET    /documents/{id}/file  its original file (PDFs inline, other types as downloads; 410 if gone)
     POST   /documents        upload files (multipart, field `files`, optional `tags`)  [write]
     DELETE /documents/{id}   remove a document (ids may contain "/")                    [write]
     GET    /info             what the index holds (as `indexer info --json`)
@@ -37,7 +38,7 @@ from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
@@ -45,8 +46,9 @@ from starlette.staticfiles import StaticFiles
 
 from .access import Access, AccessError, Grant
 from .engine import DEFAULT_MODE, GROUPS, MODES, UPLOAD_SUFFIXES, Engine, Result, SearchOptions
-from .errors import IndexerError, NotFound, QueryError, ReadError, StoreError
-from .guard import ADDRESS_RATE, KEY_RATE, Guard, Limits, RateLimited, allowed_hosts
+from .errors import Gone, IndexerError, NotFound, QueryError, ReadError, StoreError
+from .guard import ADDRESS_RATE, KEY_RATE, Guard, Limits, RateLimited, allowed_hosts, original_response
+from .watching import watch_in_background
 
 log = logging.getLogger("indexer.api")
 
@@ -68,6 +70,8 @@ class ServeSettings:
     trusted_proxies: tuple[str, ...] = ()  # proxies whose X-Forwarded-For is believed
     key_rate: float = KEY_RATE  # requests per second per key
     address_rate: float = ADDRESS_RATE  # requests per second per client address without a key
+    watch: bool = False  # keep the index's sources in sync while the server runs (indexer.watching)
+    poll: bool = False  # watch by polling every folder (network shares are polled anyway)
 
 
 class Options(BaseModel):
@@ -203,7 +207,7 @@ def _validation_sentence(errors: list[dict]) -> str:
     return f'"{field or "body"}": {msg[:1].lower()}{msg[1:]}'
 
 
-STATUS = ((AccessError, None), (UploadRefused, None), (RateLimited, None), (NotFound, 404), (QueryError, 400), (ReadError, 400),
+STATUS = ((AccessError, None), (UploadRefused, None), (RateLimited, None), (NotFound, 404), (Gone, 410), (QueryError, 400), (ReadError, 400),
           (StoreError, 409), (IndexerError, 400))
 
 
@@ -305,7 +309,10 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
     async def lifespan(_: FastAPI):
         state["service"] = service or await anyio.to_thread.run_sync(Service, settings)
         await anyio.to_thread.run_sync(state["service"].warm_up)
+        watcher = watch_in_background(state["service"].engine, log.info, poll=settings.poll) if settings.watch else None
         yield
+        if watcher:
+            watcher.stop.set()
 
     app = FastAPI(title="Semantic search", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, responses=ERRORS,
                   description="Search Chinese (and any-language) documents by meaning. Writes need the "
@@ -339,6 +346,13 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
     @app.get("/documents", summary="The indexed documents")
     async def documents(grant: Grant = read) -> list[dict]:
         return [dict(d.__dict__) for d in await anyio.to_thread.run_sync(svc().view(grant).documents)]
+
+    @app.get("/documents/{doc_id:path}/file", summary="One document's original file", response_class=FileResponse,
+             responses={410: {"model": ErrorBody, "description": "its file was moved or deleted since it was read"}})
+    async def original(doc_id: str, grant: Grant = read) -> FileResponse:
+        """The file as it was uploaded, or a source's file from its folder. PDFs come inline (open
+        them at a page with `#page=N`); every other type as a download, under a CSP sandbox."""
+        return original_response(await anyio.to_thread.run_sync(svc().view(grant).original, doc_id))
 
     @app.get("/documents/{doc_id:path}", summary="One document's record and text")
     async def document(doc_id: str, grant: Grant = read) -> dict:

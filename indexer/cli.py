@@ -35,6 +35,12 @@ TagOpt = typer.Option(None, "--tag", "-t", help="a tag for every document added,
 OcrOpt = typer.Option(True, "--ocr/--no-ocr", help="recognise the text of scanned PDF pages and images (OCR)")
 GroupOpt = typer.Option("passages", "--group", help="passages | documents: rank whole documents by their "
                                                       "passages, each shown with its best passages")
+SourceOpt = typer.Option(None, "--source", help="the name of the folder given, as ids carry it (SOURCE/path/in/it); "
+                                                "default: the folder's own name")
+IncludeOpt = typer.Option(None, "--include", help="only the folder's files matching this pattern, e.g. '*.docx' or "
+                                                  "'2024/*' (repeatable; kept for `sync`)")
+ExcludeOpt = typer.Option(None, "--exclude", help="not the folder's files matching this pattern, e.g. '草稿/*' "
+                                                  "(repeatable; kept for `sync`)")
 WhereOpt = typer.Option(None, "--where", "-w", help="only documents where FIELD OP VALUE holds, e.g. type=pdf, "
                                                     "year>=2020, tag=党建, folder=reports (repeatable: all must hold)")
 
@@ -110,14 +116,16 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
           vectors: str = typer.Option("", "--vectors", envvar="INDEXER_VECTORS",
                                       help="keep the vectors in Milvus: milvus://HOST:PORT/NAME, milvus+tls://… or "
                                            "milvus-lite:///FILE.db (default: FAISS files in the index folder)"),
-          tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
-    """(Re)build an index from scratch from PATHS."""
+          tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt, source: Optional[str] = SourceOpt,
+          include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt) -> None:
+    """(Re)build an index from scratch from PATHS; each folder becomes a source that `sync` mirrors."""
     settings = IndexSettings.of(max_tokens=max_tokens, overlap=overlap, index_type=index_type,
                                 user_terms=_user_terms(user_term, user_dict), crosslingual=crosslingual,
                                 sentence_vectors=sentence_vectors, synonym_lines=_synonyms(synonyms),
                                 synonyms_source=str(synonyms), analyzer=analyzer, vectors=vectors)
     engine = _engine(index, model, settings)
-    reports = engine.build(paths, progress=_progress(), tags=tag or (), ocr=ocr)
+    reports = engine.build(paths, progress=_progress(), tags=tag or (), ocr=ocr, source=source, include=include or (),
+                           exclude=exclude or ())
     info = engine.info()
     typer.echo(f"built {info['index']}: {info['documents']} documents, {info['chunks']} chunks, {info['index_type']}")
     _print_reports(reports)
@@ -127,11 +135,86 @@ def build(paths: list[Path] = typer.Argument(..., help="files or folders (.txt .
 def add(paths: list[Path] = typer.Argument(..., help="files or folders to add or replace"),
         index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
         skip_bad_lines: bool = typer.Option(False, help="in JSONL files, skip broken lines instead of failing"),
-        tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt) -> None:
+        tag: Optional[list[str]] = TagOpt, ocr: bool = OcrOpt, source: Optional[str] = SourceOpt,
+        include: Optional[list[str]] = IncludeOpt, exclude: Optional[list[str]] = ExcludeOpt) -> None:
     """Add documents; a changed document replaces its old chunks, an unchanged one is skipped.
-    A large folder is committed as it goes: after Ctrl-C, the same command picks up the rest."""
+    A folder becomes a source (ids SOURCE/path/in/it) that `sync` mirrors later. A large folder is
+    committed as it goes: after Ctrl-C, the same command picks up the rest."""
     _print_reports(_engine(index, model).add(paths, progress=_progress(), skip_bad_lines=skip_bad_lines,
-                                             tags=tag or (), ocr=ocr))
+                                             tags=tag or (), ocr=ocr, source=source, include=include or (),
+                                             exclude=exclude or ()))
+
+
+@app.command()
+def sync(names: Optional[list[str]] = typer.Argument(None, help="sources to sync (default: every one)"),
+         index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
+         dry_run: bool = typer.Option(False, "--dry-run", help="print what would be done, change nothing"),
+         max_delete: Optional[int] = typer.Option(None, "--max-delete", help="allow a sync to remove up to this many "
+                                                  "documents of a source even when that is more than half of them"),
+         ocr: bool = OcrOpt) -> None:
+    """Mirror the sources' folders: new files added, changed ones read again, vanished ones removed.
+    A file whose size and time are unchanged is not opened. A missing or empty folder, or a sync
+    removing more than half of a source, is refused. After Ctrl-C, run it again to finish."""
+    done = _engine(index, model).sync(names or (), dry_run=dry_run, max_delete=max_delete, progress=_progress(),
+                                      ocr=ocr)
+    for plan, reports in done:
+        typer.echo(("would sync " if dry_run else "synced ") + plan.summary())
+        if dry_run:
+            for label, paths in (("new", plan.new), ("changed", plan.changed)):
+                typer.echo("".join(f"  {label:8} {p.relative_to(plan.root).as_posix()}\n" for p in paths), nl=False)
+            typer.echo("".join(f"  removed  {d}\n" for d in plan.removed), nl=False)
+    _print_reports([r for _, reports in done for r in reports if r.status != "unchanged"])
+
+
+PollOpt = typer.Option(False, "--poll", help="poll every folder for changes (network shares are polled anyway: "
+                                            "they send no change events)")
+IntervalOpt = typer.Option(5.0, "--interval", min=0.5, help="seconds between two polls of a polled folder")
+DebounceOpt = typer.Option(2.0, "--debounce", min=0.1, help="quiet seconds after a change before its source is synced")
+
+
+@app.command()
+def watch(names: Optional[list[str]] = typer.Argument(None, help="sources to watch (default: every one)"),
+          index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt, poll: bool = PollOpt,
+          interval: float = IntervalOpt, debounce: float = DebounceOpt) -> None:
+    """Keep the sources in sync while their files change, until Ctrl-C: a sync first, then one sync
+    of a source each time its changes settle. A refused sync is reported and the watch goes on."""
+    from .watching import Watcher
+
+    import signal
+
+    watcher = Watcher(_engine(index, model), tuple(names or ()), poll, interval, debounce,
+                      lambda line: typer.echo(line, err=True))
+    signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())  # a service manager's stop: as Ctrl-C
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        pass
+    typer.echo("stopped watching (the index is as last committed)", err=True)
+
+
+source_app = typer.Typer(no_args_is_help=True, help="The folders the index follows (`add FOLDER` adds one).")
+app.add_typer(source_app, name="source")
+
+
+@source_app.command("list")
+def source_list(index: Optional[str] = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """The sources: name, folder, documents, patterns, last sync."""
+    sources = _engine(index, None).sources()
+    if as_json:
+        typer.echo(json.dumps(sources, ensure_ascii=False, indent=1))
+        return
+    for s in sources:
+        patterns = " ".join([f"+{p}" for p in s["include"]] + [f"-{p}" for p in s["exclude"]])
+        typer.echo(f"{s['name']}\t{s['root']}\t{s['documents']} documents\t"
+                   f"synced {s.get('synced') or 'never'}" + (f"\t{patterns}" if patterns else ""))
+
+
+@source_app.command("remove")
+def source_remove(name: str = typer.Argument(..., help="the source's name, as `source list` shows it"),
+                  index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt) -> None:
+    """Stop following a source; its documents leave the index (its folder is not touched)."""
+    reports = _engine(index, model).remove_source(name)
+    typer.echo(f"source {name} removed with its {len(reports)} documents")
 
 
 @app.command()
@@ -194,9 +277,13 @@ def optimize(index: Optional[str] = IndexOpt) -> None:
 
 
 @app.command()
-def upgrade(index: Optional[str] = IndexOpt) -> None:
-    """Convert an index of an earlier folder format (1 or 2) to the current one, in place, and say what was done."""
-    typer.echo(_engine(index, None).upgrade())
+def upgrade(index: Optional[str] = IndexOpt,
+            keep_ids: bool = typer.Option(False, "--keep-ids", help="leave the documents of an index of before "
+                                          "sources as they are, named by their paths (files added one by one)")) -> None:
+    """Convert an index of an earlier format in place, and make the folders an index of before
+    sources read into sources (ids SOURCE/path, as a build gives them now); say what was done,
+    each id changed as `old → new`."""
+    typer.echo(_engine(index, None).upgrade(sources=not keep_ids))
 
 
 def _print_result(result: Result) -> None:
@@ -318,18 +405,24 @@ def serve(index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
           max_k: int = typer.Option(100, envvar="INDEXER_API_MAX_K", help="largest k a request may ask for"),
           max_batch: int = typer.Option(256, envvar="INDEXER_API_MAX_BATCH", help="most questions in one /batch"),
           max_body_kb: int = typer.Option(1024, envvar="INDEXER_API_MAX_BODY_KB", help="largest JSON request body, KB"),
-          max_upload_mb: int = typer.Option(50, envvar="INDEXER_API_MAX_UPLOAD_MB", help="largest upload request, MB")) -> None:
+          max_upload_mb: int = typer.Option(50, envvar="INDEXER_API_MAX_UPLOAD_MB", help="largest upload request, MB"),
+          watch: bool = typer.Option(False, "--watch", help="keep the index's sources in sync while serving (see `watch`)"),
+          poll: bool = PollOpt) -> None:
     """Serve the HTTP API (OpenAPI page at /docs); keys go in `Authorization: Bearer KEY`. At the
     first start (no write key yet) a write key is made and shown once on the terminal."""
     from .access import access_path
     from .api import ServeSettings, serve as run
     from .guard import first_start
+    from .watching import Watcher
+
+    if watch:
+        Watcher(_engine(index, model)).sources()  # nothing to watch: refused before the server starts
 
     settings = ServeSettings(index=index or os.environ.get(INDEX_ENV) or str(DEFAULT_INDEX), access=access_path(access),
                              model=model, host=host, port=port, max_k=max_k, max_batch=max_batch,
                              max_body_bytes=max_body_kb << 10, max_upload_bytes=max_upload_mb << 20,
                              allowed_hosts=tuple(allowed_host or ()), trusted_proxies=tuple(trusted_proxy or ()),
-                             key_rate=key_rate, address_rate=address_rate)
+                             key_rate=key_rate, address_rate=address_rate, watch=watch, poll=poll)
     first_start(settings.access, _warn)
     run(settings)
 

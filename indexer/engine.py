@@ -11,6 +11,7 @@ translations hold nothing of the documents outside them.
 from __future__ import annotations
 
 import copy
+import mimetypes
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -22,19 +23,21 @@ from .models import Models, shared
 from .reading import SUPPORTED_SUFFIXES, Document, read_uploads
 from .decoding import normalise_newlines
 from . import filters
-from .errors import IndexerError, NotFound, ReadError
-from .results import DEFAULT_MODE, GROUPS, DocHit, DocReport, Hit, Result, SearchOptions
+from .errors import Gone, IndexerError, NotFound, ReadError
+from .results import DEFAULT_MODE, GROUPS, DocHit, DocReport, Hit, Original, Result, SearchOptions
 from .search import MODES, FusionSettings
 from .searching import Searcher
 from .settings import IndexSettings
+from .syncing import SyncPlan, origin_file
 from .store import Snapshot, check_location, exists
 from .store.base import DocRecord
+from .store.originals import original_path, usage
 
 DEFAULT_INDEX = Path("indexes/default")
 UPLOAD_SUFFIXES = SUPPORTED_SUFFIXES  # the file types an upload may have
 
 __all__ = ["DEFAULT_INDEX", "DEFAULT_MODE", "GROUPS", "MODES", "UPLOAD_SUFFIXES", "DocHit", "DocRecord", "DocReport",
-           "Engine", "Hit", "IndexSettings", "Result", "SearchOptions"]
+           "Engine", "Hit", "IndexSettings", "Result", "SearchOptions", "SyncPlan"]
 
 
 class Engine:
@@ -135,18 +138,40 @@ class Engine:
     # ---------------------------------------------------------------- writes
 
     def build(self, paths: Iterable[str | Path], *, progress: Progress = False, tags: Iterable[str] = (),
-              ocr: bool = True) -> list[DocReport]:
+              ocr: bool = True, source: str | None = None, include: Iterable[str] = (),
+              exclude: Iterable[str] = ()) -> list[DocReport]:
         """Index exactly the documents of these files and folders, from scratch (indexing.Indexer.build)."""
-        return self._writer().build(paths, progress=progress, tags=tags, ocr=ocr)
+        return self._writer().build(paths, progress=progress, tags=tags, ocr=ocr, source=source, include=include,
+                                  exclude=exclude)
 
     def rebuild(self, *, progress: Progress = False) -> list[DocReport]:
         """Re-chunk and re-embed every document from its stored text, in one commit."""
         return self._writer().rebuild(progress=progress)
 
     def add(self, paths: Iterable[str | Path], *, progress: Progress = False, skip_bad_lines: bool = False,
-            tags: Iterable[str] = (), ocr: bool = True) -> list[DocReport]:
-        """Add or replace the documents of these files and folders (indexing.Indexer.add)."""
-        return self._writer().add(paths, progress=progress, skip_bad_lines=skip_bad_lines, tags=tags, ocr=ocr)
+            tags: Iterable[str] = (), ocr: bool = True, source: str | None = None, include: Iterable[str] = (),
+            exclude: Iterable[str] = ()) -> list[DocReport]:
+        """Add or replace the documents of these files and folders; a folder becomes a source
+        (indexing.Indexer.add)."""
+        return self._writer().add(paths, progress=progress, skip_bad_lines=skip_bad_lines, tags=tags, ocr=ocr,
+                                source=source, include=include, exclude=exclude)
+
+    def sync(self, names: Iterable[str] = (), *, dry_run: bool = False, max_delete: int | None = None,
+             progress: Progress = False, ocr: bool = True) -> list[tuple[SyncPlan, list[DocReport]]]:
+        """Mirror the sources (all, when none is named) into the index (indexing.Indexer.sync)."""
+        return self._writer().sync(names, dry_run=dry_run, max_delete=max_delete, progress=progress, ocr=ocr)
+
+    def sources(self) -> list[dict]:
+        """The folders the index follows: name, folder, patterns, tags, documents, when added and last synced."""
+        if self.scope:  # a reader learns nothing of the folders behind it
+            return []
+        store, view = self.searcher.current()
+        return [{"name": name, **entry, "documents": view.by_source.get(name, 0)}
+                for name, entry in sorted(store.manifest.sources.items())]
+
+    def remove_source(self, name: str) -> list[DocReport]:
+        """Stop following a source; its documents leave the index."""
+        return self._writer().remove_source(name)
 
     def add_documents(self, docs: list[Document], *, progress: Progress = False) -> list[DocReport]:
         """Add already-read documents."""
@@ -155,8 +180,10 @@ class Engine:
     def add_uploads(self, files: list[tuple[str, bytes]], tags: Iterable[str] = (), *,
                     progress: Progress = False) -> list[DocReport]:
         """Add uploaded files (name as the browser sent it, bytes), read as files on disk are; a
-        file that cannot be read is a ReadError naming it, and nothing is added."""
-        return self.add_documents(read_uploads(files, tags), progress=progress)
+        file that cannot be read is a ReadError naming it, and nothing is added. The index keeps
+        each file's bytes, for `original`."""
+        return self._writer().add_documents(read_uploads(files, tags), progress=progress,
+                                            originals=[data for _, data in files])
 
     def add_text(self, title: str, text: str, *, progress: Progress = False) -> list[DocReport]:
         """Add pasted text as one document whose id is its title (the same title replaces it)."""
@@ -166,7 +193,7 @@ class Engine:
             raise ReadError("give the pasted text a title: it names the document")
         if not text.strip():
             raise ReadError("the pasted text is empty")
-        return self.add_documents([Document(doc_id=title, text=text, title=title, source="pasted")], progress=progress)
+        return self.add_documents([Document(doc_id=title, text=text, title=title, origin="pasted")], progress=progress)
 
     def remove(self, doc_ids: list[str]) -> list[DocReport]:
         """Remove documents by id; an unknown id is NotFound and nothing is removed."""
@@ -176,9 +203,9 @@ class Engine:
         """Merge the index's segments into one, dropping deleted chunks: (segments before, after)."""
         return self._writer().optimize()
 
-    def upgrade(self) -> str:
-        """Convert an index of an earlier format in place; what was done, in one line."""
-        return self._writer().upgrade()
+    def upgrade(self, *, sources: bool = True) -> str:
+        """Convert an index of an earlier format in place (and its folders into sources); what was done."""
+        return self._writer().upgrade(sources=sources)
 
     def chunk(self, doc: Document) -> list[Chunk]:
         """Chunks of a document under this index's settings, measured in the model's tokens."""
@@ -216,6 +243,30 @@ class Engine:
         Simplified); character for character, so offsets into it are offsets into the text."""
         folded = self.segmenter.fold(text)
         return folded if len(folded) == len(text) else text
+
+    def original(self, doc_id: str) -> Original:
+        """The file a document came from: an upload's kept bytes, or a source's (or a named file's)
+        file while it is still where it was read. NotFound outside this view's scope, and for text
+        that has no file of its own (pasted, or one line of a JSON Lines file, whose file holds
+        other documents too); Gone for a file moved or deleted since."""
+        record = self.visible().get(doc_id)
+        if record is None:
+            raise NotFound(f"no document {doc_id!r} in {self.shown}")
+        if record.origin.startswith("upload:"):
+            name, sha = record.origin[len("upload:"):], record.file.get("sha256")
+            path = original_path(self.path, sha) if sha else None
+            if path is None or not path.is_file():
+                raise Gone(f"{doc_id} was uploaded before the index kept originals: upload it again to keep its file")
+        elif not record.origin or record.origin == "pasted" or origin_file(record.origin) != record.origin:
+            raise NotFound(f"{doc_id} has no file of its own (pasted text, or one line of a JSON Lines file): "
+                           f"its text is all there is")
+        else:
+            path = Path(record.origin)
+            name = path.name
+            if not path.is_file():
+                raise Gone(f"the file of {doc_id} is no longer where it was read (moved or deleted); a sync of "
+                           f"its source brings the index up to date")
+        return Original(path, name, mimetypes.guess_type(name)[0] or "application/octet-stream")
 
     def document_text(self, doc_id: str) -> str:
         """A document's whole text, as it was read."""
@@ -262,6 +313,7 @@ class Engine:
             "crosslingual": (f"{m.crosslingual.get('encoder')} ({m.crosslingual.get('dim')}-d, passages and "
                              f"{stats['sentences']} sentences)") if m.crosslingual else "off",
             "sentence_vectors": settings.sentence_vectors,
+            **({} if self.scope else {"originals": dict(zip(("files", "bytes"), usage(self.path)))}),
             **({"recall@10_vs_exact": stats["recall@10_vs_exact"]} if recall else {}),
         }
 

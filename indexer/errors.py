@@ -23,3 +23,8 @@ class ReadError(IndexerError):
 
 class NotFound(IndexerError):
     """A document (or another thing a request names) that the index does not hold."""
+
+
+class Gone(IndexerError):
+    """Something the index names that can no longer be had: a document's file moved or deleted
+    since it was read."""

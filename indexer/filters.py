@@ -7,6 +7,7 @@ filter expression), so k hits come back whenever k exist.
 Fields are a document's metadata (its file's `type`, `size`, `modified`, `folder`, `title`,
 `reader`; a JSON Lines document's own fields; the `tags` given when it was added) and:
     id      the document id              tag     one of its tags (`tags` too)
+    source  the source (followed folder) it came from ("" for a file, upload or paste of its own)
     year    the year of its `date`/`year` field, else of the file's modified time
     date    its `date` field, else the file's modified date (YYYY-MM-DD)
     added   when it was added to the index
@@ -56,7 +57,7 @@ def fields(doc) -> dict[str, object]:
     """The values a filter can test on one document record (indexer.store.base.DocRecord)."""
     meta = dict(doc.meta)
     out: dict[str, object] = {str(k).lower(): v for k, v in meta.items()}
-    out.update(id=doc.doc_id, title=doc.title or out.get("title", ""), added=doc.added)
+    out.update(id=doc.doc_id, title=doc.title or out.get("title", ""), added=doc.added, source=doc.source)
     dated = str(meta.get("date") or meta.get("modified") or "")
     if dated:  # a document without a date meets no date filter
         out.setdefault("date", dated[:10])

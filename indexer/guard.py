@@ -15,6 +15,13 @@
   without a key this process knows (wrong keys are counted there before scrypt checks them);
   429 beyond. The client's address is the peer's, or, when the peer is a proxy named with
   `--trusted-proxy`, the last address of `X-Forwarded-For` that is not one.
+- **Originals.** `original_response`: a document's file is served so that it cannot run in the
+  server's origin: every type but PDF as a download (`Content-Disposition: attachment`), under
+  `X-Content-Type-Options: nosniff` and a CSP `sandbox` (an opaque origin, no script, no
+  requests) should a browser render it anyway; a PDF inline with its type forced, for the
+  browser's viewer and `#page=N` (Chromium does not run its PDF viewer in a sandboxed document).
+  The page links a hit's original through `Passes`: a short-lived token, signed by this
+  process, naming one document the page showed its reader.
 - **The page's login link.** `SignIns`: a one-time token per start, printed only on the
   terminal, that `LoginLink` exchanges for an HttpOnly, SameSite=Strict cookie naming a sign-in
   held in this process's memory (a restart signs everyone out and prints a new link).
@@ -24,7 +31,9 @@ stdout or stderr, which may be a log file, nor in an access log or an error mess
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import ipaddress
 import math
 import secrets
@@ -39,10 +48,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import JSONResponse, RedirectResponse
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse
 
 from .access import OPERATOR, Access, Grant, ensure_write_key
 from .errors import IndexerError
+from .results import Original
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "localhost.localdomain", "ip6-localhost")
 WILDCARD_BINDS = ("", "0.0.0.0", "::")
@@ -307,6 +317,7 @@ class PageGate:
     started without the launcher (`streamlit run`, AppTest) has no sign-ins and the defaults."""
 
     sign_ins: SignIns = field(default_factory=SignIns)
+    passes: Passes | None = None  # set by the launcher, which serves /original (else: no links to originals)
     cookie: str = ""
     limits: Limits = field(default_factory=Limits)
     named: tuple[str, ...] = ()
@@ -342,3 +353,44 @@ class LoginLink:
             response.set_cookie(self.cookie, session, max_age=SIGN_IN_DAYS * 86400, path="/", httponly=True,
                                 samesite="strict", secure=self.secure)
         await response(scope, receive, send)
+
+
+def original_response(original: Original) -> FileResponse:
+    """A document's original file as a response that cannot run in the server's origin (module
+    docstring: Originals)."""
+    pdf = original.media_type == "application/pdf"
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=0",
+               "Referrer-Policy": "no-referrer",
+               "Content-Security-Policy": "frame-ancestors 'self'" if pdf else "sandbox; default-src 'none'"}
+    return FileResponse(original.path, headers=headers, filename=original.name,
+                        media_type="application/pdf" if pdf else original.media_type,
+                        content_disposition_type="inline" if pdf else "attachment")
+
+
+class Passes:
+    """Signed, short-lived passes to one document's original, which the page puts in the links of
+    the hits it shows (the page's reader may see them; the route that serves them has no session
+    of its own). The key is made at each start and never leaves this process."""
+
+    def __init__(self, minutes: int = 60) -> None:
+        self._key, self.seconds = secrets.token_bytes(32), minutes * 60
+
+    def _sign(self, body: bytes) -> str:
+        return base64.urlsafe_b64encode(hmac.new(self._key, body, hashlib.sha256).digest()[:18]).decode()
+
+    def issue(self, doc_id: str) -> str:
+        """A pass to this document's original, good for `minutes`."""
+        body = f"{int(time.time()) + self.seconds}:{doc_id}".encode()
+        return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + self._sign(body)
+
+    def document(self, token: str) -> str | None:
+        """The document a pass names, if it is this process's and not expired (else None)."""
+        try:
+            head, signature = token.split(".", 1)
+            body = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+            expires, doc_id = body.decode().split(":", 1)
+        except ValueError:  # malformed base64 or text: no pass (binascii.Error is a ValueError)
+            return None
+        if not hmac.compare_digest(signature, self._sign(body)) or int(expires) < time.time():
+            return None
+        return doc_id

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .guard import (ADDRESS_RATE, KEY_RATE, PAGE, Guard, Limits, LoginLink, allowed_hosts, bracketed, cookie_name,
-                    first_start, show_on_terminal)
+from .guard import (ADDRESS_RATE, KEY_RATE, PAGE, Guard, Limits, LoginLink, Passes, allowed_hosts, bracketed,
+                    cookie_name, first_start, original_response, show_on_terminal)
 
 APP = Path(__file__).resolve().parent.parent / "search_app.py"
 
@@ -44,6 +44,32 @@ def link_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bracketed(bind)
 
 
+def originals_route(index: str) -> Any:
+    """`GET /original?t=PASS`: the original of the document a pass of the page names (guard.Passes;
+    the page issues passes only for the hits it shows its reader), served as guard.original_response."""
+    import anyio
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from .engine import Engine
+    from .errors import Gone, NotFound
+
+    engines: list[Engine] = []
+
+    async def original(request: Any) -> Any:
+        doc_id = PAGE.passes.document(request.query_params.get("t", "")) if PAGE.passes else None
+        if doc_id is None:
+            return JSONResponse({"error": "this link has expired or is not this page's: search again for a fresh one"},
+                                status_code=403)
+        engines[:] = engines or [Engine(index)]  # the index's snapshot, without the models
+        try:
+            return original_response(await anyio.to_thread.run_sync(engines[0].original, doc_id))
+        except (NotFound, Gone) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=410 if isinstance(exc, Gone) else 404)
+
+    return Route("/original", original, methods=["GET"])
+
+
 def run(settings: PageSettings, warn: Callable[[str], None]) -> None:
     """Start the page and serve it until interrupted."""
     import streamlit as st
@@ -54,6 +80,7 @@ def run(settings: PageSettings, warn: Callable[[str], None]) -> None:
     PAGE.cookie = cookie_name(settings.port)
     PAGE.limits = Limits(settings.key_rate, settings.address_rate, settings.trusted_proxies)
     PAGE.named = settings.allowed_hosts
+    PAGE.passes = Passes()
     token = PAGE.sign_ins.new_token()
     url = f"http://{link_host(settings.host)}:{settings.port}"
 
@@ -64,7 +91,7 @@ def run(settings: PageSettings, warn: Callable[[str], None]) -> None:
             warn("no terminal to show the page's login link on: sign in with the write key as the page's password")
         yield
 
-    app = st.App(APP, lifespan=announce,
+    app = st.App(APP, lifespan=announce, routes=[originals_route(settings.index)],
                  middleware=[Middleware(Guard, hosts=hosts, named=settings.allowed_hosts),
                              Middleware(LoginLink, sign_ins=PAGE.sign_ins, cookie=PAGE.cookie)])
     sys.argv = [str(APP), "--index", settings.index, "--access", str(settings.access)]  # what the script reads

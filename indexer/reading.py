@@ -49,10 +49,12 @@ class Document:
     doc_id: str
     text: str
     title: str = ""
-    source: str = ""
+    origin: str = ""  # where its text came from: a file's path, upload:NAME, pasted, FILE#L3 for a JSON Lines line
     encoding: str | None = None
     meta: dict = field(default_factory=dict, hash=False)
     places: tuple[Place, ...] = field(default=(), hash=False)  # where its pages, slides, sheets or rows start
+    source: str = ""  # the source (a folder followed by name) it came from, if any
+    file: dict = field(default_factory=dict, hash=False)  # its file as read: size, mtime_ns, sha256 (`file_state`)
 
     @property
     def content_hash(self) -> str:
@@ -68,6 +70,7 @@ class SourceFile:
     doc_id: str
     size: int  # bytes
     folder: str = ""  # its folder relative to the folder the user gave (posix; "" at the top level)
+    source: str = ""  # the source (a folder followed by name) it belongs to; its id is SOURCE/path under the folder
 
 
 @dataclass(frozen=True)
@@ -84,13 +87,22 @@ class _Extract:
 # ---------------------------------------------------------------------------- public API
 
 
-def plan_files(paths: Iterable[str | Path]) -> list[SourceFile]:
-    """The files of these paths (folders recursively, sorted), with their ids, sizes and folders."""
+def plan_files(paths: Iterable[str | Path], sources: dict[Path, str] | None = None) -> list[SourceFile]:
+    """The files of these paths (folders recursively, sorted), with their ids, sizes and folders.
+
+    A folder named in `sources` (its name) is a source: its files' ids are SOURCE/path/under/it,
+    so two folders' 通知.docx never share an id. The other files are named by their path from
+    the deepest folder that holds them all (a file given alone: its name)."""
     found = _collect_files([Path(p) for p in paths])
-    root = _common_root([file for file, _ in found])
-    return [
-        SourceFile(file, _relative_id(file, root), _size(file), _folder(file, base)) for file, base in found
-    ]
+    named = {Path(folder).resolve(): name for folder, name in (sources or {}).items()}
+    loose = [file for file, base in found if base is None or base.resolve() not in named]
+    root = _common_root(loose) if loose else None
+    out = []
+    for file, base in found:
+        source = named.get(base.resolve()) if base is not None else None
+        doc_id = f"{source}/{file.relative_to(base).as_posix()}" if source else _relative_id(file, root)
+        out.append(SourceFile(file, doc_id, _size(file), _folder(file, base), source or ""))
+    return out
 
 
 def iter_documents(
@@ -102,22 +114,22 @@ def iter_documents(
     (one soffice start for up to LIBREOFFICE_BATCH of them), when the first of them comes up.
     """
     converted: dict[Path, bytes | ReadError] = {}
-    first_source: dict[str, str] = {}
+    first_origin: dict[str, str] = {}
     for index, file in enumerate(files):
         if file.path.suffix.lower() == ".jsonl" and file.size > max_document_bytes():
-            yield from _jsonl_parts(file, first_source, skip_bad_lines)
+            yield from _jsonl_parts(file, first_origin, skip_bad_lines)
             continue
         try:
             if _needs_libreoffice(file.path) and file.path not in converted and file.size <= max_document_bytes():
                 converted.update(_convert_ahead(files[index:], converted))
             docs = _read_source(file, converted.pop(file.path, None), skip_bad_lines=skip_bad_lines, ocr=ocr)
-            _check_unique_ids(docs, first_source)
+            _check_unique_ids(docs, first_origin)
         except ReadError as error:
             yield file, error
         except Exception as error:  # noqa: BLE001 - a library's own failure on a damaged file: one line
             yield file, ReadError(f"{file.path}: cannot read ({type(error).__name__}: {_one_line(error)})")
         else:
-            first_source.update((doc.doc_id, doc.source) for doc in docs)
+            first_origin.update((doc.doc_id, doc.origin) for doc in docs)
             yield file, docs
 
 
@@ -138,7 +150,7 @@ def read_upload(name: str, data: bytes, *, ocr: bool = True) -> list[Document]:
     """An uploaded file (its name as the browser sent it, its bytes), read like a file on disk.
 
     Only the name's last part is kept; an empty or hidden name, or an unsupported suffix, is a
-    ReadError. Documents get source "upload:<name>", and errors name the upload, not a temp path.
+    ReadError. Documents get the origin "upload:<name>", and errors name the upload, not a temp path.
     """
     clean = upload_name(name)
     with tempfile.TemporaryDirectory(prefix="indexer-upload-") as tmp:
@@ -148,7 +160,8 @@ def read_upload(name: str, data: bytes, *, ocr: bool = True) -> list[Document]:
             docs = read_file(path, ocr=ocr)
         except ReadError as error:
             raise ReadError(str(error).replace(str(path), clean)) from error
-    return [replace(doc, source=f"upload:{clean}") for doc in docs]
+    kept = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}  # the bytes the index keeps (store.originals)
+    return [replace(doc, origin=f"upload:{clean}", file=kept) for doc in docs]
 
 
 def read_uploads(files: list[tuple[str, bytes]], tags: Iterable[str] = (), *, ocr: bool = True) -> list[Document]:
@@ -265,13 +278,13 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _check_unique_ids(docs: list[Document], first_source: dict[str, str]) -> None:
+def _check_unique_ids(docs: list[Document], first_origin: dict[str, str]) -> None:
     """Raise ReadError naming both sources if a document's id was seen before (or twice here)."""
-    seen = dict(first_source)
+    seen = dict(first_origin)
     for doc in docs:
         if doc.doc_id in seen:
-            raise ReadError(f"{doc.source}: duplicate id {doc.doc_id!r} (also in {seen[doc.doc_id]})")
-        seen[doc.doc_id] = doc.source
+            raise ReadError(f"{doc.origin}: duplicate id {doc.doc_id!r} (also in {seen[doc.doc_id]})")
+        seen[doc.doc_id] = doc.origin
 
 
 def _all_or_raise(results: Iterator[tuple[SourceFile, list[Document] | ReadError]]) -> list[Document]:
@@ -310,14 +323,15 @@ def _read_source(file: SourceFile, converted: bytes | ReadError | None, *, skip_
     """A file's documents, each with the file's metadata under its own (JSONL fields win)."""
     path = file.path
     _check_size(path)
-    meta = _file_meta(file)
+    meta, state = _file_meta(file), file_state(path)
     if path.suffix.lower() == ".jsonl":
-        return [replace(doc, meta={**meta, **doc.meta}) for doc in _read_jsonl(path, file.doc_id, skip_bad_lines)]
+        return [replace(doc, meta={**meta, **doc.meta}, file=state) for doc in _read_jsonl(path, file, skip_bad_lines)]
     extract = _extract(path, converted, ocr=ocr)
     text = normalise_newlines(extract.text)
     _require_content(text, str(path))
-    return [Document(doc_id=file.doc_id, text=text, title=extract.title.strip() or path.stem, source=str(path),
-                     encoding=extract.encoding, meta={**meta, "reader": extract.reader}, places=extract.places)]
+    return [Document(doc_id=file.doc_id, text=text, title=extract.title.strip() or path.stem,
+                     origin=os.path.abspath(path), encoding=extract.encoding, meta={**meta, "reader": extract.reader},
+                     places=extract.places, source=file.source, file=state)]
 
 
 def _extract(path: Path, converted: bytes | ReadError | None, *, ocr: bool) -> _Extract:
@@ -358,6 +372,23 @@ def _extract_converted(data: bytes | None, target: str | None, name: str) -> _Ex
     return _Extract(*(formats.read_xlsx if target == "xlsx" else formats.read_pptx)(data, name))
 
 
+def file_state(path: Path, stat: os.stat_result | None = None) -> dict:
+    """What tells a file's version without reading it (size, modification time in ns) and what
+    tells it for sure (the SHA-256 of its bytes): `sync` compares the first and, where it
+    changed, the second, before it reads the file again."""
+    stat = stat or path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_hash(path)}
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _file_meta(file: SourceFile) -> dict:
     """type, size, modified (UTC, ISO 8601 to the second) and folder of a file."""
     stat = file.path.stat()
@@ -396,7 +427,7 @@ def _require_content(text: str, name: str) -> None:
         raise ReadError(f"{name}: empty document")
 
 
-def _read_jsonl(path: Path, base_id: str, skip_bad_lines: bool) -> list[Document]:
+def _read_jsonl(path: Path, file: SourceFile, skip_bad_lines: bool) -> list[Document]:
     """One document per non-blank line of a JSON Lines file."""
     text, _ = decode_bytes(_read_bytes(path), str(path))
     _require_content(text, str(path))
@@ -405,7 +436,7 @@ def _read_jsonl(path: Path, base_id: str, skip_bad_lines: bool) -> list[Document
         if not line.strip():
             continue
         try:
-            docs.append(_jsonl_document(line, path, base_id, line_no))
+            docs.append(_jsonl_document(line, file, line_no))
         except ReadError:
             if not skip_bad_lines:
                 raise
@@ -417,15 +448,15 @@ def _read_jsonl(path: Path, base_id: str, skip_bad_lines: bool) -> list[Document
 JSONL_PART_BYTES = 4_000_000  # a JSON Lines file over the one-document limit comes in parts of this size
 
 
-def _jsonl_parts(file: SourceFile, first_source: dict[str, str],
+def _jsonl_parts(file: SourceFile, first_origin: dict[str, str],
                  skip_bad_lines: bool) -> Iterator[tuple[SourceFile, list[Document] | ReadError]]:
     """A JSON Lines file larger than the one-document limit, read line by line (as UTF-8, as JSON
     Lines is), in parts of about JSONL_PART_BYTES: the limit applies to each line, a document, and
     memory does not grow with the file. A first pass checks every line (and the ids), so a bad
     line refuses the whole file as it does for a small one, before any part is given out."""
-    limit, meta = max_document_bytes(), _file_meta(file)
+    limit, meta, state = max_document_bytes(), _file_meta(file), file_state(file.path)
     bad: set[int] = set()
-    seen = dict(first_source)
+    seen = dict(first_origin)
     try:
         for line_no, raw in _lines(file.path):
             try:
@@ -437,11 +468,11 @@ def _jsonl_parts(file: SourceFile, first_source: dict[str, str],
                 continue
             if doc is not None:
                 _check_unique_ids([doc], seen)
-                seen[doc.doc_id] = doc.source
+                seen[doc.doc_id] = doc.origin
     except ReadError as error:
         yield file, error
         return
-    if len(seen) == len(first_source):
+    if len(seen) == len(first_origin):
         yield file, ReadError(f"{file.path}: no valid lines")
         return
     part: list[Document] = []
@@ -449,13 +480,13 @@ def _jsonl_parts(file: SourceFile, first_source: dict[str, str],
     for line_no, raw in _lines(file.path):
         doc = None if line_no in bad else _jsonl_line(raw, file, line_no, limit)
         if doc is not None:
-            part.append(replace(doc, meta={**meta, **doc.meta}))
+            part.append(replace(doc, meta={**meta, **doc.meta}, file=state))
         nbytes += len(raw)
         if nbytes >= JSONL_PART_BYTES:
-            first_source.update((d.doc_id, d.source) for d in part)
+            first_origin.update((d.doc_id, d.origin) for d in part)
             yield replace(file, size=nbytes), part
             part, nbytes = [], 0
-    first_source.update((d.doc_id, d.source) for d in part)
+    first_origin.update((d.doc_id, d.origin) for d in part)
     yield replace(file, size=nbytes), part
 
 
@@ -478,11 +509,14 @@ def _jsonl_line(raw: bytes, file: SourceFile, line_no: int, limit: int) -> Docum
     except UnicodeDecodeError:
         raise ReadError(f"{file.path}: line {line_no} is not UTF-8 (a JSON Lines file over "
                         f"{limit / 1e6:g} MB is read line by line, as UTF-8)") from None
-    return _jsonl_document(line, file.path, file.doc_id, line_no) if line.strip() else None
+    return _jsonl_document(line, file, line_no) if line.strip() else None
 
 
-def _jsonl_document(line: str, path: Path, base_id: str, line_no: int) -> Document:
-    """Parse one JSON Lines record: {"id"?, "text", "title"?, ...extra → meta}."""
+def _jsonl_document(line: str, file: SourceFile, line_no: int) -> Document:
+    """Parse one JSON Lines record: {"id"?, "text", "title"?, ...extra → meta}; its id is the
+    record's own, as the user named it (in a source too: a clash with another's is refused when
+    added), else the file's id and its line number."""
+    path = file.path
     where = f"{path}: line {line_no}"
     try:
         record = json.loads(line)
@@ -495,12 +529,13 @@ def _jsonl_document(line: str, path: Path, base_id: str, line_no: int) -> Docume
         raise ReadError(f"{where}: missing or non-string \"text\"")
     _require_content(text, where)
     return Document(
-        doc_id=_jsonl_id(record.get("id"), where) or f"{base_id}#{line_no}",
+        doc_id=_jsonl_id(record.get("id"), where) or f"{file.doc_id}#{line_no}",
         text=normalise_newlines(text),
         title=_jsonl_title(record.get("title"), path),
-        source=f"{path}#L{line_no}",
+        origin=f"{os.path.abspath(path)}#L{line_no}",
         encoding=None,
         meta={"reader": "jsonl", **{key: value for key, value in record.items() if key not in _JSONL_FIELDS}},
+        source=file.source,
     )
 
 

@@ -4,6 +4,7 @@ update did to each document."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .chunking import is_heading
 from .errors import QueryError
@@ -160,3 +161,13 @@ class DocReport:
     chunks: int
     encoding: str | None = None
     error: str | None = None  # why a file failed: one line naming it
+
+
+@dataclass(frozen=True)
+class Original:
+    """A document's original file, as a shell serves it: where its bytes are, the name to offer,
+    and its media type."""
+
+    path: Path
+    name: str
+    media_type: str

@@ -7,6 +7,7 @@ snapshot, are fused, grouped, and turned into hits with their answering sentence
 """
 from __future__ import annotations
 
+import collections
 import functools
 import threading
 from dataclasses import replace
@@ -53,6 +54,14 @@ class SnapshotView:
         self._folded: dict[int, str] = {}
         self._within: dict[tuple[str, ...], dict[str, DocRecord]] = {}
         self._translators: dict[tuple[str, ...], Translator] = {}
+
+    @functools.cached_property
+    def by_source(self) -> dict[str, int]:
+        """How many documents each source holds (worked out once per snapshot, and only for an
+        index that follows folders)."""
+        if not self.store.manifest.sources:
+            return {}
+        return dict(collections.Counter(r.source for r in self.store.manifest.documents.values()))
 
     @functools.cached_property
     def translator(self) -> Translator:

@@ -127,7 +127,7 @@ def speech_index(tmp_path_factory, encoder) -> Path:
 # bound to SCOPE sees INSIDE; OUTSIDE, a report on pandas with a field of its own, answers
 # PANDA_QUESTION (and its English form) best.
 SCOPE = ("folder=教育科",)
-INSIDE = {"教育科/民办学校通知.txt", "教育科/教师培训.txt"}
+INSIDE = {"docs/教育科/民办学校通知.txt", "docs/教育科/教师培训.txt"}  # the folder docs is a source
 OUTSIDE = "办公室/大熊猫报告"
 PANDA = ("成都大熊猫繁育研究基地的饲养员每天清晨给大熊猫准备新鲜的竹子、竹笋和苹果，成年大熊猫一天要吃二十多公斤竹子。\n"
          "熊猫宝宝在木架上玩耍，饲养员记录它们吃竹子的数量。\n")

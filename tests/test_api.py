@@ -200,6 +200,38 @@ def test_upload_list_search_and_remove_documents(api):
     assert all(h["doc_id"] == "speech.txt" for h in api.post("/search", json={"query": PANDA_QUESTION}).json()["hits"])
 
 
+def test_originals_come_back_as_they_were_and_never_run_in_the_servers_origin(api):
+    """An upload keeps its bytes (counted in /info, gone with its document); a PDF comes inline as
+    application/pdf, anything else as a download under a CSP sandbox, never sniffed; the speech
+    comes from its file on disk."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("helvetica", size=12)
+    pdf.cell(text="The school swimming pool opens at nine in the morning.")
+    pdf_bytes = bytes(pdf.output())
+    page = "<html><body><h1>通知</h1><p>学校游泳池暑假早上九点开放。</p><script>fetch('/documents')</script></body></html>"
+    resp = api.post("/documents", files=[("files", ("pool.pdf", pdf_bytes, "application/pdf")),
+                                         ("files", ("游泳池.html", page.encode("utf-8"), "text/html"))])
+    assert resp.status_code == 200, resp.text
+    assert api.get("/info").json()["originals"]["files"] == 2
+    got = api.get("/documents/pool.pdf/file")
+    assert got.status_code == 200 and got.content == pdf_bytes
+    assert got.headers["content-type"] == "application/pdf" and got.headers["content-disposition"].startswith("inline")
+    assert got.headers["x-content-type-options"] == "nosniff"
+    got = api.get("/documents/游泳池.html/file")
+    assert got.status_code == 200 and got.content == page.encode("utf-8")
+    assert got.headers["content-disposition"].startswith("attachment") and "%E6%B8%B8" in got.headers["content-disposition"]
+    assert got.headers["content-security-policy"].startswith("sandbox") and got.headers["x-content-type-options"] == "nosniff"
+    assert api.get("/documents/speech.txt/file").content == (ROOT / "data" / "speech.txt").read_bytes()
+    for doc_id in ("pool.pdf", "游泳池.html"):
+        assert api.delete(f"/documents/{doc_id}").status_code == 200
+        one_sentence(api.get(f"/documents/{doc_id}/file"), 404)
+    assert api.get("/info").json()["originals"]["files"] == 0
+    assert not list((api.index / "originals").glob("*/*"))
+
+
 def test_info_health_and_the_openapi_page(api):
     info = api.get("/info").json()
     assert info["documents"] >= 1 and info["chunks"] >= 22 and info["model"] == "multilingual-e5-small"
@@ -424,7 +456,7 @@ def test_a_server_on_every_interface_answers_to_the_machines_names_and_addresses
     one_sentence(open_api.get("/health", headers={"Host": REBIND}), 400)
 
 
-def test_a_scoped_reader_never_sees_a_document_outside_its_scope(departments_api):
+def test_a_scoped_reader_never_sees_a_document_outside_its_scope(departments_api, departments_index):
     """The reader of 教育科's folder asks what the 办公室 document answers best: no hit, list
     entry, count, text, translation term or error of the API tells that document is there."""
     api, reader, whole = departments_api, {"X-API-Key": READER_KEY}, {"X-API-Key": READ_KEY}
@@ -443,8 +475,13 @@ def test_a_scoped_reader_never_sees_a_document_outside_its_scope(departments_api
     assert OUTSIDE in {d["doc_id"] for d in api.get("/documents", headers=whole).json()}
     info = api.get("/info", headers=reader).json()
     assert info["documents"] == 2 and info["chunks"] < api.get("/info", headers=whole).json()["chunks"]
-    assert "师德培训" in api.get("/documents/教育科/教师培训.txt", headers=reader).json()["text"]
+    assert "师德培训" in api.get("/documents/docs/教育科/教师培训.txt", headers=reader).json()["text"]
     outside = one_sentence(api.get(f"/documents/{OUTSIDE}", headers=reader), 404)
+    assert one_sentence(api.get(f"/documents/{OUTSIDE}/file", headers=reader), 404) == outside  # its original too
+    inside = sorted(INSIDE)[0]
+    assert api.get(f"/documents/{inside}/file", headers=reader).content == \
+        (departments_index.parent / inside).read_bytes()  # the source's file, from its folder
+    assert "no file of its own" in one_sentence(api.get(f"/documents/{OUTSIDE}/file", headers=whole), 404)
     assert outside == one_sentence(api.get("/documents/办公室/没有", headers=reader), 404).replace("没有", "大熊猫报告")
     by_id = one_sentence(api.post("/search", json={"query": "竹子", "doc": [OUTSIDE]}, headers=reader), 400)
     assert by_id == one_sentence(api.post("/search", json={"query": "竹子", "doc": ["办公室/没有"]}, headers=reader),

@@ -293,7 +293,7 @@ def test_uploads_and_pasted_text_are_read_through_the_engine(speech_engine):
     assert [(r.doc_id, r.status, r.encoding) for r in reports][0] == ("notice.txt", "added", "gb18030")
     docs = {d.doc_id: d for d in speech_engine.documents()}
     assert (docs["notice.txt"].title, docs["a"].title, docs["b"].title) == ("notice", "甲", "more")
-    assert docs["notice.txt"].source == "upload:notice.txt"
+    assert docs["notice.txt"].origin == "upload:notice.txt"
     assert all(docs[d].meta["tags"] == ["2020", "教育局", "通知"] for d in ("notice.txt", "a", "b"))
     assert speech_engine.search("足球联赛", k=1)[0].doc_id == "notice.txt"
     speech_engine.add_text("  My  notes ", "line one\r\nline two")

@@ -154,9 +154,13 @@ def test_page_in_a_real_browser(speech_index, tmp_path, chromium):
         page.screenshot(path=str(OUT / "search-en.png"), full_page=True)
 
 
-def test_documents_and_score_breakdown_in_a_real_browser(encoder, tmp_path, chromium):
-    """Each hit shows its score's parts (cosine and BM25, summing to the score, and the terms
-    matched); "documents" ranks whole documents, each with its best passages."""
+def test_documents_score_breakdown_and_originals_in_a_real_browser(encoder, tmp_path, chromium):
+    """Each hit says where it is (its document, a PDF's page) and links to its original: a PDF
+    opens inline at the hit's page (#page=N), anything else comes as a sandboxed download, and a
+    forged link is refused. With "Why each hit ranks" on, each hit shows its score's parts (cosine
+    and BM25, summing to the score, and the terms matched); "documents" ranks whole documents,
+    each with its best passages."""
+    from fpdf import FPDF
     from playwright.sync_api import expect
 
     from indexer.engine import Engine
@@ -167,6 +171,13 @@ def test_documents_and_score_breakdown_in_a_real_browser(encoder, tmp_path, chro
                                        "党组织书记由上级党组织选派。", encoding="utf-8")
     (notices / "民辦學校報告.txt").write_text("民辦學校黨建工作報告\n全市民辦學校黨組織覆蓋率達到百分之百。", encoding="utf-8")
     shutil.copy(ROOT / "data" / "speech.txt", notices / "speech.txt")
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for line in ("Annual report of the sports centre: cover page.",
+                 "The school swimming pool opens at nine in the morning during the summer holiday."):
+        pdf.add_page()
+        pdf.multi_cell(0, 8, text=line)
+    pdf.output(str(notices / "pool.pdf"))
     index = tmp_path / "index"
     Engine(index, encoder=encoder).build([notices])
     OUT.mkdir(parents=True, exist_ok=True)
@@ -175,16 +186,46 @@ def test_documents_and_score_breakdown_in_a_real_browser(encoder, tmp_path, chro
         page.set_viewport_size({"width": 1440, "height": 2200})
         expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=RESULT_TIMEOUT)
         ask(page, QUESTION)
+        where = page.locator(".where").first
+        expect(where).to_contain_text("notices/", timeout=RESULT_TIMEOUT)
+        settle(page)
+        assert page.locator(".why").count() == 0  # the parts wait behind the toggle
+        link = where.get_by_role("link", name="open original 打开原文")
+        doc_id = where.locator(".id").inner_text()
+        got = page.request.get(url + link.get_attribute("href"))
+        assert got.status == 200 and got.body() == (tmp_path / doc_id).read_bytes()
+        assert got.headers["content-disposition"].startswith("attachment")
+        assert got.headers["x-content-type-options"] == "nosniff" and "sandbox" in got.headers["content-security-policy"]
+        forged = link.get_attribute("href").replace("?t=", "?t=x")
+        assert page.request.get(url + forged).status == 403
+
+        page.get_by_text("Why each hit ranks 评分明细").click()
         why = page.locator(".why").first
         expect(why).to_contain_text("bm25", timeout=RESULT_TIMEOUT)
         parts = why.inner_text()
         assert "dense" in parts and "matched" in parts and "党组织" in parts
+
+        ask(page, "When does the swimming pool open in the summer holiday?")
+        where = page.locator(".where").first
+        expect(where).to_contain_text("notices/pool.pdf", timeout=RESULT_TIMEOUT)
+        settle(page)
+        assert "page 2" in where.inner_text()
+        href = where.get_by_role("link", name="open original 打开原文").get_attribute("href")
+        assert href.endswith("#page=2")
+        got = page.request.get(url + href.split("#")[0])
+        assert got.status == 200 and got.body() == (notices / "pool.pdf").read_bytes()
+        assert got.headers["content-type"] == "application/pdf" and got.headers["content-disposition"].startswith("inline")
+        assert got.headers["x-content-type-options"] == "nosniff" and "sandbox" not in got.headers["content-security-policy"]
+        page.screenshot(path=str(OUT / "hit-places.png"), full_page=True)
+
+        ask(page, QUESTION)
         page.get_by_test_id("stRadioGroup").get_by_text("documents 文档").click()
         heads = page.locator(".doc-head")
         expect(heads.first).to_be_visible(timeout=RESULT_TIMEOUT)
         settle(page)
         titles = heads.all_inner_texts()
-        assert len(titles) == 3 and all(t.startswith(f"#{n}") for n, t in enumerate(titles, 1))
+        assert len(titles) == 4 and all(t.startswith(f"#{n}") for n, t in enumerate(titles, 1))
+        assert "notices/pool.pdf" in titles[-1]  # the English notice last
         assert any("民辦學校報告" in t for t in titles)  # a Traditional document found by a Simplified question
         assert page.locator(".passage").count() >= 4  # each document with its best passages
         page.screenshot(path=str(OUT / "documents.png"), full_page=True)

@@ -11,6 +11,7 @@ from conftest import chunks_of, BATCHED, SPEECH, assert_same_ranking, whole_tabl
 from indexer.chunking import is_heading
 from indexer.engine import Engine
 from indexer.errors import ModelError, QueryError, StoreError
+from indexer.reading import Document
 from indexer.store import Snapshot
 
 QUESTION = "私立学校怎样建立党组织？"
@@ -256,7 +257,11 @@ def test_changed_document_embeds_only_its_changed_chunks(speech_engine, speech_t
     folder.mkdir()
     (folder / "speech.txt").write_text(edited, encoding="utf-8")
     before = {c.text: v for c, v in zip(*speech_engine.store.document_vectors("speech.txt")[:2])}
-    reports = speech_engine.add([folder / "speech.txt"])
+    refused = speech_engine.add([folder / "speech.txt"])  # another file of that name: refused, naming both
+    assert [r.status for r in refused] == ["failed"] and str(folder / "speech.txt") in refused[0].error
+    assert speech_engine.documents()[0].origin in refused[0].error
+    record = speech_engine.documents()[0]
+    reports = speech_engine.add_documents([Document("speech.txt", edited, record.title, record.origin)])  # the file, edited
     assert [r.status for r in reports] == ["replaced"]
     chunks, vectors, xl = speech_engine.store.document_vectors("speech.txt")
     assert speech_engine.reused == len(chunks) - 1

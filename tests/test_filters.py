@@ -22,6 +22,7 @@ NOTICES = {  # folder/name → text: four small notices beside the speech, all a
     "2021/notice-b.md": "# 民办学校党建工作要点\n民办学校党组织要参与学校重大事项决策。\n每季度召开一次党组织会议。",
     "2021/reports/notice-c.txt": "民办学校党组织建设情况报告。全市民办学校党组织覆盖率达到百分之百。",
 }
+NOTICE_IDS = {f"archive/{name}" for name in NOTICES}  # the folder `archive` is a source: its name leads the ids
 JSONL = [  # documents with their own fields (a department and a date)
     {"id": "policy-1", "title": "民办教育促进条例", "text": "民办学校应当建立党组织，开展党的活动。", "department": "教育局", "date": "2018-05-02"},
     {"id": "policy-2", "title": "党建考核办法", "text": "对民办学校党组织书记实行年度考核。", "department": "组织部", "date": "2022-11-30"},
@@ -91,7 +92,7 @@ def engine(speech_engine, archive):
 
 def test_documents_carry_their_file_and_tags(engine):
     docs = {d.doc_id: d for d in engine.documents()}
-    notice = docs["2021/reports/notice-c.txt"]
+    notice = docs["archive/2021/reports/notice-c.txt"]
     assert notice.meta["type"] == "txt" and notice.meta["folder"] == "2021/reports"
     assert notice.meta["size"] == len(NOTICES["2021/reports/notice-c.txt"].encode("utf-8"))
     assert notice.meta["tags"] == ["2021", "党建"] and notice.meta["modified"][:2] == "20"
@@ -100,11 +101,11 @@ def test_documents_carry_their_file_and_tags(engine):
 
 
 @pytest.mark.parametrize("where, expected", [
-    (["type=md"], {"2021/notice-b.md"}),
-    (["folder=2021"], {"2021/notice-b.md", "2021/reports/notice-c.txt"}),
-    (["tag=党建", "type=txt"], {"2019/notice-a.txt", "2021/reports/notice-c.txt"}),
+    (["type=md"], {"archive/2021/notice-b.md"}),
+    (["folder=2021"], {"archive/2021/notice-b.md", "archive/2021/reports/notice-c.txt"}),
+    (["tag=党建", "type=txt"], {"archive/2019/notice-a.txt", "archive/2021/reports/notice-c.txt"}),
     (["department=教育局"], {"policy-1"}),
-    (["date>=2020"], {"policy-2", "speech.txt"} | set(NOTICES)),  # a file's date is its modified time (now)
+    (["date>=2020"], {"policy-2", "speech.txt"} | NOTICE_IDS),  # a file's date is its modified time (now)
     (["year<2020"], {"policy-1"}),
 ])
 def test_filtered_search_stays_inside_the_filter(engine, where, expected):
@@ -125,7 +126,7 @@ def test_filtered_search_returns_k_hits_when_k_exist(engine):
 
 
 def test_tags_change_without_embedding_again(engine, archive):
-    ours = set(NOTICES) | {"policy-1", "policy-2"}
+    ours = NOTICE_IDS | {"policy-1", "policy-2"}
     assert {r.status for r in engine.add([archive], tags=["党建", "2021"])} == {"unchanged"}
     assert {h.doc_id for h in engine.search(QUESTION, k=20, where=["tag=2021"])} == ours
     reports = engine.add([archive], tags=["2019"])
@@ -140,10 +141,10 @@ def test_a_bad_file_does_not_stop_the_folder(speech_engine, archive):
     (archive / "empty.txt").write_text("  \n", encoding="utf-8")
     reports = speech_engine.add([archive])
     failed = {r.doc_id: r.error for r in reports if r.status == "failed"}
-    assert set(failed) == {"2021/broken.docx", "empty.txt"}
+    assert set(failed) == {"archive/2021/broken.docx", "archive/empty.txt"}
     assert all("\n" not in e and ("broken.docx" in e or "empty.txt" in e) for e in failed.values())
     added = {r.doc_id for r in reports if r.status == "added"}
-    assert added == set(NOTICES) | {"policy-1", "policy-2"} and added <= {d.doc_id for d in speech_engine.documents()}
+    assert added == NOTICE_IDS | {"policy-1", "policy-2"} and added <= {d.doc_id for d in speech_engine.documents()}
 
 
 def test_interrupted_add_keeps_what_was_committed_and_resumes(speech_engine, archive, monkeypatch):
@@ -161,7 +162,7 @@ def test_interrupted_add_keeps_what_was_committed_and_resumes(speech_engine, arc
     assert 0 < len(kept) < 5 and speech_engine.check() == []
     reports = speech_engine.add([archive])
     assert {r.doc_id for r in reports if r.status == "unchanged"} == kept
-    assert {r.doc_id for r in reports if r.status == "added"} == (set(NOTICES) | {"policy-1", "policy-2"}) - kept
+    assert {r.doc_id for r in reports if r.status == "added"} == (NOTICE_IDS | {"policy-1", "policy-2"}) - kept
     assert seen == sorted(seen) and 0 <= seen[0] and seen[-1] <= 1
 
 
@@ -182,7 +183,7 @@ def test_command_line_filters_tags_and_failures(speech_index, archive, tmp_path)
                                            "the other documents are in the index")
     data = json.loads(run("search", QUESTION, "--index", str(index), "--where", "tag=通知", "--where", "type=md",
                           "--json").stdout)
-    assert [h["doc_id"] for h in data["hits"]] == ["2021/notice-b.md"] and data["generation"]
+    assert [h["doc_id"] for h in data["hits"]] == ["archive/2021/notice-b.md"] and data["generation"]
     bad = run("search", QUESTION, "--index", str(index), "--where", "year>>1")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "cannot read the filter" in bad.stderr
     questions = tmp_path / "q.jsonl"
@@ -194,5 +195,5 @@ def test_command_line_filters_tags_and_failures(speech_index, archive, tmp_path)
     assert out.returncode == 0, out.stderr
     rows = {r["id"]: r for r in map(json.loads, (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines())}
     assert len(rows["all"]["hits"]) == 3 and "speech.txt" not in {h["doc_id"] for h in rows["all"]["hits"]}
-    assert {h["doc_id"] for h in rows["md"]["hits"]} == {"2021/notice-b.md"}
+    assert {h["doc_id"] for h in rows["md"]["hits"]} == {"archive/2021/notice-b.md"}
     assert [h["doc_id"] for h in rows["jl"]["hits"]] == ["policy-2"]

@@ -267,7 +267,7 @@ def test_questions_find_every_format(archive, encoder, tmp_path):
     }
     for question, expected in questions.items():
         hits = engine.search(question, k=3)
-        assert hits and hits[0].doc_id in expected, (question, [h.doc_id for h in hits])
+        assert hits and hits[0].doc_id in {f"{archive.name}/{d}" for d in expected}, (question, [h.doc_id for h in hits])
 
 
 # ---------------------------------------------------------------------------- metadata
@@ -356,7 +356,7 @@ def test_ocr_can_be_turned_off(archive, monkeypatch):
 
 def test_upload_is_read_by_its_base_name(archive):
     docs = read_upload("C:\\Users\\王\\report.pptx", (archive / "report.pptx").read_bytes())
-    assert [d.doc_id for d in docs] == ["report.pptx"] and docs[0].source == "upload:report.pptx"
+    assert [d.doc_id for d in docs] == ["report.pptx"] and docs[0].origin == "upload:report.pptx"
     assert "# 校园安全工作回顾" in docs[0].text
     [from_doc] = read_upload("../../notice.doc", (archive / "notices" / "notice.doc").read_bytes())
     assert from_doc.doc_id == "notice.doc" and NOTICE[1] in from_doc.text

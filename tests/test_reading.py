@@ -63,7 +63,7 @@ def test_document_fields_for_a_text_file(speech):
     [doc] = read_paths([SPEECH_PATH])
     assert doc.doc_id == "speech.txt"
     assert doc.title == "speech"
-    assert doc.source == str(SPEECH_PATH)
+    assert doc.origin == str(SPEECH_PATH)
     modified = dt.datetime.fromtimestamp(int(SPEECH_PATH.stat().st_mtime), dt.timezone.utc)
     assert doc.meta == {"type": "txt", "size": SPEECH_PATH.stat().st_size, "folder": "", "reader": "text",
                         "modified": modified.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -150,7 +150,7 @@ def test_jsonl_fields_missing_id_and_meta(tmp_path):
     docs = read_file(path)
     assert [d.doc_id for d in docs] == ["a1", "notes.jsonl#3", "7"]
     assert [d.title for d in docs] == ["标题一", "notes", "notes"]
-    assert [d.source for d in docs] == [f"{path}#L1", f"{path}#L3", f"{path}#L4"]
+    assert [d.origin for d in docs] == [f"{path}#L1", f"{path}#L3", f"{path}#L4"]
     assert docs[0].text == "第一篇\n正文"
     own = {"author": "张三", "tags": ["x", 1]}
     assert {key: docs[0].meta[key] for key in own} == own
@@ -348,7 +348,7 @@ def test_jsonl_over_the_document_limit_streams_in_parts(tmp_path, monkeypatch):
     assert len(parts) > 5 and all(isinstance(docs, list) for _, docs in parts)
     docs = [d for _, part in parts for d in part]
     assert [d.doc_id for d in docs] == [f"n{i}" for i in range(400)]
-    assert docs[7].meta["year"] == 2021 and docs[7].meta["reader"] == "jsonl" and docs[7].source.endswith("#L8")
+    assert docs[7].meta["year"] == 2021 and docs[7].meta["reader"] == "jsonl" and docs[7].origin.endswith("#L8")
     assert sum(f.size for f, _ in parts) == big.stat().st_size
     huge = json.dumps({"id": "huge", "text": "很长的文件。" * 4000}, ensure_ascii=False)
     big.write_text("\n".join(lines[:200] + [huge] + lines[200:]) + "\n", encoding="utf-8")

@@ -39,7 +39,7 @@ def test_a_scoped_question_never_finds_the_document_outside(departments, mode, g
         assert found <= INSIDE, (question, found)
         assert not any("熊猫" in h.text for h in result.hits)
     inside = reader.answer(["民办学校怎样建立党组织？"], SearchOptions(k=3, mode=mode, group=group))[0]
-    assert inside.hits and inside.hits[0].doc_id == "教育科/民办学校通知.txt"
+    assert inside.hits and inside.hits[0].doc_id == "docs/教育科/民办学校通知.txt"
 
 
 def test_translations_and_synonyms_hold_only_the_scopes_terms(departments):
@@ -48,7 +48,7 @@ def test_translations_and_synonyms_hold_only_the_scopes_terms(departments):
     shown = set(english.terms) | {t for _, terms in english.translations for t in terms}
     assert not any("熊猫" in t for t in shown), english.translations
     teachers = reader.answer(["How are teachers trained?"], SearchOptions(k=3))[0]
-    assert "培训" in teachers.terms and teachers.hits[0].doc_id == "教育科/教师培训.txt"  # translation still works
+    assert "培训" in teachers.terms and teachers.hits[0].doc_id == "docs/教育科/教师培训.txt"  # translation still works
     assert "熊猫" in departments.answer(["猫熊吃什么"], SearchOptions(k=3))[0].terms  # the synonym, unscoped
     assert "熊猫" not in reader.answer(["猫熊吃什么"], SearchOptions(k=3))[0].terms
 
@@ -62,7 +62,7 @@ def test_lists_counts_and_texts_know_only_the_scope(departments):
     assert info["chunks"] == sum(d.chunks for d in reader.documents()) < whole["chunks"]
     assert "recall@10_vs_exact" not in info and info["index_type"] == whole["index_type_setting"]
     assert re.search(r"\d+ sentences", whole["crosslingual"]) and "passages and their sentences" in info["crosslingual"]
-    assert "师德培训" in reader.document_text("教育科/教师培训.txt")
+    assert "师德培训" in reader.document_text("docs/教育科/教师培训.txt")
     with pytest.raises(NotFound) as outside:
         reader.document_text(OUTSIDE)
     with pytest.raises(NotFound) as unknown:
@@ -88,7 +88,7 @@ def test_errors_name_nothing_outside_the_scope(departments):
         reader.answer(["竹子"], SearchOptions(where=("secret_level=内部",)))  # its field is unknown here too
     assert "secret_level" not in str(named.value).split("(fields:")[1]
     with pytest.raises(IndexerError):
-        reader.remove(["教育科/教师培训.txt"])  # a view cannot write
+        reader.remove(["docs/教育科/教师培训.txt"])  # a view cannot write
     assert len(departments.documents()) == 3
 
 

@@ -423,7 +423,7 @@ def test_format_two_index_is_refused_then_upgraded(segmented, tmp_path, encoder,
     assert main(["search", QUESTIONS[0], "--index", str(old)]) != 0
     err = capsys.readouterr().err.strip()
     assert "format 2" in err and f"python -m indexer upgrade --index {old}" in err and len(err.splitlines()) == 1
-    assert main(["upgrade", "--index", str(old)]) == 0
+    assert main(["upgrade", "--keep-ids", "--index", str(old)]) == 0  # its files, added one by one, stay as they are
     assert "from format 2 to 3" in capsys.readouterr().out
     upgraded = Engine(old, encoder=encoder)
     assert upgraded.check() == []
@@ -432,7 +432,7 @@ def test_format_two_index_is_refused_then_upgraded(segmented, tmp_path, encoder,
     upgraded.optimize()
     for x, y in zip(upgraded.query(QUESTIONS, k=5), one.query(QUESTIONS, k=5)):
         assert_same_ranking(x.hits, y.hits, x.query)
-    assert main(["upgrade", "--index", str(old)]) != 0
+    assert main(["upgrade", "--keep-ids", "--index", str(old)]) != 0
     assert "nothing to upgrade" in capsys.readouterr().err
 
 

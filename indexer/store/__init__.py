@@ -18,10 +18,10 @@ from ..errors import StoreError
 from .layout import exists, lock
 from .milvus_vectors import parse_location
 from .snapshot import Snapshot
-from .migrate import upgrade
+from .migrate import is_current, upgrade
 from .writer import Writer
 
-__all__ = ["Snapshot", "Writer", "check_location", "exists", "lock", "upgrade"]
+__all__ = ["Snapshot", "Writer", "check_location", "exists", "is_current", "lock", "upgrade"]
 
 
 def check_location(location: str) -> None:

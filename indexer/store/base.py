@@ -29,12 +29,22 @@ class DocRecord:
     doc_id: str
     content_hash: str
     title: str
-    source: str
+    origin: str  # where its text came from: a file's path, upload:NAME, pasted
     encoding: str | None
     chunks: int
     added: str
     chars: int = 0
     meta: dict = field(default_factory=dict)
+    source: str = ""  # the source (a folder the index follows) it came from; "" for a file, upload or paste of its own
+    file: dict = field(default_factory=dict)  # its file as last read: size, mtime_ns, sha256 (what `sync` compares)
+
+    @staticmethod
+    def from_json(data: dict) -> "DocRecord":
+        """A record as stored; one of before sources kept the file's path as its `source`."""
+        if "origin" not in data:
+            data = {**data, "origin": data.get("source", "")}
+            data.pop("source", None)
+        return DocRecord(**data)
 
 
 @dataclass
@@ -48,6 +58,7 @@ class Manifest:
     keyword: dict = field(default_factory=dict)  # {"user_terms": [...]}: how terms were segmented
     crosslingual: dict = field(default_factory=dict)  # {"encoder", "dim"} when the second (USE) index is kept
     vectors: dict = field(default_factory=dict)  # {"milvus", "collection", "first"} when Milvus keeps the vectors
+    sources: dict = field(default_factory=dict)  # name → {"root", "include", "exclude", "synced"}: the folders it follows
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=now)
     updated: str = field(default_factory=now)
@@ -60,7 +71,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
-        docs = {k: DocRecord(**v) for k, v in data.get("documents", {}).items()}
+        docs = {k: DocRecord.from_json(v) for k, v in data.get("documents", {}).items()}
         return cls(**{**data, "documents": docs})
 
 
@@ -169,6 +180,9 @@ class IndexWriter(Protocol):
 
     def delete(self, doc_ids: list[str]) -> None:
         """Remove documents with all their chunks and vectors."""
+
+    def touch(self, record: DocRecord) -> None:
+        """Rewrite a committed document's record alone (no chunk is written)."""
 
     def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, "PassageVectors | None"]:
         """A committed document's chunks with their vectors and sentence table, row-aligned (what an

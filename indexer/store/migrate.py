@@ -27,6 +27,16 @@ from .writer import Writer
 FILES = ("manifest.json", "chunks.jsonl", "texts.jsonl", "terms.jsonl", "vectors.npy")
 
 
+def is_current(path: Path) -> bool:
+    """Whether the index at `path` is of this code's folder format (an upgrade has nothing to convert)."""
+    path = Path(path)
+    if not (path / DB_FILE).is_file():
+        if not is_legacy(path):
+            raise StoreError(f"no index at {path} to upgrade")
+        return False
+    return read_manifest(Records(path / DB_FILE), path, upgrading=True).format_version == FOLDER_FORMAT
+
+
 def upgrade(path: Path) -> str:
     """Convert an index of an earlier format at `path` into this one and say what was done
     (format 1: its records into records.db, its rows into one segment, its vectors unchanged;

@@ -5,7 +5,7 @@ It holds everything that is not a vector or a posting list, and it is the index'
     meta       the manifest's settings (model, chunking, analyzer …) and the commit generation
     segments   the live segments, in order (their files are in the folder, seg-NNNNNN/)
     retired    segments merged away, kept one more commit for readers that are still opening them
-    documents  one row per document: its record (hash, title, source, metadata) and its full text
+    documents  one row per document: its record (hash, title, origin, source, metadata) and its full text
     chunks     one row per chunk, keyed by a stable id that never changes or returns (AUTOINCREMENT);
                each segment maps its rows to these ids (its ids.npy), so a merge writes the ids of
                the rows it keeps and moves no record. A rowid table: in a WITHOUT ROWID one each
@@ -67,7 +67,7 @@ def chunk_key(chunk_id: str) -> tuple[str, int]:
 
 
 def doc_from_json(text: str) -> DocRecord:
-    return DocRecord(**json.loads(text))
+    return DocRecord.from_json(json.loads(text))
 
 
 class Records:

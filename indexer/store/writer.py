@@ -30,6 +30,7 @@ from .atomic import _fsync_dir, _fsync_tree
 from .base import DocRecord, Manifest, check_upsert, document_key, empty_table, now
 from .layout import FOLDER_FORMAT, read_manifest
 from .merge_policy import next_merge
+from . import originals
 from .milvus_vectors import note_replaced, retire_replaced
 from .records import DB_FILE, DocTable, Records, chunk_json
 from .segment import choose_index_type, merge_segments, write_segment
@@ -57,6 +58,7 @@ class Writer:
         self._pending: list[Pending] = []
         self._marks: set[tuple[int, int]] = set()  # deletion marks not yet committed
         self._unindexed: set[int] = set()  # record ids of rows deleted in the commit being made
+        self._touched: dict[str, DocRecord] = {}  # records rewritten alone (`touch`)
         self._txn = None  # the open write transaction of a commit being made (flush / commit)
         self._written: list[int] = []  # segments written in it
 
@@ -97,6 +99,20 @@ class Writer:
         for doc_id in drop:
             self.manifest.documents.pop(doc_id, None)
         self.manifest.updated = now()
+
+    def touch(self, record: DocRecord) -> None:
+        """Rewrite a committed document's record alone (say, its file's state, after a sync found
+        its bytes unchanged): no chunk is written."""
+        self._touched[record.doc_id] = record
+
+    def keep_original(self, data: bytes) -> str:
+        """Keep an upload's bytes (store.originals) for the commit whose records name them; their hash."""
+        return originals.keep(self.path, data)
+
+    @property
+    def touched(self) -> int:
+        """How many records wait to be rewritten alone (`touch`)."""
+        return len(self._touched)
 
     def document_vectors(self, doc_id: str) -> tuple[list[Chunk], np.ndarray, PassageVectors | None]:
         """A committed document's chunks with their vectors and sentence table, row-aligned (what an
@@ -141,7 +157,9 @@ class Writer:
         db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
                        ((d, json.dumps(r.__dict__, ensure_ascii=False), text[d])
                         for d, r in docs.pending.items() if r is not None))
-        self._pending, self._marks, docs.pending = [], set(), {}
+        db.executemany("UPDATE documents SET record = ? WHERE doc_id = ?",
+                       ((json.dumps(r.__dict__, ensure_ascii=False), d) for d, r in self._touched.items()))
+        self._pending, self._marks, self._touched, docs.pending = [], set(), {}, {}
 
     def _begin(self):
         """The open write transaction of this commit; the first call of a new index's commit also
@@ -196,13 +214,14 @@ class Writer:
             for seg in self._written:
                 shutil.rmtree(self.path / f"seg-{seg:06d}", ignore_errors=True)
             self._vectors.abort()
-        self._pending, self._marks, self._unindexed = [], set(), set()
+        self._pending, self._marks, self._unindexed, self._touched = [], set(), set(), {}
 
     def _commit_meta(self, db, gen: int) -> None:
         core = {f.name: getattr(self.manifest, f.name) for f in fields(Manifest) if f.name != "documents"}
         core["format_version"] = FOLDER_FORMAT
-        if not core["vectors"]:  # FAISS files: the manifest format-3 tools of before Milvus vectors read
-            del core["vectors"]
+        for name in ("vectors", "sources"):  # the manifest format-3 tools of before these read, where they are empty
+            if not core[name]:
+                del core[name]
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                        [("manifest", json.dumps(core, ensure_ascii=False)), ("generation", str(gen))])
 
@@ -251,6 +270,7 @@ class Writer:
                 shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
         self._vectors.committed(unindexed, len(self.snapshot))
         retire_replaced(self._records, gen)
+        originals.prune(self.path, self.manifest.documents.values())
 
     # ---------------------------------------------------------------- merges
 
