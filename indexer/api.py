@@ -309,7 +309,8 @@ def create_app(settings: ServeSettings, service: Service | None = None) -> FastA
     async def lifespan(_: FastAPI):
         state["service"] = service or await anyio.to_thread.run_sync(Service, settings)
         await anyio.to_thread.run_sync(state["service"].warm_up)
-        watcher = watch_in_background(state["service"].engine, log.info, poll=settings.poll) if settings.watch else None
+        shown = logging.getLogger("uvicorn.error").info  # beside the server's own lines (ours are not configured)
+        watcher = watch_in_background(state["service"].engine, shown, poll=settings.poll) if settings.watch else None
         yield
         if watcher:
             watcher.stop.set()

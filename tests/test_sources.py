@@ -274,6 +274,24 @@ def test_watch_follows_new_changed_and_deleted_files_and_outlives_a_refusal(poll
     assert not thread.is_alive()
 
 
+def test_serve_watch_keeps_the_served_index_in_sync(archive, encoder, tmp_path):
+    """`serve --watch`: a file dropped into a source is soon a document the API lists and finds,
+    and a deleted one leaves; the server's log says what each sync did."""
+    from test_api import api_server
+
+    Engine(tmp_path / "index", encoder=encoder).build([archive / "部门乙"])
+    with api_server(tmp_path / "index", tmp_path / "access.json", tmp_path / "server.log", extra=("--watch",)) as api:
+        listed = lambda: {d["doc_id"] for d in api.get("/documents").json()}  # noqa: E731
+        (archive / "部门乙" / "读书月.txt").write_text("关于开展读书月活动的通知\n每位学生本月至少读完一本书。\n",
+                                                 encoding="utf-8")
+        _until(lambda: "部门乙/读书月.txt" in listed(), "the served index to take the new file")
+        hit = api.post("/search", json={"query": "读书月每位学生要读几本书", "k": 1}).json()["hits"][0]
+        assert hit["doc_id"] == "部门乙/读书月.txt"
+        (archive / "部门乙" / "会议纪要.md").unlink()
+        _until(lambda: "部门乙/会议纪要.md" not in listed(), "the deleted file to leave")
+        assert "synced 部门乙: 0 new, 0 changed, 1 removed" in api.log.read_text()
+
+
 def test_watch_needs_a_source(speech_index, tmp_path, capsys):
     """An index that follows no folder: `watch` and `serve --watch` say so in one line."""
     for command in (["watch"], ["serve", "--watch"]):
