@@ -659,7 +659,7 @@ def documents_tab(engine: Engine, info: dict | None, known: Catalog) -> None:
         st.session_state.paste_text = ""
         st.session_state.upload_round = st.session_state.get("upload_round", 0) + 1
     records = known.records
-    sources = engine.sources()  # none for a scoped reader, who learns nothing of the folders
+    sources = engine.sources() if info else []  # none for a scoped reader, who learns nothing of the folders
     if sources:
         st.subheader(f"Folders followed 跟踪的文件夹 ({len(sources)})")
         st.dataframe([{"source": x["name"], "folder": x["root"], "documents": x["documents"],
