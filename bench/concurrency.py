@@ -107,13 +107,14 @@ def http_section(index: Path, log) -> dict[str, list[float]]:
     """The phases over the HTTP API on loopback."""
     import httpx
 
-    from .load import api_server
+    from .load import READ_KEY, WRITE_KEY, api_server
 
-    with api_server(index, index.parent / "server.log") as url:
+    with api_server(index, index.parent / "server.log") as url:  # with keys, as a team's server runs
         http = httpx.Client(base_url=url, timeout=120)
         rebuild = [sys.executable, "-c", f"from indexer.engine import Engine; Engine({str(index)!r}).rebuild()"]
-        return phases(lambda q: http.post("/search", json={"query": q, "k": 5}).raise_for_status(),
-                      lambda: http.post("/documents", timeout=600, files={
+        return phases(lambda q: http.post("/search", json={"query": q, "k": 5},
+                                          headers={"X-API-Key": READ_KEY}).raise_for_status(),
+                      lambda: http.post("/documents", timeout=600, headers={"X-API-Key": WRITE_KEY}, files={
                           "files": ("long.txt", long_document().encode("utf-8"), "text/plain")}).raise_for_status(),
                       lambda: subprocess.run(rebuild, cwd=ROOT, check=True), log)
 
@@ -126,12 +127,16 @@ def page_section(index: Path, log, rounds: int = 5) -> dict[str, list[float]]:
 
     from playwright.sync_api import expect, sync_playwright
 
+    from .load import READ_KEY, WRITE_KEY, set_keys
+
+    set_keys(index.parent / "page-access.json")
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "search_app.py"), "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--", "--access", str(index.parent / "page-access.json")]
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "INDEXER_INDEX": str(index), "HF_HUB_OFFLINE": "1"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -142,13 +147,16 @@ def page_section(index: Path, log, rounds: int = 5) -> dict[str, list[float]]:
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"])
             reader, writer = (browser.new_page(viewport={"width": 1440, "height": 1100}) for _ in range(2))
-            for page in (reader, writer):
+            for page, key in ((reader, READ_KEY), (writer, WRITE_KEY)):  # each signs in with its key
                 for _ in range(240):
                     try:
                         page.goto(url, wait_until="domcontentloaded")
                         break
                     except Exception:  # noqa: BLE001 - the server is still starting
                         time.sleep(0.5)
+                password = page.get_by_label("Password 密码", exact=True)
+                password.fill(key)
+                password.press("Enter")
                 expect(page.get_by_text("Chunks 段落")).to_be_visible(timeout=300_000)
 
             heads = "() => Array.from(document.querySelectorAll('.hit-head')).map(e => e.innerText).join('|')"

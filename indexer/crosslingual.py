@@ -149,14 +149,18 @@ class USEEncoder:
         return np.ascontiguousarray(vecs / np.maximum(norms, 1e-12), dtype=np.float32)
 
     def _bulk(self):
-        """The torch forward of the same model, made on first need."""
-        with self._lock:
-            if self._torch is None:
-                from .backends import native_bf16
-                from .usetorch import TorchUSE
+        """The torch forward of the same model, made on first need, outside the lock every question
+        takes for its own vector (importing torch and building the model take seconds: a question
+        waited 1.6 s for them during a first upload over HTTP)."""
+        if self._torch is None:
+            from .backends import native_bf16
+            from .usetorch import TorchUSE
 
-                self._torch = TorchUSE(self._model, bf16=native_bf16())
-            return self._torch
+            made = TorchUSE(self._model, bf16=native_bf16())
+            with self._lock:
+                if self._torch is None:
+                    self._torch = made
+        return self._torch
 
 
 SENTENCE_WEIGHT = 0.5  # measured: 0.5·chunk + 0.5·best sentence beats either alone (README-crosslingual.md)
