@@ -454,7 +454,8 @@ def test_exact_dense_top10_equals_faiss_and_eval_matches(name, milvus_server, sp
     """Exact dense search on Milvus (FLAT) returns the same top-10 chunks, with the same scores, as
     FAISS exact search for every question of the set; hybrid evaluation figures agree."""
     folder, labels = (speech_index, _speech_labels()) if name == "speech" else shared_sets(name)
-    labels = labels[::6] if name == "drcd" else labels  # 588 of DRCD's 3,524 questions: the suite's longest test
+    # the suite's longest test: 353 of DRCD's 3,524 questions and 500 of CMRC's 1,000 keep it near a minute each
+    labels = labels[::10] if name == "drcd" else labels[::2] if name == "cmrc" else labels
     copy_into(folder, tmp_path / "milvus", loc(f"exact_{name}"))
     local, milvus = Snapshot.load(folder), Snapshot.load(tmp_path / "milvus")
     assert milvus.stats()["index_type"] == f"Milvus flat ({loc('exact_' + name)})" and local.stats()["index_type"] == "flat"
