@@ -149,7 +149,7 @@ def add(paths: list[Path] = typer.Argument(..., help="files or folders to add or
 def sync(names: Optional[list[str]] = typer.Argument(None, help="sources to sync (default: every one)"),
          index: Optional[str] = IndexOpt, model: Optional[str] = ModelOpt,
          dry_run: bool = typer.Option(False, "--dry-run", help="print what would be done, change nothing"),
-         max_delete: Optional[int] = typer.Option(None, "--max-delete", help="allow a sync to remove up to this many "
+         max_delete: Optional[int] = typer.Option(None, "--max-delete", min=0, help="allow a sync to remove up to this many "
                                                   "documents of a source even when that is more than half of them"),
          ocr: bool = OcrOpt) -> None:
     """Mirror the sources' folders: new files added, changed ones read again, vanished ones removed.
@@ -535,12 +535,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
         return 0
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except (click.ClickException, typer.TyperException) as exc:  # typer keeps a click of its own: both
         exc.show()
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         print("interrupted; the index is as last committed (nothing half-written)", file=sys.stderr)
         return 130
     except IndexerError as exc:

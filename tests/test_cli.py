@@ -130,3 +130,16 @@ def test_errors_are_one_line(index, tmp_path, args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["search", "--nope", "党建"], "No such option: --nope"),
+    (["sync", "--max-delete", "-3"], "Invalid value for '--max-delete'"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_usage_errors_name_the_mistake_and_the_help(args, message):
+    """A mistyped command line: exit status 2, the mistake in one sentence and where help is, as
+    command-line tools do (typer's own click raises them; `main` shows them, never as a traceback)."""
+    out = run(*args, ok=False)
+    assert out.returncode == 2 and message in out.stderr and "--help" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "unexpected" not in out.stderr
