@@ -27,6 +27,14 @@ DATA = Path(__file__).resolve().parent / "data"
 SHARED = ROOT.parent / "shared"
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name the CPU the run was on (its arithmetic, bf16 or not, is what the tolerances allow for),
+    even under -q."""
+    from bench.common import machine_line
+
+    terminalreporter.write_line("ran on " + machine_line().strip("_"))
+
+
 TOLERANCE = 1e-5  # two CPUs (or two segmentings of one index) may sum a product in another order: last bits differ
 
 
