@@ -167,6 +167,8 @@ def test_the_login_link_signs_the_browser_in_once_and_survives_a_reload(local_pa
         page.reload(wait_until="domcontentloaded")
         expect(page.get_by_text("Signed in 已登录")).to_be_visible(timeout=RESULT_TIMEOUT)
         open_documents_tab(page)
+        for name in WRITE_BUTTONS:  # the run after the reload may still be drawing them: wait, then count
+            expect(page.get_by_role("button", name=name, exact=True)).to_be_visible(timeout=RESULT_TIMEOUT)
         assert write_controls(page) == len(WRITE_BUTTONS)
         page.get_by_role("textbox", name="Title 标题").fill(PASTED_TITLE)
         page.get_by_role("textbox", name="Text 文本").fill(PASTED)
