@@ -8,7 +8,8 @@ Each text's terms are its overlapping character bigrams (indexer.analysis.bigram
 CJK run alone, Latin letters and digits whole); bm25s scores them (k1 1.2, b 0.75). The paragraph
 sets are scored on paragraphs, drcd_dev_articles on whole documents, the speech on the engine's
 chunks (its labels are substrings of the answering passage). Cross-script rows ask one script's
-questions over the other script's paragraphs.
+questions over the other script's paragraphs. The policy notices (ncp_policy_dev) are scored on
+title + text, documents and passages.
 """
 from __future__ import annotations
 
@@ -48,9 +49,10 @@ def score(ids: list[str], texts: list[str], labels: list[Labelled], k: int = 10)
     return metrics(relevance_matrix([[(ids[i], texts[i]) for i in rows] for rows in ranked], labels), k)
 
 
-def _passages(folder: Path) -> tuple[list[str], list[str]]:
+def _passages(folder: Path, titled: bool) -> tuple[list[str], list[str]]:
+    """Each passage's id and text, its title in front when `titled`."""
     rows = [json.loads(line) for line in (folder / "passages.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    return [r["id"] for r in rows], [r["text"] for r in rows]
+    return [r["id"] for r in rows], [(r.get("title", "") + "\n" if titled else "") + r["text"] for r in rows]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,18 +61,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--speech-index", default=str(ROOT / "indexes" / "default"))
     args = parser.parse_args(argv)
     simplified, traditional = args.eval_dir / "drcd_dev_retrieval_simplified", args.eval_dir / "drcd_dev_retrieval_traditional"
-    rows = [(name, args.eval_dir / name, args.eval_dir / name / "queries.jsonl")
+    ncp = args.eval_dir / "ncp_policy_dev"
+    # (row, texts, questions, whether a title goes in front of each text: the policy notices'
+    # headings name their subject, and the set's README defines its baseline so)
+    rows = [(name, args.eval_dir / name, args.eval_dir / name / "queries.jsonl", False)
             for name in ("cmrc2018_trial_retrieval", "drcd_dev_retrieval_simplified", "drcd_dev_retrieval_traditional",
                          "drcd_dev_articles")]
-    rows += [("Simplified questions → Traditional paragraphs", traditional, simplified / "queries.jsonl"),
-             ("Traditional questions → Simplified paragraphs", simplified, traditional / "queries.jsonl")]
+    rows += [("Simplified questions → Traditional paragraphs", traditional, simplified / "queries.jsonl", False),
+             ("Traditional questions → Simplified paragraphs", simplified, traditional / "queries.jsonl", False),
+             ("ncp_policy_dev, documents, title + text", ncp, ncp / "queries.jsonl", True),
+             ("ncp_policy_dev, passages, title + text", ncp / "chunks", ncp / "chunks" / "queries.jsonl", True)]
     print(machine_line() + "\n")
     print("| set (questions) | Hit@1 / Hit@3 / Recall@10 / MRR@10 |\n|---|---|")
-    for name, folder, queries in rows:
+    for name, folder, queries, titled in rows:
         if not folder.is_dir():
             continue
         labels = read_labelled(queries)
-        figures = score(*_passages(folder), labels)
+        figures = score(*_passages(folder, titled), labels)
         print(f"| {name} ({len(labels)}) | " + " / ".join(f"{figures[m]:.3f}" for m in
                                                        ("hit@1", "hit@3", "recall@10", "mrr@10")) + " |", flush=True)
     from indexer.engine import Engine

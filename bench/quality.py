@@ -31,6 +31,7 @@ SETS: dict[str, tuple[Path, Path, list[str], list[str]]] = {
     "speech_en": (ROOT / "data" / "speech.txt", DATA / "speech_qa_en.jsonl", [], []),
     "cmrc": (EVAL / "cmrc2018_trial_retrieval" / "passages.jsonl", EVAL / "cmrc2018_trial_retrieval" / "queries.jsonl",
              ["--no-crosslingual"], []),
+    "cmrc_en": (EVAL / "cmrc2018_trial_retrieval" / "passages.jsonl", DATA / "cmrc_en.jsonl", [], []),
     "drcd_simplified": (EVAL / "drcd_dev_retrieval_simplified" / "passages.jsonl",
                         EVAL / "drcd_dev_retrieval_simplified" / "queries.jsonl", ["--no-crosslingual"], []),
     "drcd_traditional": (EVAL / "drcd_dev_retrieval_traditional" / "passages.jsonl",
