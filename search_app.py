@@ -514,7 +514,8 @@ def search_tab(engine: Engine, info: dict | None, settings: dict) -> None:
 
 
 ROUTE_NAMES = {"dense": "meaning 语义 (cosine)", "bm25": "words 关键词 (BM25)", "use": "cross-lingual 跨语言 (USE)",
-               "doc": "its document's words 全文关键词 (BM25 of the whole document)"}
+               "doc": "its document's words 全文关键词 (BM25 of the whole document)",
+               "wording": "the question's wording 原文措辞 (share of its 4-character runs the passage repeats)"}
 
 
 def why_html(hit: Hit) -> str:

@@ -87,6 +87,19 @@ def engine_rankings(index: Path, questions: list[str], group: str) -> dict[str, 
     return out
 
 
+def build_once(source: Path, index: Path) -> Path:
+    """`index`, built from `source` with the command line (no cross-lingual table) unless it is there."""
+    if not index.is_dir():
+        subprocess.run([sys.executable, "-m", "indexer", "build", str(source), "--index", str(index), "--no-crosslingual"],
+                       check=True, capture_output=True)
+    return index
+
+
+def work_folder(keep: Path | None, prefix: str):
+    """`keep` (indexes built there stay, and are reused), or a temporary folder removed afterwards."""
+    return nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix=prefix)
+
+
 def report(work: Path, min_answer: int) -> None:
     """Build (or reuse) both sets' indexes under `work` and print the table."""
     print(machine_line() + "\n")
@@ -94,11 +107,7 @@ def report(work: Path, min_answer: int) -> None:
           "\n|---|---|---|---|---|---|")
     for group, folder in SETS.items():
         questions, ids, strict, answered = judgements(folder, min_answer)
-        index = work / group
-        if not index.is_dir():
-            subprocess.run([sys.executable, "-m", "indexer", "build", str(folder / "passages.jsonl"),
-                            "--index", str(index), "--no-crosslingual"], check=True, capture_output=True)
-        rankings = engine_rankings(index, questions, group)
+        rankings = engine_rankings(build_once(folder / "passages.jsonl", work / group), questions, group)
         texts = {t["id"]: t.get("title", "") + "\n" + t["text"] for t in _rows(folder / "passages.jsonl")}
         rankings["bigram BM25 (title + text)"] = [[ids[r] for r in rows] for rows in
                                                    bigram_bm25([texts[i] for i in ids], questions)]
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="build the indexes here (reused when present)")
     parser.add_argument("--min-answer", type=int, default=8, help="shortest answer, in characters, to judge by")
     args = parser.parse_args(argv)
-    with (nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(prefix="ncp-labels-")) as work:
+    with work_folder(args.keep, "ncp-labels-") as work:
         report(Path(work), args.min_answer)
     return 0
 

@@ -72,16 +72,38 @@ def _converter(config: str):
     return opencc.OpenCC(config)
 
 
+def char_ngrams(text: str, n: int) -> list[str]:
+    """Overlapping character n-grams of each CJK run (a run of at most n characters stands alone);
+    other runs of letters and digits whole, lower-cased, on NFKC text."""
+    out: list[str] = []
+    for run in _RUN.findall(unicodedata.normalize("NFKC", text).lower()):
+        if not _CJK.match(run) or len(run) <= n:
+            out.append(run)
+        else:
+            out.extend(run[i:i + n] for i in range(len(run) - n + 1))
+    return out
+
+
 def bigrams(text: str) -> list[str]:
     """Overlapping character bigrams of each CJK run (a one-character run stands alone); other runs
     of letters and digits whole, lower-cased."""
-    out: list[str] = []
-    for run in _RUN.findall(unicodedata.normalize("NFKC", text).lower()):
-        if not _CJK.match(run) or len(run) == 1:
-            out.append(run)
-        else:
-            out.extend(run[i:i + 2] for i in range(len(run) - 1))
-    return out
+    return char_ngrams(text, 2)
+
+
+# What NFKC leaves alone, as far as n-grams go: ASCII, CJK ideographs, and general, CJK and
+# full-width punctuation (which it does map, but no n-gram holds punctuation, so finding one is unchanged)
+_NFKC_FREE = re.compile(r"[\x00-\x7f\u2000-\u206f\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff01-\uff0f\uff1a-\uff20"
+                        r"\uff3b-\uff40\uff5b-\uff65]*")
+
+
+def wording_share(grams: frozenset[str], text: str) -> float:
+    """The share of a question's character n-grams (`char_ngrams`) that stand in `text` (NFKC,
+    lower-cased here): how much of the question's own wording a passage repeats, which BM25's
+    words and bigrams, scored one by one, do not see. 0 for a question without any."""
+    if not grams:
+        return 0.0
+    plain = text.lower() if _NFKC_FREE.fullmatch(text) else unicodedata.normalize("NFKC", text).lower()
+    return sum(g in plain for g in grams) / len(grams)
 
 
 def phrase_terms(phrase: str, analyzer: Analyzer) -> list[str]:

@@ -9,13 +9,13 @@ Routes (`Route.run(plans, n) → per question, chunk ids with scores, best first
     use     cross-lingual questions only: USE multilingual vectors, a passage scored by
             (1 - w)·cos(passage) + w·cos(its best sentence)
 `plan_routes` picks them: mode dense (dense, and use for a cross-lingual question), bm25, or hybrid
-(all that apply). `fuse` joins a question's lists: one list stands as it is; hybrid's dense and BM25
-lists by their normalised scores, with the BM25 of each candidate's document taken whole as a
-third part (`score_fuse`); anything else (a cross-lingual question's three
-lists) by weighted reciprocal rank (`rrf_fuse`). Every result keeps each route's own score and its
-part of the fused score (the parts sum to it), so a hit can say why it ranks where it does. Results
-are the chunks' rows in the loaded index (ints) and scores throughout; the engine turns them into
-hits at the end.
+(all that apply). `fuse` joins a question's lists: one list stands as it is; hybrid's dense and
+BM25 lists by their normalised scores, with the BM25 of each candidate's document taken whole and
+the share of the question's wording the candidate repeats as two more parts (`score_fuse`);
+anything else (a cross-lingual question's three lists) by weighted reciprocal rank (`rrf_fuse`).
+Every result keeps each route's own score and its part of the fused score (the parts sum to it),
+so a hit can say why it ranks where it does. Results are the chunks' rows in the loaded index
+(ints) and scores throughout; the engine turns them into hits at the end.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
+from .analysis import wording_share
 from .crosslingual import sentence_spans, use_search
 from .topk import TieKeys, best_first
 
@@ -58,6 +59,10 @@ class FusionSettings:
     (the document's chunks counted together), all divided by 1 + doc_share: a long notice's
     evidence beyond its one best chunk, which lifted the policy notices by 3 points and left every
     other set within 0.4 (fitted by cross-validation with folds split by document: decisions/fusion.md).
+    And wording_share · the share of the question's character `wording_chars`-grams that stand in
+    the candidate's keyword text (title and text), with the other parts divided by 1 + doc_share +
+    wording_share: questions repeat the wording of the sentence that answers them, which words
+    and bigrams scored one by one do not see (policy notices +1 point, no set lower: fusion.md).
     `method="rrf"` keeps the previous fusion: Σ weight / (rrf_k + rank), BM25 at twice dense.
     Cross-lingual questions (no CJK, some Latin): dense, USE and translated BM25 by reciprocal rank
     at equal weights, rrf_k 10 (tests/data/README-crosslingual.md). `use_route` and `translate`
@@ -71,6 +76,8 @@ class FusionSettings:
     bm25_weight: float = 2.0
     candidates: int = 50
     doc_share: float = 0.75  # hybrid, Chinese questions: the weight of a candidate's document BM25 (0: left out)
+    wording_share: float = 0.5  # … of the share of the question's character n-grams it holds (0: left out)
+    wording_chars: int = 4  # … those n-grams' length
     sentence_share: float = 0.5  # with e5 sentence vectors: cosine = 0.5·chunk + 0.5·best sentence
     use_route: bool = True
     translate: bool = True
@@ -98,6 +105,7 @@ class QueryPlan:
     vector: np.ndarray | None = None  # its e5 vector (not needed in bm25 mode)
     scope: np.ndarray | None = None  # the only rows it may return, ascending (quoted phrases)
     excluded: frozenset[int] = frozenset()  # rows it must not return (exclusions alone: the few holding an excluded word)
+    grams: frozenset[str] = frozenset()  # its character n-grams (FusionSettings.wording_chars), folded
 
 
 # ---------------------------------------------------------------------------- fusion (pure functions)
@@ -119,33 +127,39 @@ def rrf_fuse(rankings: dict[str, Ranked], weights: dict[str, float], rrf_k: int 
 
 def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[int, float], bm25_share: float,
                ties: TieKeys | None = None, documents: dict[int, float] | None = None,
-               doc_share: float = 0.0) -> list[Scored]:
+               doc_share: float = 0.0, wording: dict[int, float] | None = None,
+               wording_share: float = 0.0) -> list[Scored]:
     """Fuse a dense and a BM25 list by normalised scores (FusionSettings): every candidate needs its
     cosine (`dense_more` gives it for chunks only the BM25 list has); a chunk the BM25 list lacks
     scores 0 there. With `documents` (each candidate's document BM25, taken whole) a third part,
-    doc_share · its share of the best candidate document's; the parts are divided by 1 + doc_share,
-    so the fused score stays within 0-1. No BM25 hit: the dense order. Equal scores by chunk id
-    (`ties`, indexer.topk)."""
+    doc_share · its share of the best candidate document's; with `wording` (each candidate's share
+    of the question's n-grams, 0-1) a fourth, wording_share · that share. The parts are divided by
+    1 + the shares of those given, so the fused score stays within 0-1. No BM25 hit: the dense
+    order. Equal scores by chunk id (`ties`, indexer.topk)."""
     cosine = dict(dense)
     cosine.update(dense_more)
     keyword = dict(bm25)
     ids = list(dict.fromkeys([cid for cid, _ in dense] + [cid for cid, _ in bm25]))
     if not ids:
         return []
-    whole = 1.0 + (doc_share if documents is not None else 0.0)
+    whole = 1.0 + (doc_share if documents is not None else 0.0) + (wording_share if wording is not None else 0.0)
     cos = np.array([cosine[i] for i in ids], np.float64)
     kw = np.array([keyword.get(i, 0.0) for i in ids], np.float64)
     parts = {"dense": (1 - bm25_share) * (cos - cos.min()) / max(float(cos.max() - cos.min()), 1e-6) / whole,
              "bm25": bm25_share * kw / kw.max() / whole if kw.max() > 0 else np.zeros_like(kw)}
+    extra = {}  # the further parts' own values, per candidate
     if documents is not None:
-        doc = np.array([documents[i] for i in ids], np.float64)
+        extra["doc"] = doc = np.array([documents[i] for i in ids], np.float64)
         parts["doc"] = doc_share * doc / doc.max() / whole if doc.max() > 0 else np.zeros_like(doc)
+    if wording is not None:
+        extra["wording"] = share = np.array([wording[i] for i in ids], np.float64)
+        parts["wording"] = wording_share * share / whole
     fused = sum(parts.values())
     out, position = [], {row: i for i, row in enumerate(ids)}
     for row, _ in best_first(list(zip(ids, fused.tolist())), len(ids), ties):
         i = position[row]
         raw = {"dense": float(cos[i]), **({"bm25": float(kw[i])} if ids[i] in keyword else {}),
-               **({"doc": float(doc[i])} if documents is not None else {})}
+               **{name: float(values[i]) for name, values in extra.items()}}
         out.append(Scored(ids[i], float(fused[i]), raw, {name: float(part[i]) for name, part in parts.items()}))
     return out
 
@@ -227,6 +241,7 @@ class KeywordRoute:
 
     store: Store
     allowed: set[str] | None = None
+    texts: Callable[[list[int]], list[str]] | None = None  # rows' keyword texts, folded (for `wording`)
     name: str = "bm25"
 
     def run(self, plans: list[QueryPlan], n: int) -> list[Ranked]:
@@ -239,6 +254,12 @@ class KeywordRoute:
     def documents(self, plan: QueryPlan, rows: list[int]) -> np.ndarray:
         """The BM25 of each row's document, taken whole, for the question's terms."""
         return self.store.document_bm25(plan.terms, rows) if rows else np.zeros(0)
+
+    def wording(self, plan: QueryPlan, rows: list[int]) -> list[float]:
+        """The share of the question's n-grams that stand in each row's keyword text."""
+        if not self.texts or not rows:
+            return [0.0] * len(rows)
+        return [wording_share(plan.grams, text) for text in self.texts(rows)]
 
     def _one(self, plan: QueryPlan, n: int) -> Ranked:
         if plan.scope is None:
@@ -321,12 +342,12 @@ def retrieve(routes: dict[str, Route], plans: list[QueryPlan], k: int, mode: str
     for i, plan in enumerate(plans):
         got = {name: lists[i][name] for name in taken[i]}
         if i in more:
-            documents = None
-            if fusion.doc_share > 0:
-                rows = list(dict.fromkeys([row for row, _ in got["dense"]] + [row for row, _ in got["bm25"]]))
-                documents = dict(zip(rows, routes["bm25"].documents(plan, rows).tolist()))
+            keyword = routes["bm25"]
+            rows = list(dict.fromkeys([row for row, _ in got["dense"]] + [row for row, _ in got["bm25"]]))
+            documents = dict(zip(rows, keyword.documents(plan, rows).tolist())) if fusion.doc_share > 0 else None
+            wording = dict(zip(rows, keyword.wording(plan, rows))) if fusion.wording_share > 0 else None
             fused = readable(score_fuse(got["dense"], got["bm25"], more[i], fusion.bm25_share, ties, documents,
-                                        fusion.doc_share), routes["bm25"].ceiling(plan), fusion)
+                                        fusion.doc_share, wording, fusion.wording_share), keyword.ceiling(plan), fusion)
         elif len(got) == 1:
             fused = single(*next(iter(got.items())))
         else:

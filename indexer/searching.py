@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import filters
-from .analysis import Analyzer, Segmenter, phrase_is_term, phrase_terms, with_synonyms
+from .analysis import Analyzer, Segmenter, char_ngrams, phrase_is_term, phrase_terms, with_synonyms
 from .crosslingual import Translator, is_cross_lingual
 from .errors import QueryError
 from .models import Models
@@ -52,6 +52,7 @@ class SnapshotView:
         self.settings = IndexSettings.of_manifest(store.manifest)
         self.segmenter = self.settings.segmenter
         self._folded: dict[int, str] = {}
+        self._folded_titles: dict[str, str] = {}
         self._within: dict[tuple[str, ...], dict[str, DocRecord]] = {}
         self._translators: dict[tuple[str, ...], Translator] = {}
 
@@ -149,6 +150,20 @@ class SnapshotView:
         held = self.store.rows_with_terms(must) if must else None
         return (rows, False) if held is None else (np.intersect1d(rows, held, assume_unique=True), True)
 
+    def keyword_texts(self, rows: list[int]) -> list[str]:
+        """These rows' keyword texts (IndexSettings.keyword_text: the title where the index keeps
+        title terms, and the text) in the index's script: what a question's wording is found in."""
+        fold = self.segmenter.fold
+        return [self.settings.keyword_text(self.folded_title(c.doc_id), self.folded(row, c.text, fold))
+                for row, c in zip(rows, self.store.chunks(rows))]
+
+    def folded_title(self, doc_id: str) -> str:
+        """A document's title in the index's script, folded once per loaded store."""
+        title = self._folded_titles.get(doc_id)
+        if title is None:
+            self._folded_titles[doc_id] = title = self.segmenter.fold(_title(self.store, doc_id))
+        return title
+
     def folded(self, row: int, original: str, fold: Callable[[str], str]) -> str:
         """Row `row`'s text in the index's script, folded once per loaded store. OpenCC's t2s
         maps character for character; were a length to change, the original text stands."""
@@ -223,14 +238,16 @@ class Searcher:
         plans, translations, use_vecs = self._plans(asked, view, fusion, options.scope)  # meanwhile: keywords, USE vectors
         fold = segmenter.fold
         scopes = [view.scope(p, rows, segmenter) for p in parsed]
+        n = fusion.wording_chars
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
-                         scope=scope, excluded=excluded)  # repeats count in BM25
+                         scope=scope, excluded=excluded,  # repeats count in BM25
+                         grams=frozenset() if plan.cross_lingual else frozenset(char_ngrams(fold(p.text), n)))
                  for plan, p, (scope, excluded) in zip(plans, parsed, scopes)]
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0
         routes = {"dense": DenseRoute(store, allowed, share), "use": UseRoute(store, rows),
-                  "bm25": KeywordRoute(store, allowed)}
+                  "bm25": KeywordRoute(store, allowed, view.keyword_texts)}
         by_doc = options.group == "documents"
         ranked = retrieve(routes, plans, max(k * DOC_POOL, fusion.candidates) if by_doc else k, mode, fusion,
                           store.tie_keys)

@@ -11,7 +11,7 @@ import pytest
 from conftest import DATA, ROOT, SPEECH, assert_same_ranking, whole_table
 from indexer.engine import Engine
 from indexer.evaluation import Labelled, metrics, read_labelled, relevance_matrix
-from indexer.analysis import Segmenter
+from indexer.analysis import Segmenter, bigrams, char_ngrams, wording_share
 from indexer.postings import Postings, bm25, top_positive
 from indexer.search import rrf_fuse, score_fuse
 
@@ -234,6 +234,30 @@ def test_score_fusion_with_the_documents_part_by_hand():
     plain = score_fuse(dense, bm25, {C: 0.70}, 0.45)
     assert [r.score for r in score_fuse(dense, bm25, {C: 0.70}, 0.45, documents={A: 0, B: 0, C: 0}, doc_share=0.75)] \
         == pytest.approx([r.score / 1.75 for r in plain])  # no document evidence: the order of the two routes
+
+
+def test_score_fusion_with_the_wording_part_by_hand():
+    """A fourth part, wording_share · the candidate's share of the question's n-grams (no max to
+    divide by: a share is already 0-1), every part divided by 1 + doc_share + wording_share."""
+    dense = [(A, 0.90), (B, 0.80)]
+    bm25 = [(B, 10.0), (C, 1.0)]
+    fused = score_fuse(dense, bm25, {C: 0.70}, 0.45, documents={A: 2.0, B: 1.0, C: 4.0}, doc_share=0.75,
+                       wording={A: 0.0, B: 0.5, C: 1.0}, wording_share=0.5)
+    # A: (0.55 + 0 + 0.375 + 0) / 2.25; B: (0.275 + 0.45 + 0.1875 + 0.25) / 2.25; C: (0 + 0.045 + 0.75 + 0.5) / 2.25
+    assert [r.row for r in fused] == [C, B, A]
+    assert [r.score for r in fused] == pytest.approx([1.295 / 2.25, 1.1625 / 2.25, 0.925 / 2.25])
+    assert all(sum(r.parts.values()) == pytest.approx(r.score) for r in fused)
+    assert fused[0].raw == {"dense": 0.70, "bm25": 1.0, "doc": 4.0, "wording": 1.0}
+
+
+def test_char_ngrams_and_the_share_of_a_question_s_wording():
+    assert bigrams("私立学校，GB/T 7714 上") == char_ngrams("私立学校，GB/T 7714 上", 2) == \
+        ["私立", "立学", "学校", "gb", "t", "7714", "上"]
+    assert char_ngrams("私立学校怎样建立", 4) == ["私立学校", "立学校怎", "学校怎样", "校怎样建", "怎样建立"]
+    assert char_ngrams("党建，ＰＰＲ", 4) == ["党建", "ppr"]  # a short run stands alone; NFKC, lower-cased
+    grams = frozenset(char_ngrams("私立学校怎样建立", 4))
+    assert wording_share(grams, "私立学校应当建立") == pytest.approx(1 / 5)
+    assert wording_share(grams, "问：私立学校怎样建立？") == 1.0 and wording_share(frozenset(), "任何") == 0.0
 
 
 def test_document_bm25_is_the_formula_over_whole_documents(tmp_path, encoder):

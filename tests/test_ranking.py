@@ -2,6 +2,7 @@
 person can read: each hit's breakdown sums to its fused score."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -65,10 +66,25 @@ def test_score_breakdown_sums_to_the_fused_score(speech_engine, question, mode):
     for h in hits:
         routes = h.why["routes"]
         assert sum(r["part"] for r in routes.values()) == pytest.approx(h.score, abs=1e-5)
-        assert set(routes) <= {"dense", "bm25", "use", "doc"} and all(set(r) == {"score", "part"} for r in routes.values())
+        assert set(routes) <= {"dense", "bm25", "use", "doc", "wording"}
+        assert all(set(r) == {"score", "part"} for r in routes.values())
+        assert 0 <= routes.get("wording", {"score": 0})["score"] <= 1  # a share of the question's n-grams
         assert all(t in h.text.lower() for t in h.why["matched"])
     if mode != "bm25" and "私立" in question:
         assert all(-1 <= h.why["routes"]["dense"]["score"] <= 1 for h in hits)  # the cosine itself
+
+
+def test_a_question_in_a_passage_s_own_words_finds_it_with_all_its_wording(speech_engine):
+    """Questions repeat the wording of the sentence that answers them: a stretch of the speech's
+    own text, asked as a question, finds the passage holding it, whose wording part counts every
+    one of the question's 4-character sequences; a passage without the stretch counts fewer."""
+    chunk = max(speech_engine.store.all_chunks(), key=lambda c: len(c.text))
+    middle = len(chunk.text) // 2
+    stretch = next(run for run in re.findall(r"[\u4e00-\u9fff]{12,}", chunk.text[middle:]))[:16]
+    hits = speech_engine.search(stretch + "？", k=5, mode="hybrid")
+    assert stretch in hits[0].text and hits[0].why["routes"]["wording"]["score"] == 1.0
+    others = [h for h in hits if stretch not in h.text]
+    assert others and all(h.why["routes"]["wording"]["score"] < 1.0 for h in others)
 
 
 NOTICES = {  # small notices beside the speech: two scripts, look-alike document numbers and codes
