@@ -56,13 +56,13 @@ class FusionSettings:
     it beat reciprocal-rank fusion and both single routes on each: rank fusion drops how far BM25's
     first hit is ahead of its second, which on keyword-heavy questions is the best evidence there
     is. Beside them, doc_share · the candidate's document BM25 / the best candidate document's
-    (the document's chunks counted together), all divided by 1 + doc_share: a long notice's
-    evidence beyond its one best chunk, which lifted the policy notices by 3 points and left every
-    other set within 0.4 (fitted by cross-validation with folds split by document: decisions/fusion.md).
-    And wording_share · the share of the question's character `wording_chars`-grams that stand in
-    the candidate's keyword text (title and text), with the other parts divided by 1 + doc_share +
-    wording_share: questions repeat the wording of the sentence that answers them, which words
-    and bigrams scored one by one do not see (policy notices +1 point, no set lower: fusion.md).
+    (the document's chunks counted together): a long notice's evidence beyond its one best chunk,
+    which lifted the policy notices by 3 points and left every other set within 0.4 (fitted by
+    cross-validation with folds split by document: decisions/fusion.md). And wording_share · the
+    share of the question's character `wording_chars`-grams that stand in the candidate's keyword
+    text (title and text): questions repeat the wording of the sentence that answers them, which
+    words and bigrams scored one by one do not see (policy notices +1 point: fusion.md). All the
+    parts are divided by 1 + doc_share + wording_share, so a score stays within 0-1.
     `method="rrf"` keeps the previous fusion: Σ weight / (rrf_k + rank), BM25 at twice dense.
     Cross-lingual questions (no CJK, some Latin): dense, USE and translated BM25 by reciprocal rank
     at equal weights, rrf_k 10 (tests/data/README-crosslingual.md). `use_route` and `translate`
