@@ -62,7 +62,8 @@ class FusionSettings:
     share of the question's character `wording_chars`-grams that stand in the candidate's keyword
     text (title and text): questions repeat the wording of the sentence that answers them, which
     words and bigrams scored one by one do not see (policy notices +1 point: fusion.md). All the
-    parts are divided by 1 + doc_share + wording_share, so a score stays within 0-1.
+    parts are divided by 1 + doc_share + wording_share · the best candidate's share, so a score
+    stays within 0-1 and a question no candidate repeats scores as without the wording part.
     `method="rrf"` keeps the previous fusion: Σ weight / (rrf_k + rank), BM25 at twice dense.
     Cross-lingual questions (no CJK, some Latin): dense, USE and translated BM25 by reciprocal rank
     at equal weights, rrf_k 10 (tests/data/README-crosslingual.md). `use_route` and `translate`
@@ -134,25 +135,30 @@ def score_fuse(dense: Ranked, bm25: Ranked, dense_more: dict[int, float], bm25_s
     scores 0 there. With `documents` (each candidate's document BM25, taken whole) a third part,
     doc_share · its share of the best candidate document's; with `wording` (each candidate's share
     of the question's n-grams, 0-1) a fourth, wording_share · that share. The parts are divided by
-    1 + the shares of those given, so the fused score stays within 0-1. No BM25 hit: the dense
-    order. Equal scores by chunk id (`ties`, indexer.topk)."""
+    1 + doc_share + wording_share · the best candidate's share (a divisor common to the question's
+    candidates, so it keeps their order): the fused score stays within 0-1, a candidate best in
+    every part scores 1, and a question none of whose candidates repeats its wording scores as it
+    would without that part. No BM25 hit: the dense order. Equal scores by chunk id (`ties`,
+    indexer.topk)."""
     cosine = dict(dense)
     cosine.update(dense_more)
     keyword = dict(bm25)
     ids = list(dict.fromkeys([cid for cid, _ in dense] + [cid for cid, _ in bm25]))
     if not ids:
         return []
-    whole = 1.0 + (doc_share if documents is not None else 0.0) + (wording_share if wording is not None else 0.0)
     cos = np.array([cosine[i] for i in ids], np.float64)
     kw = np.array([keyword.get(i, 0.0) for i in ids], np.float64)
+    doc = np.array([documents[i] for i in ids], np.float64) if documents is not None else None
+    share = np.array([wording[i] for i in ids], np.float64) if wording is not None else None
+    whole = 1.0 + (doc_share if doc is not None else 0.0) + (wording_share * float(share.max()) if share is not None else 0.0)
     parts = {"dense": (1 - bm25_share) * (cos - cos.min()) / max(float(cos.max() - cos.min()), 1e-6) / whole,
              "bm25": bm25_share * kw / kw.max() / whole if kw.max() > 0 else np.zeros_like(kw)}
     extra = {}  # the further parts' own values, per candidate
-    if documents is not None:
-        extra["doc"] = doc = np.array([documents[i] for i in ids], np.float64)
+    if doc is not None:
+        extra["doc"] = doc
         parts["doc"] = doc_share * doc / doc.max() / whole if doc.max() > 0 else np.zeros_like(doc)
-    if wording is not None:
-        extra["wording"] = share = np.array([wording[i] for i in ids], np.float64)
+    if share is not None:
+        extra["wording"] = share
         parts["wording"] = wording_share * share / whole
     fused = sum(parts.values())
     out, position = [], {row: i for i, row in enumerate(ids)}

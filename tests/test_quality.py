@@ -238,16 +238,26 @@ def test_score_fusion_with_the_documents_part_by_hand():
 
 def test_score_fusion_with_the_wording_part_by_hand():
     """A fourth part, wording_share · the candidate's share of the question's n-grams (no max to
-    divide by: a share is already 0-1), every part divided by 1 + doc_share + wording_share."""
+    divide by: a share is already 0-1), every part divided by 1 + doc_share + wording_share · the
+    best candidate's share: a candidate best in every part would score 1, and a question that no
+    candidate repeats scores as without the part."""
     dense = [(A, 0.90), (B, 0.80)]
     bm25 = [(B, 10.0), (C, 1.0)]
-    fused = score_fuse(dense, bm25, {C: 0.70}, 0.45, documents={A: 2.0, B: 1.0, C: 4.0}, doc_share=0.75,
+    documents = {A: 2.0, B: 1.0, C: 4.0}
+    fused = score_fuse(dense, bm25, {C: 0.70}, 0.45, documents=documents, doc_share=0.75,
                        wording={A: 0.0, B: 0.5, C: 1.0}, wording_share=0.5)
     # A: (0.55 + 0 + 0.375 + 0) / 2.25; B: (0.275 + 0.45 + 0.1875 + 0.25) / 2.25; C: (0 + 0.045 + 0.75 + 0.5) / 2.25
     assert [r.row for r in fused] == [C, B, A]
     assert [r.score for r in fused] == pytest.approx([1.295 / 2.25, 1.1625 / 2.25, 0.925 / 2.25])
     assert all(sum(r.parts.values()) == pytest.approx(r.score) for r in fused)
     assert fused[0].raw == {"dense": 0.70, "bm25": 1.0, "doc": 4.0, "wording": 1.0}
+    half = score_fuse(dense, bm25, {C: 0.70}, 0.45, documents=documents, doc_share=0.75,
+                      wording={A: 0.0, B: 0.5, C: 0.25}, wording_share=0.5)  # the best share 0.5: divided by 2.0
+    assert {r.row: r.score for r in half} == pytest.approx({A: 0.925 / 2.0, B: 1.1625 / 2.0, C: 0.92 / 2.0})
+    without = score_fuse(dense, bm25, {C: 0.70}, 0.45, documents=documents, doc_share=0.75)
+    none = score_fuse(dense, bm25, {C: 0.70}, 0.45, documents=documents, doc_share=0.75,
+                      wording={A: 0.0, B: 0.0, C: 0.0}, wording_share=0.5)
+    assert [(r.row, r.score) for r in none] == [(r.row, r.score) for r in without]
 
 
 def test_char_ngrams_and_the_share_of_a_question_s_wording():
