@@ -1,11 +1,16 @@
-"""Small helpers shared by the benchmark sections: timing, percentiles, memory, system facts."""
+"""Small helpers shared by the benchmark sections: timing, percentiles, memory, system facts, and the
+indexes a section builds."""
 from __future__ import annotations
 
 import gc
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 
@@ -87,3 +92,16 @@ def fmt_table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
     sep = "|" + "|".join("---" for _ in cols) + "|"
     body = ["| " + " | ".join(cell(r.get(k)) for k, _ in cols) + " |" for r in rows]
     return "\n".join([head, sep, *body, "", machine_line()])
+
+
+def build_once(source: Path, index: Path) -> Path:
+    """`index`, built from `source` with the command line (no cross-lingual table) unless it is there."""
+    if not index.is_dir():
+        subprocess.run([sys.executable, "-m", "indexer", "build", str(source), "--index", str(index), "--no-crosslingual"],
+                       check=True, capture_output=True)
+    return index
+
+
+def work_folder(keep: Path | None, prefix: str):
+    """`keep` (indexes built there stay, and are reused), or a temporary folder removed afterwards."""
+    return nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix=prefix)

@@ -20,8 +20,8 @@ from indexer.engine import Engine
 from indexer.evaluation import read_labelled
 from indexer.results import SearchOptions
 
-from .common import machine_line, pct
-from .ncp_labels import SETS, build_once, work_folder
+from .common import build_once, machine_line, pct, work_folder
+from .ncp_labels import SETS
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"default": {}, "without wording": {"wording_share": 0.0},

@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
-import tempfile
 import unicodedata
-from contextlib import nullcontext
 from math import comb
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from indexer.engine import Engine
 from indexer.results import SearchOptions
 
 from .baseline import bigram_bm25
-from .common import machine_line
+from .common import build_once, machine_line, work_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 NCP = ROOT.parent / "shared" / "eval" / "ncp_policy_dev"
@@ -85,19 +82,6 @@ def engine_rankings(index: Path, questions: list[str], group: str) -> dict[str, 
         out[mode] = [[d.doc_id for d in r.documents] if group == "documents" else [h.doc_id for h in r.hits]
                      for r in results]
     return out
-
-
-def build_once(source: Path, index: Path) -> Path:
-    """`index`, built from `source` with the command line (no cross-lingual table) unless it is there."""
-    if not index.is_dir():
-        subprocess.run([sys.executable, "-m", "indexer", "build", str(source), "--index", str(index), "--no-crosslingual"],
-                       check=True, capture_output=True)
-    return index
-
-
-def work_folder(keep: Path | None, prefix: str):
-    """`keep` (indexes built there stay, and are reused), or a temporary folder removed afterwards."""
-    return nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix=prefix)
 
 
 def report(work: Path, min_answer: int) -> None:
