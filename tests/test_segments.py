@@ -102,6 +102,29 @@ def test_the_use_route_reads_the_sentence_table_in_pieces(segmented, monkeypatch
         np.testing.assert_allclose([s for _, s in got], scores, rtol=0, atol=1e-6)
 
 
+def test_several_questions_cosines_read_each_vector_once(segmented, monkeypatch):
+    """Exact cosines of a batch of questions with their own rows (overlapping, across segments and
+    deletion marks) read the vectors in as few reads as FETCH_ROWS allows, each row once a read, and
+    equal each question's rows read alone."""
+    many, _ = segmented
+    store = many.store
+    live = store.rows_of()
+    vectors = many.models.e5().encode_queries(QUESTIONS[:3])
+    rows = [live[:12].tolist(), live[6:20].tolist(), live[::3].tolist()]
+    alone = [store.vectors.fetch(r) @ q for q, r in zip(vectors, rows)]
+    reads: list[list[int]] = []
+    fetch = store.vectors.fetch
+    monkeypatch.setattr(store.vectors, "fetch", lambda wanted: reads.append(wanted) or fetch(wanted))
+    for limit, expected in ((10_000, 1), (26, 2)):  # all three at once; then the first two, and the third
+        reads.clear()
+        monkeypatch.setattr(snapshot, "FETCH_ROWS", limit)
+        got = store.dense_scores(vectors, rows)
+        assert len(reads) == expected and all(len(set(r)) == len(r) for r in reads)
+        assert set(sum(reads, [])) == set(sum(rows, []))
+        for a, b in zip(got, alone):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_filters_and_phrases_across_segments(segmented):
     many, one = segmented
     for kwargs in ({"docs": ["part1.txt", "part3.txt"]}, {"where": ["id=part2.txt"]}):
