@@ -10,14 +10,16 @@ from __future__ import annotations
 import collections
 import functools
 import threading
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 import numpy as np
 
 from . import filters
 from .analysis import Analyzer, Segmenter, char_ngrams, phrase_is_term, phrase_terms, with_synonyms
+from .chunking import Chunk
 from .crosslingual import Translator, is_cross_lingual
 from .errors import QueryError
 from .models import Models
@@ -31,6 +33,31 @@ from .store.base import DocRecord
 
 DOC_POOL = 10  # grouped by documents: the best k × 10 passages are grouped into k documents
 MAX_QUERY_CHARS = 2000  # the model reads ~512 tokens; longer questions are cut here, visibly
+RECENT_ROWS = 8192  # chunk records, and texts folded to the index's script, a snapshot's view keeps (the last used)
+
+K, V = TypeVar("K", bound=Hashable), TypeVar("V")
+
+
+class Recent(Generic[K, V]):
+    """A map of at most `size` items, the least recently used dropped first; safe across threads
+    (the questions of a server share a view)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self._items, self._lock = size, OrderedDict[K, V](), threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 def clean_query(query: str) -> str:
@@ -44,15 +71,17 @@ def clean_query(query: str) -> str:
 class SnapshotView:
     """What questions keep of one committed snapshot: the settings it was built with (and their
     segmenter), the translator over its vocabulary (made on the first cross-lingual question),
-    chunk texts folded to the index's script (made as hits need them), and for each reader's scope
-    the documents it allows and a translator over their vocabulary alone."""
+    the chunk records and texts folded to the index's script that questions read last (a question's
+    wording part, grouping and hits read many of the same rows), and for each reader's scope the
+    documents it allows and a translator over their vocabulary alone."""
 
     def __init__(self, store: Snapshot) -> None:
         self.store = store
         self.settings = IndexSettings.of_manifest(store.manifest)
         self.segmenter = self.settings.segmenter
-        self._folded: dict[int, str] = {}
-        self._folded_titles: dict[str, str] = {}
+        self._chunks: Recent[int, Chunk] = Recent(RECENT_ROWS)
+        self._folded: Recent[int, str] = Recent(RECENT_ROWS)
+        self._titles: Recent[str, tuple[str, str]] = Recent(RECENT_ROWS)
         self._within: dict[tuple[str, ...], dict[str, DocRecord]] = {}
         self._translators: dict[tuple[str, ...], Translator] = {}
 
@@ -139,7 +168,7 @@ class SnapshotView:
         their texts are read, unless there is nothing to check."""
         if not wanted.constrained or not len(rows):
             return frozenset()
-        return frozenset(row for row, c in zip(rows.tolist(), self.store.chunks(rows.tolist()))
+        return frozenset(row for row, c in zip(rows.tolist(), self.chunks(rows.tolist()))
                          if not holds(self.folded(row, c.text, fold), wanted))
 
     def _holding(self, rows: np.ndarray, phrases: tuple[str, ...], analyzer: Analyzer) -> tuple[np.ndarray, bool]:
@@ -155,29 +184,47 @@ class SnapshotView:
         title terms, and the text) in the index's script: what a question's wording is found in."""
         fold = self.segmenter.fold
         return [self.settings.keyword_text(self.folded_title(c.doc_id), self.folded(row, c.text, fold))
-                for row, c in zip(rows, self.store.chunks(rows))]
+                for row, c in zip(rows, self.chunks(rows))]
+
+    def chunks(self, rows: list[int]) -> list[Chunk]:
+        """These rows' chunk records, in the order given: those read lately from memory, the others
+        in one read of the store."""
+        found = [self._chunks.get(row) for row in rows]
+        missing = list(dict.fromkeys(row for row, c in zip(rows, found) if c is None))
+        if missing:
+            read = dict(zip(missing, self.store.chunks(missing)))
+            for row, chunk in read.items():
+                self._chunks.put(row, chunk)
+            found = [read[row] if c is None else c for row, c in zip(rows, found)]
+        return found
+
+    def title(self, doc_id: str) -> str:
+        """A document's title ("" when a newer commit removed it while the question was answered)."""
+        return self._titles_of(doc_id)[0]
 
     def folded_title(self, doc_id: str) -> str:
-        """A document's title in the index's script, folded once per loaded store."""
-        title = self._folded_titles.get(doc_id)
-        if title is None:
-            self._folded_titles[doc_id] = title = self.segmenter.fold(_title(self.store, doc_id))
-        return title
+        """A document's title in the index's script."""
+        return self._titles_of(doc_id)[1]
+
+    def _titles_of(self, doc_id: str) -> tuple[str, str]:
+        """A document's title as it is and folded, kept among the recent ones."""
+        titles = self._titles.get(doc_id)
+        if titles is None:
+            record = self.store.manifest.documents.get(doc_id)
+            title = record.title if record is not None else ""
+            titles = (title, self.segmenter.fold(title))
+            self._titles.put(doc_id, titles)
+        return titles
 
     def folded(self, row: int, original: str, fold: Callable[[str], str]) -> str:
-        """Row `row`'s text in the index's script, folded once per loaded store. OpenCC's t2s
+        """Row `row`'s text in the index's script (kept among the recent ones). OpenCC's t2s
         maps character for character; were a length to change, the original text stands."""
         text = self._folded.get(row)
         if text is None:
             text = fold(original)
-            self._folded[row] = text = text if len(text) == len(original) else original
+            text = text if len(text) == len(original) else original
+            self._folded.put(row, text)
         return text
-
-
-def _title(store: Snapshot, doc_id: str) -> str:
-    """A document's title ("" when a newer commit removed it while the question was answered)."""
-    record = store.manifest.documents.get(doc_id)
-    return record.title if record is not None else ""
 
 
 class Searcher:
@@ -259,9 +306,9 @@ class Searcher:
                 out.append(Result(text, hits, plan.terms, plan.cross_lingual, translations[i], store.generation))
                 continue
             found_rows = [r.row for r in ranked[i]]
-            grouped = group_documents(ranked[i], {r: c.doc_id for r, c in zip(found_rows, store.chunks(found_rows))}, k,
+            grouped = group_documents(ranked[i], {r: c.doc_id for r, c in zip(found_rows, view.chunks(found_rows))}, k,
                                       fusion.doc_weights)
-            found = [DocHit(n, round(d.score, 6), d.doc_id, _title(store, d.doc_id),
+            found = [DocHit(n, round(d.score, 6), d.doc_id, view.title(d.doc_id),
                             self._hits(store, view, d.chunks, None, plan.terms, use_vector, sentences))
                      for n, d in enumerate((d for d in grouped if min_score is None or d.score >= min_score), 1)]
             out.append(Result(text, [h for d in found for h in d.hits], plan.terms, plan.cross_lingual,
@@ -314,7 +361,7 @@ class Searcher:
         table = bool(store.manifest.crosslingual)
         ranked = [r for r in ranked if min_score is None or r.score >= min_score]
         out = []
-        for r, c in zip(ranked, store.chunks([r.row for r in ranked])):
+        for r, c in zip(ranked, view.chunks([r.row for r in ranked])):
             folded = view.folded(r.row, c.text, view.segmenter.fold)
             if not sentences:
                 span = None
@@ -324,7 +371,7 @@ class Searcher:
             else:
                 span = best_sentence(folded, terms)
             s_start, s_end = (c.start + span[0], c.start + span[1]) if span else (None, None)
-            out.append(Hit(len(out) + 1, round(r.score, 6), c.chunk_id, c.doc_id, _title(store, c.doc_id), c.section,
+            out.append(Hit(len(out) + 1, round(r.score, 6), c.chunk_id, c.doc_id, view.title(c.doc_id), c.section,
                            c.text, c.start, c.end, c.paragraph, c.position, s_start, s_end, explain(r, folded, terms),
                            c.place))
         return out

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import chunks_of, BATCHED, SPEECH, TOLERANCE, assert_same_ranking, whole_table, write_format_two
 from indexer.engine import Engine
+from indexer.searching import SnapshotView
 from indexer.store import Writer, lock, merge_policy, segment, snapshot
 
 QUESTIONS = ["私立学校怎样建立党组织？", "如何加强党风廉政建设", "逢年过节要提醒干部什么",
@@ -125,6 +126,29 @@ def test_several_questions_cosines_read_each_vector_once(segmented, monkeypatch)
             np.testing.assert_array_equal(a, b)
 
 
+def test_a_view_keeps_the_records_questions_read_last(segmented, monkeypatch):
+    """A question's wording part, grouping and hits read many of the same chunk records: the
+    snapshot's view reads each from the store once while it is among the recent ones, returns the
+    store's records in the order asked, and keeps no more than its bound."""
+    from indexer import searching
+
+    many, _ = segmented
+    store = many.store
+    monkeypatch.setattr(searching, "RECENT_ROWS", 5)
+    view = searching.SnapshotView(store)
+    asked: list[list[int]] = []
+    chunks = store.chunks
+    monkeypatch.setattr(store, "chunks", lambda rows: asked.append(list(rows)) or chunks(rows))
+    live = store.rows_of().tolist()
+    rows = [live[3], live[1], live[3], live[7]]
+    assert view.chunks(rows) == chunks(rows) and asked == [[live[3], live[1], live[7]]]
+    assert view.chunks([live[7], live[1]]) == chunks([live[7], live[1]]) and len(asked) == 1  # from memory
+    view.chunks(live[10:14])  # four more: the bound is five, so live[3] and live[7] (used least lately) go
+    asked.clear()
+    assert view.chunks([live[7], live[1], live[3]]) == chunks([live[7], live[1], live[3]])
+    assert asked == [[live[7], live[3]]]
+
+
 def test_filters_and_phrases_across_segments(segmented):
     many, one = segmented
     for kwargs in ({"docs": ["part1.txt", "part3.txt"]}, {"where": ["id=part2.txt"]}):
@@ -143,8 +167,8 @@ def test_phrases_read_only_the_texts_their_postings_allow(segmented, monkeypatch
     many, _ = segmented
     store = many.store
     read: list[int] = []
-    chunks = store.chunks
-    monkeypatch.setattr(store, "chunks", lambda rows: (read.append(len(rows)), chunks(rows))[1])
+    chunks = SnapshotView.chunks  # the records a question asks for (read, or kept from an earlier question)
+    monkeypatch.setattr(SnapshotView, "chunks", lambda view, rows: (read.append(len(rows)), chunks(view, rows))[1])
     questions = ['"党组织" 学校', '“三会一课”', '"黨組織"', '民办学校 -幼儿园', '党建 -党组织 -学校',
                  '"党" 建设', '"Party" 建设', '"不存在的短语"', '"党风廉政" -"廉洁"', '"党建" 学校 -民办']
     narrowed = [(many.query([q], k=5)[0], sum(read)) for q in questions if not read.clear()]
@@ -167,8 +191,8 @@ def test_an_exclusion_drops_rows_from_the_usual_search(segmented, monkeypatch):
     many, _ = segmented
     store = many.store
     read: list[int] = []
-    chunks = store.chunks
-    monkeypatch.setattr(store, "chunks", lambda rows: (read.append(len(rows)), chunks(rows))[1])
+    chunks = SnapshotView.chunks  # the records a question asks for (read, or kept from an earlier question)
+    monkeypatch.setattr(SnapshotView, "chunks", lambda view, rows: (read.append(len(rows)), chunks(view, rows))[1])
     for word in ("民办", "民办学校"):
         for mode in ("dense", "bm25"):
             read.clear()
