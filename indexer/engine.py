@@ -28,7 +28,7 @@ from .results import DEFAULT_MODE, GROUPS, DocHit, DocReport, Hit, Original, Res
 from .search import MODES, FusionSettings
 from .searching import Searcher
 from .settings import IndexSettings
-from .syncing import SyncPlan, origin_file
+from .syncing import SyncPlan, is_line
 from .store import Snapshot, check_location, exists
 from .store.base import DocRecord
 from .store.originals import original_path, usage
@@ -257,7 +257,7 @@ class Engine:
             path = original_path(self.path, sha) if sha else None
             if path is None or not path.is_file():
                 raise Gone(f"{doc_id} was uploaded before the index kept originals: upload it again to keep its file")
-        elif not record.origin or record.origin == "pasted" or origin_file(record.origin) != record.origin:
+        elif not record.origin or record.origin == "pasted" or is_line(record.origin):
             raise NotFound(f"{doc_id} has no file of its own (pasted text, or one line of a JSON Lines file): "
                            f"its text is all there is")
         else:

@@ -29,6 +29,11 @@ def origin_file(origin: str) -> str:
     return _LINE.sub("", origin)
 
 
+def is_line(origin: str) -> bool:
+    """Whether an origin names one line of a JSON Lines file (whose file holds other documents too)."""
+    return _LINE.search(origin) is not None
+
+
 def source_entry(root: Path, include: list[str], exclude: list[str], tags: list[str]) -> dict:
     """What the manifest keeps of a source: its folder, its patterns, its tags, when it came."""
     return {"root": str(root.resolve()), "include": list(include), "exclude": list(exclude), "tags": list(tags),
