@@ -263,7 +263,7 @@ class KeywordRoute:
 
     def wording(self, plan: QueryPlan, rows: list[int]) -> list[float]:
         """The share of the question's n-grams that stand in each row's keyword text."""
-        if not self.texts or not rows:
+        if not self.texts or not rows or not plan.grams:
             return [0.0] * len(rows)
         return [wording_share(plan.grams, text) for text in self.texts(rows)]
 

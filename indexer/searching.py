@@ -285,11 +285,11 @@ class Searcher:
         plans, translations, use_vecs = self._plans(asked, view, fusion, options.scope)  # meanwhile: keywords, USE vectors
         fold = segmenter.fold
         scopes = [view.scope(p, rows, segmenter) for p in parsed]
-        n = fusion.wording_chars
+        grams = [frozenset() if plan.cross_lingual else frozenset(char_ngrams(fold(p.text), fusion.wording_chars))
+                 for plan, p in zip(plans, parsed)]
         plans = [replace(plan, terms=plan.terms + [t for t in (fold(x).lower() for x in p.phrases) if t not in plan.terms],
-                         scope=scope, excluded=excluded,  # repeats count in BM25
-                         grams=frozenset() if plan.cross_lingual else frozenset(char_ngrams(fold(p.text), n)))
-                 for plan, p, (scope, excluded) in zip(plans, parsed, scopes)]
+                         scope=scope, excluded=excluded, grams=g)  # repeats count in BM25
+                 for plan, p, (scope, excluded), g in zip(plans, parsed, scopes, grams)]
         if encoding is not None:
             plans = [replace(p, vector=v) for p, v in zip(plans, encoding.result())]
         share = fusion.sentence_share if store.manifest.crosslingual.get("e5_sentences") else 0.0

@@ -32,7 +32,7 @@ from .table import PassageVectors
 from .vectors import reader_of
 
 XL_BLOCK = 8192  # rows per piece of the sentence table the USE route scores, in place (numpy's fallback: ~70 MB of float32)
-FETCH_ROWS = 65536  # rows whose vectors one read of several questions' candidates gathers (~100 MB of float32 at 384)
+FETCH_ROWS = 65536  # about the rows one read of several questions' candidates gathers (~100 MB of float32 at 384)
 # check's record checks in SQL, one statement reading the live chunks once: (what, an example) rows
 CHECK_SQL = """
 WITH live AS MATERIALIZED (SELECT chunk_id, doc_id FROM chunks WHERE id NOT IN (SELECT id FROM dropped)
@@ -158,19 +158,16 @@ class Snapshot:
     def dense_scores(self, queries: np.ndarray, rows: list[list[int]]) -> list[np.ndarray]:
         """Exact inner products of each query with the given rows' stored vectors. The vectors of
         several questions' rows are read together, each once (one round trip to a vector server for
-        a batch, not one a question), up to FETCH_ROWS at a time."""
+        a batch, not one a question): the questions whose rows start within the same FETCH_ROWS."""
+        reads = np.cumsum([0] + [len(r) for r in rows])[:-1] // FETCH_ROWS
         out: list[np.ndarray] = []
-        start = 0
-        while start < len(rows):
-            end, size = start + 1, len(rows[start])
-            while end < len(rows) and size + len(rows[end]) <= FETCH_ROWS:
-                size, end = size + len(rows[end]), end + 1
-            wanted = [np.asarray(r, np.int64) for r in rows[start:end]]
+        for read in np.unique(reads):
+            group = np.flatnonzero(reads == read)
+            wanted = [np.asarray(rows[i], np.int64) for i in group]
             union, at = np.unique(np.concatenate(wanted), return_inverse=True)
             vectors = self.vectors.fetch(union.tolist())
-            for q, where in zip(queries[start:end], np.split(at, np.cumsum([len(w) for w in wanted])[:-1])):
-                out.append(vectors[where] @ np.asarray(q, dtype=np.float32))
-            start = end
+            for i, where in zip(group, np.split(at, np.cumsum([len(w) for w in wanted])[:-1])):
+                out.append(vectors[where] @ np.asarray(queries[i], dtype=np.float32))
         return out
 
     def _bm25(self, terms: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
