@@ -123,7 +123,7 @@ def test_several_questions_cosines_read_each_vector_once(segmented, monkeypatch)
         assert len(reads) == expected and all(len(set(r)) == len(r) for r in reads)
         assert set(sum(reads, [])) == set(sum(rows, []))
         for a, b in zip(got, alone):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
 
 
 def test_a_view_keeps_the_records_questions_read_last(segmented, monkeypatch):
